@@ -1,0 +1,144 @@
+"""The exchange's TOML configuration: markets, shard map, and each service's endpoints and knobs.
+
+One file describes a whole exchange (deploy/exchange.toml is the embedded default). Each process reads
+it and picks its own section; relative paths are relative to the file's directory.
+
+    data_dir = "data"
+    [assets] ... [[markets]] ...               # see services.common.markets
+    [accounts]  listen = "127.0.0.1:50051"
+    [shards.matching-0]  listen = "127.0.0.1:50061"  markets = ["BTC_USDT", ...]   # optional markets
+    [history]  listen = "127.0.0.1:50071"  database_url = "sqlite:///{data_dir}/history.sqlite"
+    [market]   listen = "127.0.0.1:50081"
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from services.common.markets import ConfigError, MarketCatalog
+
+DEFAULT_SHARD = "matching-0"
+
+
+@dataclass(frozen=True)
+class AccountsConfig:
+    source: str = "accounts-0"
+    listen: str = "127.0.0.1:50051"
+    metrics_listen: str = ""
+    # Take a snapshot every this many journaled commands (0 = only on shutdown).
+    snapshot_every: int = 200_000
+    # Commands waiting to be journaled before new ones get UNAVAILABLE.
+    max_queue: int = 100_000
+    # Orders accepted but not yet acknowledged by their matching shard before new orders get UNAVAILABLE.
+    max_outbox_lag: int = 200_000
+    max_batch: int = 5_000
+    fee_account_user_id: int = 0
+
+
+@dataclass(frozen=True)
+class ShardConfig:
+    name: str
+    listen: str
+    metrics_listen: str = ""
+    snapshot_every: int = 200_000
+    # How often the shard journals an expiry command for GTD orders (milliseconds).
+    expiry_interval_ms: int = 1_000
+    max_queue: int = 200_000
+
+
+@dataclass(frozen=True)
+class HistoryConfig:
+    listen: str = "127.0.0.1:50071"
+    metrics_listen: str = ""
+    database_url: str = "sqlite:///{data_dir}/history.sqlite"
+    batch_size: int = 5_000
+
+
+@dataclass(frozen=True)
+class MarketDataConfig:
+    listen: str = "127.0.0.1:50081"
+    metrics_listen: str = ""
+    snapshot_every: int = 100_000
+
+
+@dataclass(frozen=True)
+class ExchangeConfig:
+    path: Path
+    data_dir: Path
+    catalog: MarketCatalog
+    accounts: AccountsConfig
+    shards: Mapping[str, ShardConfig]
+    history: HistoryConfig
+    market: MarketDataConfig
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
+
+    def shard(self, name: str) -> ShardConfig:
+        try:
+            return self.shards[name]
+        except KeyError:
+            raise ConfigError(f"no shard {name!r} in {self.path}") from None
+
+    def service_dir(self, name: str) -> Path:
+        return self.data_dir / name
+
+    def history_url(self) -> str:
+        return self.history.database_url.replace("{data_dir}", str(self.data_dir))
+
+
+def load_config(path: str | Path) -> ExchangeConfig:
+    p = Path(path).resolve()
+    with open(p, "rb") as f:
+        data = tomllib.load(f)
+    return config_from_dict(data, base_dir=p.parent, path=p)
+
+
+def config_from_dict(data: Mapping[str, Any], *, base_dir: Path, path: Path | None = None) -> ExchangeConfig:
+    data_dir = Path(str(data.get("data_dir", "data")))
+    if not data_dir.is_absolute():
+        data_dir = (base_dir / data_dir).resolve()
+    catalog = MarketCatalog.from_dict(data, default_shard=DEFAULT_SHARD)
+    raw_shards = data.get("shards") or {DEFAULT_SHARD: {"listen": "127.0.0.1:50061"}}
+    if not isinstance(raw_shards, Mapping):
+        raise ConfigError("[shards] must be a table of shard tables")
+    assignment = {
+        name: s["markets"] for name, s in raw_shards.items() if isinstance(s, Mapping) and "markets" in s
+    }
+    if assignment:
+        catalog = catalog.with_shards(assignment)
+    shards: dict[str, ShardConfig] = {}
+    for name, raw in raw_shards.items():
+        raw = dict(raw)
+        raw.pop("markets", None)
+        shards[name] = _build(ShardConfig, {"name": name, **raw}, f"shards.{name}")
+    for market in catalog.markets.values():
+        if market.shard not in shards:
+            raise ConfigError(
+                f"market {market.symbol} is owned by shard {market.shard!r}, which is not configured"
+            )
+    return ExchangeConfig(
+        path=path or base_dir / "exchange.toml",
+        data_dir=data_dir,
+        catalog=catalog,
+        accounts=_build(AccountsConfig, data.get("accounts", {}), "accounts"),
+        shards=shards,
+        history=_build(HistoryConfig, data.get("history", {}), "history"),
+        market=_build(MarketDataConfig, data.get("market", {}), "market"),
+        raw=data,
+    )
+
+
+def _build(cls: type[Any], raw: Any, section: str) -> Any:
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"[{section}] must be a table")
+    known = set(cls.__dataclass_fields__)
+    unknown = set(raw) - known
+    if unknown:
+        raise ConfigError(f"[{section}] unknown keys: {sorted(unknown)}")
+    try:
+        return cls(**raw)
+    except TypeError as exc:
+        raise ConfigError(f"[{section}] {exc}") from exc

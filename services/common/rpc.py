@@ -1,0 +1,266 @@
+"""gRPC plumbing shared by every service: the aio server with health checking, reflection and
+Prometheus metrics, mapping of domain errors to status codes (UNAVAILABLE carries google.rpc.RetryInfo),
+and graceful shutdown on SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf import duration_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+from grpc_status import rpc_status
+
+from services.common.errors import ExchangeError, InvalidArgument, Unavailable
+from services.common.units import AmountError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_CODES = {
+    "INVALID_ARGUMENT": (grpc.StatusCode.INVALID_ARGUMENT, code_pb2.INVALID_ARGUMENT),
+    "NOT_FOUND": (grpc.StatusCode.NOT_FOUND, code_pb2.NOT_FOUND),
+    "FAILED_PRECONDITION": (grpc.StatusCode.FAILED_PRECONDITION, code_pb2.FAILED_PRECONDITION),
+    "ALREADY_EXISTS": (grpc.StatusCode.ALREADY_EXISTS, code_pb2.ALREADY_EXISTS),
+    "PERMISSION_DENIED": (grpc.StatusCode.PERMISSION_DENIED, code_pb2.PERMISSION_DENIED),
+    "OUT_OF_RANGE": (grpc.StatusCode.OUT_OF_RANGE, code_pb2.OUT_OF_RANGE),
+    "UNAVAILABLE": (grpc.StatusCode.UNAVAILABLE, code_pb2.UNAVAILABLE),
+    "RESOURCE_EXHAUSTED": (grpc.StatusCode.RESOURCE_EXHAUSTED, code_pb2.RESOURCE_EXHAUSTED),
+}
+
+
+def error_code(exc: ExchangeError) -> int:
+    """The google.rpc.Code number of a domain error (for per-item results in batch responses)."""
+    return int(_CODES.get(exc.code, (grpc.StatusCode.UNKNOWN, code_pb2.UNKNOWN))[1])
+
+
+def to_exchange_error(exc: BaseException) -> ExchangeError | None:
+    if isinstance(exc, ExchangeError):
+        return exc
+    if isinstance(exc, AmountError):
+        return InvalidArgument(str(exc))
+    return None
+
+
+def grpc_status_for(exc: ExchangeError) -> grpc.Status:
+    code = _CODES.get(exc.code, (grpc.StatusCode.UNKNOWN, code_pb2.UNKNOWN))[1]
+    status = status_pb2.Status(code=code, message=exc.message)
+    if isinstance(exc, Unavailable):
+        info = error_details_pb2.RetryInfo(
+            retry_delay=duration_pb2.Duration(nanos=exc.retry_after_ms * 1_000_000)
+        )
+        if exc.retry_after_ms >= 1000:
+            info.retry_delay.seconds, ms = divmod(exc.retry_after_ms, 1000)
+            info.retry_delay.nanos = ms * 1_000_000
+        status.details.add().Pack(info)
+    return rpc_status.to_status(status)
+
+
+async def abort(context: grpc.aio.ServicerContext[Any, Any], exc: ExchangeError) -> None:
+    st = grpc_status_for(exc)
+    await context.abort(st.code, st.details, st.trailing_metadata)
+
+
+def handles_errors(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+    """Decorator for unary handlers: domain errors become their gRPC status."""
+
+    @functools.wraps(fn)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> T:
+        try:
+            return await fn(self, request, context)
+        except (ExchangeError, AmountError) as exc:
+            err = to_exchange_error(exc)
+            assert err is not None
+            await abort(context, err)
+            raise AssertionError("unreachable") from None
+
+    return wrapper
+
+
+def handles_stream_errors(
+    fn: Callable[..., AsyncIterator[T]],
+) -> Callable[..., AsyncIterator[T]]:
+    """Decorator for server-streaming handlers (async generators)."""
+
+    @functools.wraps(fn)
+    async def wrapper(
+        self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[T]:
+        try:
+            async for item in fn(self, request, context):
+                yield item
+        except (ExchangeError, AmountError) as exc:
+            err = to_exchange_error(exc)
+            assert err is not None
+            await abort(context, err)
+
+    return wrapper
+
+
+def retry_after_ms(err: grpc.aio.AioRpcError) -> int | None:
+    """Client side: the RetryInfo delay of an UNAVAILABLE error, if any."""
+    status = rpc_status.from_call(err)
+    if status is None:
+        return None
+    for detail in status.details:
+        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            info = error_details_pb2.RetryInfo()
+            detail.Unpack(info)
+            return int(info.retry_delay.seconds * 1000 + info.retry_delay.nanos // 1_000_000)
+    return None
+
+
+SERVER_OPTIONS = [
+    ("grpc.max_receive_message_length", 64 << 20),
+    ("grpc.max_send_message_length", 64 << 20),
+    ("grpc.so_reuseport", 0),
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.keepalive_permit_without_calls", 1),
+]
+
+CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", 64 << 20),
+    ("grpc.max_send_message_length", 64 << 20),
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.enable_retries", 0),
+]
+
+
+def channel(address: str) -> grpc.aio.Channel:
+    return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+
+
+class ServerHandle:
+    def __init__(self, server: grpc.aio.Server, port: int, health: HealthServicer, names: list[str]) -> None:
+        self.server = server
+        self.port = port
+        self.health = health
+        self.names = names
+
+    async def set_serving(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ["", *self.names]:
+            await self.health.set(name, status)
+
+    async def stop(self, grace: float = 2.0) -> None:
+        await self.set_serving(False)
+        await self.server.stop(grace)
+
+
+async def start_server(
+    listen: str,
+    registrations: Iterable[tuple[Callable[[Any, grpc.aio.Server], None], Any]],
+    service_names: list[str],
+) -> ServerHandle:
+    """Start an aio server on `listen` ("host:port", port 0 = any) with health and reflection."""
+    server = grpc.aio.server(options=SERVER_OPTIONS)
+    for add, servicer in registrations:
+        add(servicer, server)
+    health = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    reflection.enable_server_reflection(
+        [*service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+        server,
+    )
+    port = server.add_insecure_port(listen)
+    if port == 0:
+        raise RuntimeError(f"cannot listen on {listen}")
+    await server.start()
+    handle = ServerHandle(server, port, health, service_names)
+    await handle.set_serving(True)
+    return handle
+
+
+def start_metrics(listen: str) -> None:
+    """Serve Prometheus metrics on "host:port" (empty = off)."""
+    if not listen:
+        return
+    from prometheus_client import start_http_server
+
+    host, _, port = listen.rpartition(":")
+    start_http_server(int(port), addr=host or "127.0.0.1")
+
+
+def run_until_signal(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+    """Run `main(stop_event)` on a fresh event loop; SIGINT/SIGTERM set the event."""
+
+    async def runner() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await main(stop)
+
+    asyncio.run(runner())
+
+
+def register_service(
+    server: grpc.aio.Server,
+    service: Any,  # google.protobuf.descriptor.ServiceDescriptor
+    servicer: Any,
+    *,
+    raw_responses: Iterable[str] = (),
+) -> None:
+    """Register `servicer` for every method of `service`, like the generated add_*_to_server.
+
+    Methods named in `raw_responses` return (or stream) already-serialized response bytes, so a
+    server that stores serialized messages (the event logs) sends them without parsing them again.
+    """
+    from google.protobuf import message_factory
+
+    raw = set(raw_responses)
+    handlers: dict[str, grpc.RpcMethodHandler] = {}
+    for method in service.methods:
+        req_cls = message_factory.GetMessageClass(method.input_type)
+        resp_cls = message_factory.GetMessageClass(method.output_type)
+        serializer: Callable[[Any], bytes] = _identity if method.name in raw else resp_cls.SerializeToString
+        behaviour = getattr(servicer, method.name)
+        if method.client_streaming and method.server_streaming:
+            factory = grpc.stream_stream_rpc_method_handler
+        elif method.client_streaming:
+            factory = grpc.stream_unary_rpc_method_handler
+        elif method.server_streaming:
+            factory = grpc.unary_stream_rpc_method_handler
+        else:
+            factory = grpc.unary_unary_rpc_method_handler
+        handlers[method.name] = factory(
+            behaviour, request_deserializer=req_cls.FromString, response_serializer=serializer
+        )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
+
+
+def _identity(data: bytes) -> bytes:
+    return data
+
+
+def encode_repeated_field(field_number: int, payloads: Iterable[bytes]) -> bytes:
+    """Wire encoding of `repeated Message field = field_number` from serialized messages."""
+    tag = bytes([(field_number << 3) | 2])
+    parts: list[bytes] = []
+    for p in payloads:
+        n = len(p)
+        length = bytearray()
+        while n >= 0x80:
+            length.append((n & 0x7F) | 0x80)
+            n >>= 7
+        length.append(n)
+        parts.append(tag)
+        parts.append(bytes(length))
+        parts.append(p)
+    return b"".join(parts)
