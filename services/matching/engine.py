@@ -67,6 +67,16 @@ class MatchingEngine:
                     self.event_seq += len(out)
                     out = []
             return results
+        if isinstance(cmd, CancelAll) and not cmd.market:
+            # Every market of the shard (accounts sends one cancel-all per shard).
+            results = []
+            for symbol in sorted(self.books):
+                self.books[symbol].cancel_all(cmd.user_id, cmd.side, now, out)
+                if out:
+                    results.append(Applied(symbol, out))
+                    self.event_seq += len(out)
+                    out = []
+            return results
         book = self.books.get(cmd.market)
         if book is None:
             order_id = getattr(cmd, "order_id", 0)

@@ -92,6 +92,8 @@ class CancelOrder:
 
 @dataclass(slots=True, frozen=True)
 class CancelAll:
+    """Cancel a user's open orders on a market ("" = every market of the shard)."""
+
     user_id: int
     market: str
     side: int = 0  # 0 = both sides
