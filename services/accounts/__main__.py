@@ -1,0 +1,90 @@
+"""python -m services.accounts --config deploy/exchange.toml"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+from functools import partial
+
+from exchange.v1 import accounts_service_pb2
+
+from services.accounts.links import Forwarder, SettlementFeed
+from services.accounts.machine import CODEC, AccountsMachine
+from services.accounts.service import AccountsServicer, outbox_hook
+from services.common.config import load_config
+from services.common.host import HostOptions, StateMachineHost
+from services.common.logs import setup_logging
+from services.common.rpc import register_service, run_until_signal, start_metrics, start_server
+
+log = logging.getLogger("services.accounts")
+
+
+def settled_of(host: StateMachineHost[object, AccountsMachine], shard: str) -> int:
+    return host.machine.ledger.settled.get(shard, 0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(prog="python -m services.accounts", description="Run the accounts service.")
+    ap.add_argument("--config", default="deploy/exchange.toml")
+    args = ap.parse_args()
+    config = load_config(args.config)
+    acfg = config.accounts
+    setup_logging(acfg.source)
+
+    async def run(stop: asyncio.Event) -> None:
+        forwarders: dict[str, Forwarder] = {}
+        host: StateMachineHost[object, AccountsMachine] = StateMachineHost(
+            acfg.source,
+            config.service_dir(acfg.source),
+            restore=lambda data: AccountsMachine.restore(config.catalog, acfg.source, data),
+            codec=CODEC,  # type: ignore[arg-type]
+            options=HostOptions(
+                snapshot_every=acfg.snapshot_every, max_queue=acfg.max_queue, max_batch=acfg.max_batch
+            ),
+            retention_floor=lambda: min((f.acked for f in forwarders.values()), default=0),
+        )
+        await host.start()
+        host.machine.outbox.clear()  # rebuilt from the journal by the forwarders
+        for name, shard in config.shards.items():
+            forwarders[name] = Forwarder(name, shard.listen, host, acfg.source, config.catalog)
+        host.on_commit.append(outbox_hook(lambda: host.machine, forwarders))
+        feeds = [
+            SettlementFeed(name, shard.listen, host, partial(settled_of, host, name))
+            for name, shard in config.shards.items()
+        ]
+        servicer = AccountsServicer(host, config.catalog, acfg, forwarders)  # type: ignore[arg-type]
+        service = accounts_service_pb2.DESCRIPTOR.services_by_name["AccountsService"]
+        server = await start_server(
+            acfg.listen,
+            [
+                (
+                    lambda s, srv: register_service(
+                        srv, service, s, raw_responses=["StreamAccountEvents", "StreamUserEvents"]
+                    ),
+                    servicer,
+                )
+            ],
+            [service.full_name],
+        )
+        start_metrics(acfg.metrics_listen)
+        tasks = [asyncio.create_task(f.run()) for f in forwarders.values()]
+        tasks += [asyncio.create_task(f.run()) for f in feeds]
+        log.info("accounts ready", extra={"port": server.port, "shards": ",".join(config.shards)})
+        await stop.wait()
+        log.info("stopping")
+        await server.stop(grace=1.0)
+        for f in forwarders.values():
+            f.stop()
+        for feed in feeds:
+            feed.stop()
+        for t in tasks:
+            t.cancel()
+        await host.stop()
+        log.info("stopped", extra={"applied_seq": host.machine.applied_seq})
+
+    run_until_signal(run)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,221 @@
+"""Accounts' links to the matching shards.
+
+Forwarder (outbox → shard): sends the shard's commands in journal order over MatchingService.
+SubmitCommands. On (re)connect the shard tells the last sequence it applied from this source; the
+forwarder resends from there, first from the journal (after a restart) and then from memory. Matching
+ignores anything it already applied, so a resend is harmless: exactly once.
+
+SettlementFeed (shard → accounts): follows MatchingService.StreamEvents from the last settled event and
+turns each response into a journaled SettleMatchingEvents command.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+from exchange.v1 import events_pb2 as ev
+from exchange.v1 import matching_service_pb2 as mpb
+from exchange.v1 import matching_service_pb2_grpc as mgrpc
+from prometheus_client import Gauge
+
+from services.accounts.machine import outbox_commands
+from services.common.host import StateMachineHost
+from services.common.markets import MarketCatalog
+from services.common.rpc import channel
+
+log = logging.getLogger(__name__)
+
+OUTBOX = Gauge(
+    "exchange_accounts_outbox", "Commands accepted but not yet acknowledged by the shard", ["shard"]
+)
+ACKED = Gauge("exchange_accounts_forwarded_sequence", "Last command acknowledged by the shard", ["shard"])
+SETTLED = Gauge("exchange_accounts_settle_enqueued", "Last matching event queued for settlement", ["shard"])
+
+SEND_BATCH = 2000
+
+
+class Forwarder:
+    def __init__(
+        self,
+        shard: str,
+        address: str,
+        host: StateMachineHost[Any, Any],
+        source: str,
+        catalog: MarketCatalog,
+    ) -> None:
+        self.shard = shard
+        self.address = address
+        self.host = host
+        self.source = source
+        self.catalog = catalog
+        self.queued: deque[tuple[int, ev.MatchingCommand]] = deque()  # not yet sent on this link
+        self.inflight: deque[tuple[int, ev.MatchingCommand]] = deque()  # sent, not yet acknowledged
+        self.acked = 0
+        self.connected = False
+        self._more = asyncio.Event()
+        self._stop = False
+
+    @property
+    def lag(self) -> int:
+        """Commands accepted for this shard and not yet acknowledged by it."""
+        return len(self.queued) + len(self.inflight)
+
+    def push(self, seq: int, cmd: ev.MatchingCommand) -> None:
+        """A durable command for this shard (called after each commit, in order)."""
+        self.queued.append((seq, cmd))
+        self._more.set()
+
+    def _drop_acked(self, acked: int) -> None:
+        self.acked = max(self.acked, acked)
+        for q in (self.inflight, self.queued):
+            while q and q[0][0] <= self.acked:
+                q.popleft()
+        OUTBOX.labels(self.shard).set(self.lag)
+        ACKED.labels(self.shard).set(self.acked)
+
+    def _from_journal(self, start: int, end: int) -> list[tuple[int, ev.MatchingCommand]]:
+        """This shard's commands with start <= seq <= end, rebuilt from the accounts journal."""
+        out: list[tuple[int, ev.MatchingCommand]] = []
+        seq = start
+        while seq <= end:
+            records = self.host.commands.read(seq, max_records=2000)
+            if not records:
+                break
+            for rseq, payload in records:
+                if rseq > end:
+                    break
+                cmd = ev.AccountsCommand.FromString(payload)
+                for shard, mcmd in outbox_commands(self.source, rseq, cmd, self.catalog):
+                    if shard == self.shard:
+                        out.append((rseq, mcmd))
+            seq = records[-1][0] + 1
+        return out
+
+    async def run(self) -> None:
+        backoff = 0.05
+        while not self._stop:
+            try:
+                await self._session()
+                backoff = 0.05
+            except (grpc.aio.AioRpcError, ConnectionError) as exc:
+                code = exc.code() if isinstance(exc, grpc.aio.AioRpcError) else None
+                log.warning(
+                    "shard link down", extra={"shard": self.shard, "code": str(code), "retry_s": backoff}
+                )
+            self.connected = False
+            if self._stop:
+                return
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 2.0)
+
+    async def _session(self) -> None:
+        async with channel(self.address) as ch:
+            stub = mgrpc.MatchingServiceStub(ch)
+            call = stub.SubmitCommands()
+            await call.write(mpb.SubmitCommandsRequest(source=self.source))
+            first = await call.read()
+            if first is grpc.aio.EOF:
+                raise ConnectionError("shard closed the stream")
+            # Everything not acknowledged is sent again on this link.
+            self.queued.extendleft(reversed(self.inflight))
+            self.inflight.clear()
+            self._drop_acked(first.acknowledged_sequence)
+            self.connected = True
+            log.info("shard link up", extra={"shard": self.shard, "acknowledged": self.acked})
+            # After a restart memory holds only what was committed since; older commands come from
+            # the journal.
+            mem_first = self.queued[0][0] if self.queued else self.host.machine.applied_seq + 1
+            if self.acked + 1 < mem_first:
+                backlog = self._from_journal(self.acked + 1, mem_first - 1)
+                self.queued.extendleft(reversed(backlog))
+                log.info("resending from journal", extra={"shard": self.shard, "commands": len(backlog)})
+            reader = asyncio.create_task(self._read_acks(call))
+            try:
+                while not self._stop:
+                    if not self.queued:
+                        self._more.clear()
+                        waiter = asyncio.create_task(self._more.wait())
+                        done, _ = await asyncio.wait([reader, waiter], return_when=asyncio.FIRST_COMPLETED)
+                        waiter.cancel()
+                        if reader in done:
+                            reader.result()  # raises the stream error
+                            return
+                        continue
+                    batch: list[ev.MatchingCommand] = []
+                    while self.queued and len(batch) < SEND_BATCH:
+                        item = self.queued.popleft()
+                        self.inflight.append(item)
+                        batch.append(item[1])
+                    await call.write(mpb.SubmitCommandsRequest(commands=batch))
+            finally:
+                reader.cancel()
+                call.cancel()
+
+    async def _read_acks(self, call: Any) -> None:
+        while True:
+            resp = await call.read()
+            if resp is grpc.aio.EOF:
+                raise ConnectionError("shard closed the stream")
+            self._drop_acked(resp.acknowledged_sequence)
+
+    def stop(self) -> None:
+        self._stop = True
+        self._more.set()
+
+
+class SettlementFeed:
+    def __init__(
+        self,
+        shard: str,
+        address: str,
+        host: StateMachineHost[Any, Any],
+        settled: Callable[[], int],
+        *,
+        max_queue: int = 20_000,
+    ) -> None:
+        self.shard = shard
+        self.address = address
+        self.host = host
+        self.settled = settled
+        self.max_queue = max_queue
+        self.enqueued = 0
+        self._stop = False
+
+    async def run(self) -> None:
+        backoff = 0.05
+        while not self._stop:
+            start = max(self.settled(), self.enqueued) + 1
+            try:
+                async with channel(self.address) as ch:
+                    stub = mgrpc.MatchingServiceStub(ch)
+                    async for resp in stub.StreamEvents(
+                        mpb.StreamEventsRequest(from_sequence=start, max_batch=2000)
+                    ):
+                        if not resp.events:
+                            continue
+                        while self.host.queue_depth > self.max_queue and not self._stop:
+                            await asyncio.sleep(0.002)
+                        cmd = ev.AccountsCommand()
+                        cmd.settle.shard = self.shard
+                        cmd.settle.events.extend(resp.events)
+                        self.host.enqueue_internal(cmd)
+                        self.enqueued = resp.events[-1].sequence
+                        SETTLED.labels(self.shard).set(self.enqueued)
+                        backoff = 0.05
+            except grpc.aio.AioRpcError as exc:
+                log.warning(
+                    "event feed down",
+                    extra={"shard": self.shard, "code": str(exc.code()), "retry_s": backoff},
+                )
+            if self._stop:
+                return
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 2.0)
+
+    def stop(self) -> None:
+        self._stop = True

@@ -1,0 +1,427 @@
+"""AccountsService: the gRPC adapter around the accounts state machine."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
+from exchange.v1 import accounts_service_pb2 as pb
+from exchange.v1 import events_pb2 as ev
+
+from services.accounts.ledger import FEE_ACCOUNT
+from services.accounts.links import Forwarder
+from services.accounts.machine import AccountsMachine, AdjustOutcome, CancelAllResult, PlaceResult
+from services.accounts.views import (
+    adjust_command,
+    amend_commands,
+    balance_message,
+    cancel_all_command,
+    cancel_command,
+    market_spec_message,
+    order_message,
+    place_command,
+)
+from services.common.config import AccountsConfig
+from services.common.errors import ExchangeError, InvalidArgument, NotFound, Unavailable
+from services.common.host import StateMachineHost
+from services.common.markets import MarketCatalog
+from services.common.rpc import abort, encode_repeated_field, error_code, handles_errors, to_exchange_error
+
+log = logging.getLogger(__name__)
+
+AccountsHost = StateMachineHost[ev.AccountsCommand, AccountsMachine]
+MAX_BATCH_COMMANDS = 10_000
+
+
+class UserEventHub:
+    """Fans the accounts event log out to per-user subscribers, parsing each event once."""
+
+    def __init__(self, host: AccountsHost) -> None:
+        self.host = host
+        self.subscribers: dict[int, set[asyncio.Queue[list[tuple[int, bytes]] | None]]] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def subscribe(self, user: int) -> asyncio.Queue[list[tuple[int, bytes]] | None]:
+        q: asyncio.Queue[list[tuple[int, bytes]] | None] = asyncio.Queue(maxsize=1000)
+        self.subscribers.setdefault(user, set()).add(q)
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(self.host.durable_event_seq + 1))
+        return q
+
+    def unsubscribe(self, user: int, q: asyncio.Queue[list[tuple[int, bytes]] | None]) -> None:
+        subs = self.subscribers.get(user)
+        if subs is not None:
+            subs.discard(q)
+            if not subs:
+                del self.subscribers[user]
+
+    async def _run(self, start: int) -> None:
+        async for records in self.host.follow_events(start, max_records=5000):
+            if not self.subscribers:
+                continue
+            per_user: dict[int, list[tuple[int, bytes]]] = {}
+            for seq, payload in records:
+                user = ev.AccountEvent.FromString(payload).user_id
+                if user in self.subscribers:
+                    per_user.setdefault(user, []).append((seq, payload))
+            for user, items in per_user.items():
+                for q in list(self.subscribers.get(user, ())):
+                    try:
+                        q.put_nowait(items)
+                    except asyncio.QueueFull:  # too slow: tell it to resubscribe from its last sequence
+                        while not q.empty():
+                            q.get_nowait()
+                        q.put_nowait(None)
+                        self.unsubscribe(user, q)
+
+
+class AccountsServicer:
+    def __init__(
+        self,
+        host: AccountsHost,
+        catalog: MarketCatalog,
+        config: AccountsConfig,
+        forwarders: dict[str, Forwarder],
+    ) -> None:
+        self.host = host
+        self.catalog = catalog
+        self.config = config
+        self.forwarders = forwarders
+        self.hub = UserEventHub(host)
+
+    @property
+    def ledger(self) -> Any:
+        return self.host.machine.ledger
+
+    def _check_outbox(self, market: str) -> None:
+        spec = self.catalog.markets.get(market)
+        if spec is None:
+            return
+        fwd = self.forwarders.get(spec.shard)
+        if fwd is not None and fwd.lag >= self.config.max_outbox_lag:
+            raise Unavailable(f"matching shard {spec.shard} is behind ({fwd.lag} commands); retry later", 500)
+
+    # --- reference data ------------------------------------------------------------------------
+
+    @handles_errors
+    async def ListAssets(self, request: pb.ListAssetsRequest, context: Any) -> pb.ListAssetsResponse:
+        from exchange.v1 import types_pb2
+
+        return pb.ListAssetsResponse(
+            assets=[
+                types_pb2.Asset(symbol=a.symbol, decimals=a.decimals) for a in self.catalog.assets.values()
+            ]
+        )
+
+    @handles_errors
+    async def ListMarkets(self, request: pb.ListMarketsRequest, context: Any) -> pb.ListMarketsResponse:
+        return pb.ListMarketsResponse(markets=[market_spec_message(m) for m in self.catalog.markets.values()])
+
+    # --- balances ------------------------------------------------------------------------------
+
+    async def _adjust(self, req: Any, sign: int) -> tuple[Any, bool, int]:
+        cmd = adjust_command(
+            req.user_id, req.asset, req.amount, req.business, req.business_id, self.catalog, sign
+        )
+        out: AdjustOutcome = await self.host.submit(cmd)
+        bal = balance_message(self.catalog, req.asset, out.result.available, out.result.frozen)
+        return bal, out.result.duplicate, out.seq
+
+    @handles_errors
+    async def Deposit(self, request: pb.DepositRequest, context: Any) -> pb.DepositResponse:
+        bal, dup, seq = await self._adjust(request, 1)
+        return pb.DepositResponse(balance=bal, duplicate=dup, sequence=seq)
+
+    @handles_errors
+    async def Withdraw(self, request: pb.WithdrawRequest, context: Any) -> pb.WithdrawResponse:
+        bal, dup, seq = await self._adjust(request, -1)
+        return pb.WithdrawResponse(balance=bal, duplicate=dup, sequence=seq)
+
+    @handles_errors
+    async def GetBalances(self, request: pb.GetBalancesRequest, context: Any) -> pb.GetBalancesResponse:
+        if request.user_id < 1 and request.user_id != FEE_ACCOUNT:
+            raise InvalidArgument("user_id must be positive")
+        assets = list(request.assets) or list(self.catalog.assets)
+        for a in assets:
+            if a not in self.catalog.assets:
+                raise NotFound(f"unknown asset {a!r}")
+        return pb.GetBalancesResponse(
+            balances=[
+                balance_message(self.catalog, a, *self.ledger.peek_balance(request.user_id, a))
+                for a in assets
+            ]
+        )
+
+    # --- orders --------------------------------------------------------------------------------
+
+    @handles_errors
+    async def PlaceOrder(self, request: pb.PlaceOrderRequest, context: Any) -> pb.PlaceOrderResponse:
+        cmd = place_command(request, self.catalog)
+        self._check_outbox(request.market)
+        res: PlaceResult = await self.host.submit(cmd)
+        return pb.PlaceOrderResponse(order=order_message(res.order, self.catalog), duplicate=res.duplicate)
+
+    @handles_errors
+    async def CancelOrder(self, request: pb.CancelOrderRequest, context: Any) -> pb.CancelOrderResponse:
+        order = await self.host.submit(cancel_command(request))
+        return pb.CancelOrderResponse(order=order_message(order, self.catalog))
+
+    @handles_errors
+    async def CancelAllOrders(
+        self, request: pb.CancelAllOrdersRequest, context: Any
+    ) -> pb.CancelAllOrdersResponse:
+        res: CancelAllResult = await self.host.submit(cancel_all_command(request, self.catalog))
+        return pb.CancelAllOrdersResponse(order_count=res.order_count)
+
+    async def _amend(self, request: pb.AmendOrderRequest) -> Any:
+        order = (
+            self.ledger.lookup(request.user_id, request.order_id, request.client_order_id)
+            if (request.user_id > 0)
+            else None
+        )
+        if order is None:
+            raise InvalidArgument("user_id must be positive")
+        cmds = amend_commands(request, self.catalog, order.market)
+        futs = self.host.submit_many(cmds)
+        results = await asyncio.gather(*futs, return_exceptions=True)
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
+        return results[-1]
+
+    @handles_errors
+    async def AmendOrder(self, request: pb.AmendOrderRequest, context: Any) -> pb.AmendOrderResponse:
+        order = await self._amend(request)
+        return pb.AmendOrderResponse(order=order_message(order, self.catalog))
+
+    @handles_errors
+    async def GetOrder(self, request: pb.GetOrderRequest, context: Any) -> pb.GetOrderResponse:
+        if request.user_id < 1:
+            raise InvalidArgument("user_id must be positive")
+        if not request.order_id and not request.client_order_id:
+            raise InvalidArgument("order_id or client_order_id is required")
+        order = self.ledger.lookup(request.user_id, request.order_id, request.client_order_id)
+        return pb.GetOrderResponse(order=order_message(order, self.catalog))
+
+    @handles_errors
+    async def ListOpenOrders(
+        self, request: pb.ListOpenOrdersRequest, context: Any
+    ) -> pb.ListOpenOrdersResponse:
+        if request.user_id < 1:
+            raise InvalidArgument("user_id must be positive")
+        if request.market and request.market not in self.catalog.markets:
+            raise NotFound(f"unknown market {request.market!r}")
+        page_size = request.page_size or 100
+        if page_size > 1000:
+            raise InvalidArgument("page_size must be at most 1000")
+        after = 0
+        if request.page_token:
+            try:
+                after = int(request.page_token, 16)
+            except ValueError:
+                raise InvalidArgument("malformed page_token") from None
+        orders = sorted(
+            (o for o in self.ledger.iter_user_orders(request.user_id, request.market) if o.order_id > after),
+            key=lambda o: o.order_id,
+        )
+        page = orders[:page_size]
+        token = format(page[-1].order_id, "x") if len(orders) > page_size else ""
+        return pb.ListOpenOrdersResponse(
+            orders=[order_message(o, self.catalog) for o in page], next_page_token=token
+        )
+
+    # --- batched streaming entry ---------------------------------------------------------------
+
+    def _batch_command(self, c: pb.OrderCommand) -> tuple[list[ev.AccountsCommand], str]:
+        kind = c.WhichOneof("command")
+        if kind == "place_order":
+            self._check_outbox(c.place_order.market)
+            return [place_command(c.place_order, self.catalog)], kind
+        if kind == "cancel_order":
+            return [cancel_command(c.cancel_order)], kind
+        if kind == "cancel_all_orders":
+            return [cancel_all_command(c.cancel_all_orders, self.catalog)], kind
+        if kind == "amend_order":
+            a = c.amend_order
+            order = self.ledger.lookup(a.user_id, a.order_id, a.client_order_id)
+            return amend_commands(a, self.catalog, order.market), kind
+        raise InvalidArgument("empty command")
+
+    def _result(self, kind: str, value: Any) -> pb.OrderCommandResult:
+        if isinstance(value, BaseException):
+            err = to_exchange_error(value)
+            if err is None:
+                return pb.OrderCommandResult(code=13, message="internal error")
+            return pb.OrderCommandResult(code=error_code(err), message=err.message)
+        if isinstance(value, PlaceResult):
+            return pb.OrderCommandResult(
+                order=order_message(value.order, self.catalog), duplicate=value.duplicate
+            )
+        if isinstance(value, CancelAllResult):
+            return pb.OrderCommandResult(order_count=value.order_count)
+        return pb.OrderCommandResult(order=order_message(value, self.catalog))
+
+    async def SubmitOrders(
+        self,
+        request_iterator: AsyncIterator[pb.SubmitOrdersRequest],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[pb.SubmitOrdersResponse]:
+        pending: asyncio.Queue[tuple[int, list[tuple[str, list[Any]]]] | None] = asyncio.Queue(maxsize=16)
+
+        async def reader() -> None:
+            try:
+                async for req in request_iterator:
+                    if len(req.commands) > MAX_BATCH_COMMANDS:
+                        raise InvalidArgument(f"a batch holds at most {MAX_BATCH_COMMANDS} commands")
+                    items: list[tuple[str, list[Any]]] = []
+                    to_submit: list[ev.AccountsCommand] = []
+                    slots: list[tuple[int, int]] = []  # (item index, number of commands)
+                    for c in req.commands:
+                        try:
+                            cmds, kind = self._batch_command(c)
+                        except ExchangeError as exc:
+                            items.append(("error", [exc]))
+                            continue
+                        except Exception as exc:
+                            err = to_exchange_error(exc)
+                            if err is None:
+                                raise
+                            items.append(("error", [err]))
+                            continue
+                        slots.append((len(items), len(cmds)))
+                        items.append((kind, []))
+                        to_submit.extend(cmds)
+                    if to_submit:
+                        futs = await self.host.submit_many_waiting(to_submit)
+                        i = 0
+                        for index, n in slots:
+                            items[index][1].extend(futs[i : i + n])
+                            i += n
+                    await pending.put((req.batch_id, items))
+            finally:
+                await pending.put(None)
+
+        task = asyncio.create_task(reader())
+        try:
+            while True:
+                item = await pending.get()
+                if item is None:
+                    break
+                batch_id, items = item
+                results = []
+                for kind, values in items:
+                    if kind == "error":
+                        results.append(self._result(kind, values[0]))
+                        continue
+                    outs = await asyncio.gather(*values, return_exceptions=True)
+                    failed = next((o for o in outs if isinstance(o, BaseException)), None)
+                    results.append(self._result(kind, failed if failed is not None else outs[-1]))
+                yield pb.SubmitOrdersResponse(batch_id=batch_id, results=results)
+            if task.done() and task.exception() is not None:
+                exc = task.exception()
+                assert exc is not None
+                err = to_exchange_error(exc)
+                if err is None:
+                    raise exc
+                await abort(context, err)
+        finally:
+            task.cancel()
+
+    # --- event streams -------------------------------------------------------------------------
+
+    async def StreamAccountEvents(
+        self, request: pb.StreamAccountEventsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[bytes]:
+        try:
+            async for records in self.host.follow_events(request.from_sequence or 1, max_records=2000):
+                yield encode_repeated_field(1, [p for _, p in records])
+        except Exception as exc:
+            err = to_exchange_error(exc)
+            if err is None:
+                raise
+            await abort(context, err)
+
+    async def StreamUserEvents(
+        self, request: pb.StreamUserEventsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[bytes]:
+        if request.user_id < 1 and request.user_id != FEE_ACCOUNT:
+            await abort(context, InvalidArgument("user_id must be positive"))
+            return
+        user = request.user_id
+        queue = self.hub.subscribe(user)
+        sent = self.host.durable_event_seq  # the live feed delivers what comes after this
+        try:
+            if request.from_sequence and request.from_sequence <= sent:
+                # Catch up from the log up to `sent`, then switch to the live feed.
+                live_from = sent + 1
+                async for records in self.host.follow_events(request.from_sequence, max_records=5000):
+                    mine = [
+                        p
+                        for s, p in records
+                        if s < live_from and ev.AccountEvent.FromString(p).user_id == user
+                    ]
+                    if mine:
+                        yield encode_repeated_field(1, mine)
+                    if records[-1][0] >= live_from - 1:
+                        break
+            while True:
+                items = await queue.get()
+                if items is None:
+                    await abort(
+                        context, Unavailable("subscriber too slow; resubscribe from your last sequence")
+                    )
+                    return
+                fresh = [p for s, p in items if s > sent]
+                if fresh:
+                    sent = items[-1][0]
+                    yield encode_repeated_field(1, fresh)
+        except Exception as exc:
+            err = to_exchange_error(exc)
+            if err is None:
+                raise
+            await abort(context, err)
+        finally:
+            self.hub.unsubscribe(user, queue)
+
+    # --- status --------------------------------------------------------------------------------
+
+    @handles_errors
+    async def GetAccountsStatus(
+        self, request: pb.GetAccountsStatusRequest, context: Any
+    ) -> pb.GetAccountsStatusResponse:
+        st = self.host.status()
+        resp = pb.GetAccountsStatusResponse(
+            source=self.config.source,
+            applied_sequence=st.applied_seq,
+            event_sequence=st.event_seq,
+            state_hash=st.state_hash,
+            settled_sequences=dict(self.ledger.settled),
+            forwarded_sequences={name: f.acked for name, f in self.forwarders.items()},
+            snapshot_sequence=st.snapshot_seq,
+            outbox_pending={name: f.lag for name, f in self.forwarders.items()},
+            queue_depth=self.host.queue_depth,
+        )
+        for asset, a in sorted(self.ledger.audit().items()):
+            resp.audit.add(
+                asset=asset, total=a["total"], external=a["external"], frozen=a["frozen"], held=a["held"]
+            )
+        return resp
+
+
+def outbox_hook(
+    machine_getter: Callable[[], AccountsMachine], forwarders: dict[str, Forwarder]
+) -> Callable[[int, int], None]:
+    def hook(cmd_seq: int, event_seq: int) -> None:
+        machine = machine_getter()
+        if not machine.outbox:
+            return
+        for seq, shard, cmd in machine.outbox:
+            fwd = forwarders.get(shard)
+            if fwd is not None:
+                fwd.push(seq, cmd)
+        machine.outbox.clear()
+
+    return hook
