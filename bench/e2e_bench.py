@@ -1,0 +1,340 @@
+"""End-to-end benchmark: orders through the real services with durable journals.
+
+    python bench/e2e_bench.py [--seconds 20] [--mode stream|unary|both] [--out FILE]
+
+Starts accounts and one matching shard (plus history and market with --with-history) as separate
+processes in a temporary directory, funds many users, then drives a flow over several markets: mostly
+passive limit orders around a mid price, with a share of crossing orders so that fills happen. Orders
+are pre-built and pre-serialized so the load generator costs little CPU on this 2-core machine.
+
+Reports, per entry mode: accepted orders/s (sustained, and per second), fills/s (trades counted by the
+shard), and the latency from PlaceOrder to the fill event seen on the user's event stream (probe orders
+that cross the book every 20 ms, measured on the unary path and as part of a streaming batch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import grpc
+from exchange.v1 import accounts_service_pb2 as apb
+from exchange.v1 import accounts_service_pb2_grpc as agrpc
+from exchange.v1 import matching_service_pb2 as mpb
+from exchange.v1 import matching_service_pb2_grpc as mgrpc
+from exchange.v1 import types_pb2
+
+from tests.cluster import Cluster
+
+MARKETS = {"BTC_USDT": 30000, "ETH_USDT": 2000, "SOL_USDT": 20}
+BUY, SELL = types_pb2.SIDE_BUY, types_pb2.SIDE_SELL
+
+
+def percentile(xs: list[float], q: float) -> float:
+    if not xs:
+        return float("nan")
+    xs = sorted(xs)
+    return round(xs[min(len(xs) - 1, int(q * len(xs)))], 2)
+
+
+def make_orders(rng: random.Random, users: int, n: int, crossing: float) -> list[apb.OrderCommand]:
+    out = []
+    markets = list(MARKETS)
+    weights = [0.6, 0.3, 0.1]
+    for _ in range(n):
+        market = rng.choices(markets, weights)[0]
+        mid = MARKETS[market]
+        side = BUY if rng.random() < 0.5 else SELL
+        user = rng.randint(1, users)
+        if rng.random() < crossing:
+            price = mid * (1.002 if side == BUY else 0.998)
+        else:
+            off = 1 + rng.randint(1, 200) / 10000
+            price = mid / off if side == BUY else mid * off
+        tick = 0.01 if market != "SOL_USDT" else 0.001
+        price_s = f"{round(price / tick) * tick:.{2 if tick == 0.01 else 3}f}"
+        amount = {"BTC_USDT": "0.001", "ETH_USDT": "0.01", "SOL_USDT": "1"}[market]
+        out.append(
+            apb.OrderCommand(
+                place_order=apb.PlaceOrderRequest(
+                    user_id=user,
+                    market=market,
+                    side=side,
+                    type=types_pb2.ORDER_TYPE_LIMIT,
+                    price=price_s,
+                    amount=amount,
+                    time_in_force=types_pb2.TIME_IN_FORCE_GTC,
+                )
+            )
+        )
+    return out
+
+
+async def fund(stub: agrpc.AccountsServiceStub, users: int) -> None:
+    sem = asyncio.Semaphore(64)
+
+    async def one(user: int, asset: str, amount: str) -> None:
+        async with sem:
+            await stub.Deposit(
+                apb.DepositRequest(
+                    user_id=user, asset=asset, amount=amount, business="bench", business_id=f"{user}-{asset}"
+                )
+            )
+
+    await asyncio.gather(
+        *[
+            one(u, a, amt)
+            for u in range(1, users + 2)
+            for a, amt in (("USDT", "100000000"), ("BTC", "10000"), ("ETH", "100000"), ("SOL", "10000000"))
+        ]
+    )
+
+
+async def shard_counters(c: Cluster) -> tuple[int, int]:
+    async with grpc.aio.insecure_channel(c.addresses["matching-0"]) as ch:
+        st = await mgrpc.MatchingServiceStub(ch).GetMatchingStatus(mpb.GetMatchingStatusRequest())
+        return sum(m.last_trade_id for m in st.markets), st.event_sequence
+
+
+class Probe:
+    """Places a crossing IOC buy every interval as a probe user and times PlaceOrder -> UserFill event."""
+
+    def __init__(self, c: Cluster, user: int) -> None:
+        self.c = c
+        self.user = user
+        self.sent: dict[int, float] = {}
+        self.latencies_ms: list[float] = []
+        self.unmatched = 0
+
+    async def run(self, stub: agrpc.AccountsServiceStub, until: float, interval: float = 0.02) -> None:
+        follower = asyncio.create_task(self._follow())
+        await asyncio.sleep(0.3)
+        while time.monotonic() < until:
+            t0 = time.monotonic()
+            resp = await stub.PlaceOrder(
+                apb.PlaceOrderRequest(
+                    user_id=self.user,
+                    market="BTC_USDT",
+                    side=BUY,
+                    type=types_pb2.ORDER_TYPE_LIMIT,
+                    price="30200",
+                    amount="0.001",
+                    time_in_force=types_pb2.TIME_IN_FORCE_IOC,
+                )
+            )
+            self.sent[resp.order.order_id] = t0
+            await asyncio.sleep(interval)
+        await asyncio.sleep(1.0)
+        follower.cancel()
+        self.unmatched = len(self.sent)
+
+    async def _follow(self) -> None:
+        async with grpc.aio.insecure_channel(self.c.addresses["accounts-0"]) as ch:
+            stub = agrpc.AccountsServiceStub(ch)
+            async for resp in stub.StreamUserEvents(apb.StreamUserEventsRequest(user_id=self.user)):
+                now = time.monotonic()
+                for e in resp.events:
+                    if e.WhichOneof("event") == "user_fill":
+                        t0 = self.sent.pop(e.user_fill.order_id, None)
+                        if t0 is not None:
+                            self.latencies_ms.append((now - t0) * 1000)
+
+
+async def drive_stream(
+    c: Cluster, batches: list[bytes], until: float, window: int, counter: list[int]
+) -> None:
+    """One SubmitOrders stream sending pre-serialized batches, at most `window` unanswered."""
+    async with grpc.aio.insecure_channel(c.addresses["accounts-0"]) as ch:
+        call = ch.stream_stream(
+            "/exchange.v1.AccountsService/SubmitOrders",
+            request_serializer=lambda b: b,
+            response_deserializer=apb.SubmitOrdersResponse.FromString,
+        )()
+        inflight = asyncio.Semaphore(window)
+        errors = [0]
+
+        async def reader() -> None:
+            async for resp in call:
+                ok = sum(1 for r in resp.results if r.code == 0)
+                counter[0] += ok
+                errors[0] += len(resp.results) - ok
+                inflight.release()
+
+        rtask = asyncio.create_task(reader())
+        i = 0
+        while time.monotonic() < until:
+            await inflight.acquire()
+            await call.write(batches[i % len(batches)])
+            i += 1
+        await call.done_writing()
+        await rtask
+        counter[1] += errors[0]
+
+
+async def drive_unary(
+    c: Cluster, orders: list[apb.PlaceOrderRequest], until: float, concurrency: int, counter: list[int]
+) -> None:
+    async with grpc.aio.insecure_channel(c.addresses["accounts-0"]) as ch:
+        stub = agrpc.AccountsServiceStub(ch)
+        idx = [0]
+
+        async def worker() -> None:
+            while time.monotonic() < until:
+                req = orders[idx[0] % len(orders)]
+                idx[0] += 1
+                try:
+                    await stub.PlaceOrder(req)
+                    counter[0] += 1
+                except grpc.aio.AioRpcError:
+                    counter[1] += 1
+
+        await asyncio.gather(*[worker() for _ in range(concurrency)])
+
+
+async def run_mode(
+    c: Cluster, mode: str, seconds: float, users: int, batch: int, streams: int, window: int
+) -> dict[str, Any]:
+    rng = random.Random(42)
+    async with grpc.aio.insecure_channel(c.addresses["accounts-0"]) as ch:
+        stub = agrpc.AccountsServiceStub(ch)
+        counter = [0, 0]
+        timeline: list[int] = []
+        trades0, events0 = await shard_counters(c)
+        probe = Probe(c, users + 1)
+        start = time.monotonic()
+        until = start + seconds
+        if mode == "stream":
+            orders = make_orders(rng, users, 200_000, crossing=0.1)
+            batches = [
+                apb.SubmitOrdersRequest(
+                    batch_id=i, commands=orders[i * batch : (i + 1) * batch]
+                ).SerializeToString()
+                for i in range(len(orders) // batch)
+            ]
+            load = [drive_stream(c, batches[k::streams], until, window, counter) for k in range(streams)]
+        else:
+            orders = [cmd.place_order for cmd in make_orders(rng, users, 50_000, crossing=0.1)]
+            load = [drive_unary(c, orders, until, 64, counter)]
+
+        async def sample() -> None:
+            last = 0
+            while time.monotonic() < until:
+                await asyncio.sleep(1.0)
+                timeline.append(counter[0] - last)
+                last = counter[0]
+
+        await asyncio.gather(*load, probe.run(stub, until), sample())
+        elapsed = time.monotonic() - start
+        # Wait for matching and settlement to finish what was accepted.
+        t_drain = time.monotonic()
+        c.wait_quiet(timeout=300)
+        drain = time.monotonic() - t_drain
+        trades1, events1 = await shard_counters(c)
+        steady = timeline[2:-1] if len(timeline) > 4 else timeline
+        return {
+            "entry": mode,
+            "seconds": round(elapsed, 1),
+            "accepted_orders": counter[0],
+            "rejected_or_failed": counter[1],
+            "accepted_orders_per_s": round(counter[0] / elapsed),
+            "accepted_per_second_timeline": timeline,
+            "sustained_min_orders_per_s": min(steady) if steady else 0,
+            "fills": trades1 - trades0,
+            "fills_per_s": round((trades1 - trades0) / (elapsed + drain)),
+            "matching_events": events1 - events0,
+            "drain_seconds_after_load": round(drain, 2),
+            "place_to_fill_latency_ms": {
+                "samples": len(probe.latencies_ms),
+                "p50": percentile(probe.latencies_ms, 0.5),
+                "p99": percentile(probe.latencies_ms, 0.99),
+                "max": round(max(probe.latencies_ms), 1) if probe.latencies_ms else None,
+                "probes_without_fill": probe.unmatched,
+            },
+            "batch_size": batch if mode == "stream" else 1,
+            "streams": streams if mode == "stream" else 0,
+            "unary_concurrency": 64 if mode == "unary" else 0,
+        }
+
+
+async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    results: dict[str, Any] = {
+        "benchmark": "end-to-end",
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "users": args.users,
+        "markets": list(MARKETS),
+        "durable": "every command fsynced (group commit) before it is answered",
+        "runs": [],
+    }
+    modes = ["stream", "unary"] if args.mode == "both" else [args.mode]
+    for mode in modes:
+        with tempfile.TemporaryDirectory(prefix="e2e-bench-") as tmp:
+            c = Cluster(
+                Path(tmp),
+                with_history=args.with_history,
+                with_market=args.with_market,
+                accounts_options={"max_outbox_lag": 1_000_000},
+            )
+            c.start()
+            try:
+                async with grpc.aio.insecure_channel(c.addresses["accounts-0"]) as ch:
+                    await fund(agrpc.AccountsServiceStub(ch), args.users)
+                # Liquidity for the probes: a deep ask wall far from the flow's crossing prices.
+                async with grpc.aio.insecure_channel(c.addresses["accounts-0"]) as ch:
+                    stub = agrpc.AccountsServiceStub(ch)
+                    await stub.PlaceOrder(
+                        apb.PlaceOrderRequest(
+                            user_id=1,
+                            market="BTC_USDT",
+                            side=SELL,
+                            type=types_pb2.ORDER_TYPE_LIMIT,
+                            price="30150",
+                            amount="1000",
+                        )
+                    )
+                results["runs"].append(
+                    await run_mode(c, mode, args.seconds, args.users, args.batch, args.streams, args.window)
+                )
+            finally:
+                c.stop()
+    stream = next((r for r in results["runs"] if r["entry"] == "stream"), None)
+    if stream:
+        results["target_orders_per_s"] = 10_000
+        results["target_met"] = stream["sustained_min_orders_per_s"] >= 10_000
+    return results
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seconds", type=float, default=20)
+    ap.add_argument("--mode", choices=["stream", "unary", "both"], default="both")
+    ap.add_argument("--users", type=int, default=1000)
+    ap.add_argument("--batch", type=int, default=500)
+    ap.add_argument("--streams", type=int, default=2)
+    ap.add_argument("--window", type=int, default=4)
+    ap.add_argument("--with-history", action="store_true")
+    ap.add_argument("--with-market", action="store_true")
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args()
+    result = asyncio.run(main_async(args))
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,197 @@
+"""Real processes on ephemeral ports: a test exchange in a temporary directory."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import grpc
+from exchange.v1 import accounts_service_pb2 as apb
+from exchange.v1 import accounts_service_pb2_grpc as agrpc
+from exchange.v1 import matching_service_pb2 as mpb
+from exchange.v1 import matching_service_pb2_grpc as mgrpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MARKETS = (ROOT / "deploy" / "exchange.toml").read_text().split("[assets]", 1)[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Cluster:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        shards: dict[str, list[str]] | None = None,
+        accounts_options: dict[str, Any] | None = None,
+        shard_options: dict[str, Any] | None = None,
+        with_history: bool = False,
+        with_market: bool = False,
+        history_url: str | None = None,
+    ) -> None:
+        self.dir = directory
+        self.dir.mkdir(parents=True, exist_ok=True)
+        shards = shards or {"matching-0": []}
+        self.addresses: dict[str, str] = {name: f"127.0.0.1:{free_port()}" for name in shards}
+        self.addresses["accounts-0"] = f"127.0.0.1:{free_port()}"
+        self.services: list[tuple[str, list[str]]] = [
+            (name, ["services.matching", "--shard", name]) for name in shards
+        ]
+        self.services.append(("accounts-0", ["services.accounts"]))
+        if with_history:
+            self.addresses["history"] = f"127.0.0.1:{free_port()}"
+            self.services.append(("history", ["services.history"]))
+        if with_market:
+            self.addresses["market"] = f"127.0.0.1:{free_port()}"
+            self.services.append(("market", ["services.market"]))
+        lines = ['data_dir = "data"', ""]
+        lines.append("[accounts]")
+        lines.append(f'listen = "{self.addresses["accounts-0"]}"')
+        for k, v in (accounts_options or {}).items():
+            lines.append(f"{k} = {v!r}")
+        for name, markets in shards.items():
+            lines.append(f'[shards."{name}"]')
+            lines.append(f'listen = "{self.addresses[name]}"')
+            if markets:
+                lines.append("markets = [" + ", ".join(f'"{m}"' for m in markets) + "]")
+            for k, v in (shard_options or {}).items():
+                lines.append(f"{k} = {v!r}")
+        if with_history:
+            lines.append("[history]")
+            lines.append(f'listen = "{self.addresses["history"]}"')
+            if history_url:
+                lines.append(f'database_url = "{history_url}"')
+        if with_market:
+            lines.append("[market]")
+            lines.append(f'listen = "{self.addresses["market"]}"')
+        lines.append("")
+        lines.append("[assets]" + DEFAULT_MARKETS)
+        self.config_path = self.dir / "exchange.toml"
+        self.config_path.write_text("\n".join(lines))
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._channels: dict[str, grpc.Channel] = {}
+
+    # --- processes -----------------------------------------------------------------------------
+
+    def start(self, names: Iterable[str] | None = None, timeout: float = 30.0) -> None:
+        for name, module_args in self.services:
+            if names is not None and name not in names:
+                continue
+            log = open(self.dir / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
+            self.procs[name] = subprocess.Popen(
+                [sys.executable, "-m", module_args[0], "--config", str(self.config_path), *module_args[1:]],
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "EXCHANGE_LOG_LEVEL": os.environ.get("EXCHANGE_LOG_LEVEL", "INFO")},
+            )
+            self.wait_healthy(name, timeout)
+
+    def wait_healthy(self, name: str, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        stub = health_pb2_grpc.HealthStub(self.channel(name))
+        while time.monotonic() < deadline:
+            proc = self.procs.get(name)
+            if proc is not None and proc.poll() is not None:
+                raise RuntimeError(f"{name} exited with {proc.returncode}:\n{self.log(name)[-3000:]}")
+            try:
+                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.05)
+        raise TimeoutError(f"{name} not healthy after {timeout}s:\n{self.log(name)[-3000:]}")
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        proc = self.procs.pop(name)
+        proc.send_signal(sig)
+        proc.wait(30)
+        ch = self._channels.pop(name, None)
+        if ch is not None:
+            ch.close()
+
+    def restart(self, name: str) -> None:
+        if name in self.procs:
+            self.kill(name, signal.SIGTERM)
+        self.start([name])
+
+    def stop(self) -> None:
+        for name in reversed([n for n, _ in self.services]):
+            if name in self.procs:
+                try:
+                    self.kill(name, signal.SIGTERM)
+                except subprocess.TimeoutExpired:
+                    self.kill(name, signal.SIGKILL)
+        for ch in self._channels.values():
+            ch.close()
+        self._channels.clear()
+
+    def log(self, name: str) -> str:
+        path = self.dir / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    # --- clients -------------------------------------------------------------------------------
+
+    def channel(self, name: str) -> grpc.Channel:
+        ch = self._channels.get(name)
+        if ch is None:
+            ch = self._channels[name] = grpc.insecure_channel(self.addresses[name])
+        return ch
+
+    @property
+    def accounts(self) -> agrpc.AccountsServiceStub:
+        return agrpc.AccountsServiceStub(self.channel("accounts-0"))
+
+    def matching(self, shard: str = "matching-0") -> mgrpc.MatchingServiceStub:
+        return mgrpc.MatchingServiceStub(self.channel(shard))
+
+    @property
+    def shard_names(self) -> list[str]:
+        return [n for n, args in self.services if args[0] == "services.matching"]
+
+    def wait_quiet(self, timeout: float = 30.0) -> apb.GetAccountsStatusResponse:
+        """Until every shard applied what accounts forwarded and accounts settled every event."""
+        deadline = time.monotonic() + timeout
+        last: Any = None
+        while time.monotonic() < deadline:
+            try:
+                st = self.accounts.GetAccountsStatus(apb.GetAccountsStatusRequest(), timeout=5)
+                shards = {
+                    s: self.matching(s).GetMatchingStatus(mpb.GetMatchingStatusRequest(), timeout=5)
+                    for s in self.shard_names
+                }
+            except grpc.RpcError as exc:
+                last = exc
+                time.sleep(0.1)
+                continue
+            ok = st.queue_depth == 0 and all(
+                st.settled_sequences.get(s, 0) == m.event_sequence and st.outbox_pending.get(s, 0) == 0
+                for s, m in shards.items()
+            )
+            if ok:
+                # A second look: nothing moved in between.
+                time.sleep(0.05)
+                st2 = self.accounts.GetAccountsStatus(apb.GetAccountsStatusRequest(), timeout=5)
+                if st2.applied_sequence == st.applied_sequence:
+                    return st2
+            last = (st, shards)
+            time.sleep(0.05)
+        raise TimeoutError(f"exchange did not settle: {last}")
+
+
+def assert_invariants(st: apb.GetAccountsStatusResponse) -> None:
+    for a in st.audit:
+        assert a.total == a.external, f"{a.asset}: balances {a.total} != deposits-withdrawals {a.external}"
+        assert a.frozen == a.held, f"{a.asset}: frozen {a.frozen} != held by open orders {a.held}"
