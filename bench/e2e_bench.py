@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
+import multiprocessing
 import os
 import platform
 import random
@@ -107,48 +109,71 @@ async def shard_counters(c: Cluster) -> tuple[int, int]:
         return sum(m.last_trade_id for m in st.markets), st.event_sequence
 
 
-class Probe:
-    """Places a crossing IOC buy every interval as a probe user and times PlaceOrder -> UserFill event."""
+def probe_process(accounts: str, matching: str, user: int, seconds: float, out: Any) -> None:
+    """Runs in its own process (so the load generator's busy event loop does not distort it):
+    every 20 ms a crossing IOC buy by `user`, timed from PlaceOrder to the UserFill event on the
+    user's stream; and once a second, the exchange's own counters (orders, fills, pipeline lag)."""
+    out.put(asyncio.run(_probe(accounts, matching, user, seconds)))
 
-    def __init__(self, c: Cluster, user: int) -> None:
-        self.c = c
-        self.user = user
-        self.sent: dict[int, float] = {}
-        self.latencies_ms: list[float] = []
-        self.unmatched = 0
 
-    async def run(self, stub: agrpc.AccountsServiceStub, until: float, interval: float = 0.02) -> None:
-        follower = asyncio.create_task(self._follow())
-        await asyncio.sleep(0.3)
-        while time.monotonic() < until:
-            t0 = time.monotonic()
-            resp = await stub.PlaceOrder(
-                apb.PlaceOrderRequest(
-                    user_id=self.user,
-                    market="BTC_USDT",
-                    side=BUY,
-                    type=types_pb2.ORDER_TYPE_LIMIT,
-                    price="30200",
-                    amount="0.001",
-                    time_in_force=types_pb2.TIME_IN_FORCE_IOC,
-                )
-            )
-            self.sent[resp.order.order_id] = t0
-            await asyncio.sleep(interval)
-        await asyncio.sleep(1.0)
-        follower.cancel()
-        self.unmatched = len(self.sent)
+async def _probe(accounts: str, matching: str, user: int, seconds: float) -> dict[str, Any]:
+    sent: dict[int, float] = {}
+    latencies: list[float] = []
+    samples: list[dict[str, Any]] = []
+    async with grpc.aio.insecure_channel(accounts) as ach, grpc.aio.insecure_channel(matching) as mch:
+        stub = agrpc.AccountsServiceStub(ach)
+        mstub = mgrpc.MatchingServiceStub(mch)
 
-    async def _follow(self) -> None:
-        async with grpc.aio.insecure_channel(self.c.addresses["accounts-0"]) as ch:
-            stub = agrpc.AccountsServiceStub(ch)
-            async for resp in stub.StreamUserEvents(apb.StreamUserEventsRequest(user_id=self.user)):
+        async def follow() -> None:
+            async for resp in stub.StreamUserEvents(apb.StreamUserEventsRequest(user_id=user)):
                 now = time.monotonic()
                 for e in resp.events:
                     if e.WhichOneof("event") == "user_fill":
-                        t0 = self.sent.pop(e.user_fill.order_id, None)
+                        t0 = sent.pop(e.user_fill.order_id, None)
                         if t0 is not None:
-                            self.latencies_ms.append((now - t0) * 1000)
+                            latencies.append((now - t0) * 1000)
+
+        async def place() -> None:
+            while time.monotonic() < until:
+                t0 = time.monotonic()
+                resp = await stub.PlaceOrder(
+                    apb.PlaceOrderRequest(
+                        user_id=user,
+                        market="BTC_USDT",
+                        side=BUY,
+                        type=types_pb2.ORDER_TYPE_LIMIT,
+                        price="30200",
+                        amount="0.001",
+                        time_in_force=types_pb2.TIME_IN_FORCE_IOC,
+                    )
+                )
+                sent[resp.order.order_id] = t0
+                await asyncio.sleep(0.02)
+
+        async def sample() -> None:
+            while time.monotonic() < until + 0.5:
+                t = time.monotonic()
+                st = await stub.GetAccountsStatus(apb.GetAccountsStatusRequest())
+                ms = await mstub.GetMatchingStatus(mpb.GetMatchingStatusRequest())
+                samples.append(
+                    {
+                        "t": round(t - start, 2),
+                        "orders": st.last_order_id,
+                        "fills": sum(m.last_trade_id for m in ms.markets),
+                        "accounts_queue": st.queue_depth,
+                        "outbox": st.outbox_pending.get("matching-0", 0),
+                        "unsettled_events": ms.event_sequence - st.settled_sequences.get("matching-0", 0),
+                    }
+                )
+                await asyncio.sleep(max(0.0, 1.0 - (time.monotonic() - t)))
+
+        start = time.monotonic()
+        until = start + seconds
+        follower = asyncio.create_task(follow())
+        await asyncio.gather(place(), sample())
+        await asyncio.sleep(1.0)
+        follower.cancel()
+    return {"latencies_ms": latencies, "unmatched": len(sent), "samples": samples}
 
 
 async def drive_stream(
@@ -206,65 +231,80 @@ async def run_mode(
     c: Cluster, mode: str, seconds: float, users: int, batch: int, streams: int, window: int
 ) -> dict[str, Any]:
     rng = random.Random(42)
-    async with grpc.aio.insecure_channel(c.addresses["accounts-0"]) as ch:
-        stub = agrpc.AccountsServiceStub(ch)
-        counter = [0, 0]
-        timeline: list[int] = []
-        trades0, events0 = await shard_counters(c)
-        probe = Probe(c, users + 1)
-        start = time.monotonic()
-        until = start + seconds
-        if mode == "stream":
-            orders = make_orders(rng, users, 200_000, crossing=0.1)
-            batches = [
-                apb.SubmitOrdersRequest(
-                    batch_id=i, commands=orders[i * batch : (i + 1) * batch]
-                ).SerializeToString()
-                for i in range(len(orders) // batch)
-            ]
-            load = [drive_stream(c, batches[k::streams], until, window, counter) for k in range(streams)]
-        else:
-            orders = [cmd.place_order for cmd in make_orders(rng, users, 50_000, crossing=0.1)]
-            load = [drive_unary(c, orders, until, 64, counter)]
-
-        async def sample() -> None:
-            last = 0
-            while time.monotonic() < until:
-                await asyncio.sleep(1.0)
-                timeline.append(counter[0] - last)
-                last = counter[0]
-
-        await asyncio.gather(*load, probe.run(stub, until), sample())
-        elapsed = time.monotonic() - start
-        # Wait for matching and settlement to finish what was accepted.
-        t_drain = time.monotonic()
-        c.wait_quiet(timeout=300)
-        drain = time.monotonic() - t_drain
-        trades1, events1 = await shard_counters(c)
-        steady = timeline[2:-1] if len(timeline) > 4 else timeline
-        return {
-            "entry": mode,
-            "seconds": round(elapsed, 1),
-            "accepted_orders": counter[0],
-            "rejected_or_failed": counter[1],
-            "accepted_orders_per_s": round(counter[0] / elapsed),
-            "accepted_per_second_timeline": timeline,
-            "sustained_min_orders_per_s": min(steady) if steady else 0,
-            "fills": trades1 - trades0,
-            "fills_per_s": round((trades1 - trades0) / (elapsed + drain)),
-            "matching_events": events1 - events0,
-            "drain_seconds_after_load": round(drain, 2),
-            "place_to_fill_latency_ms": {
-                "samples": len(probe.latencies_ms),
-                "p50": percentile(probe.latencies_ms, 0.5),
-                "p99": percentile(probe.latencies_ms, 0.99),
-                "max": round(max(probe.latencies_ms), 1) if probe.latencies_ms else None,
-                "probes_without_fill": probe.unmatched,
-            },
-            "batch_size": batch if mode == "stream" else 1,
-            "streams": streams if mode == "stream" else 0,
-            "unary_concurrency": 64 if mode == "unary" else 0,
-        }
+    counter = [0, 0]
+    trades0, events0 = await shard_counters(c)
+    if mode == "stream":
+        orders = make_orders(rng, users, 200_000, crossing=0.1)
+        batches = [
+            apb.SubmitOrdersRequest(
+                batch_id=i, commands=orders[i * batch : (i + 1) * batch]
+            ).SerializeToString()
+            for i in range(len(orders) // batch)
+        ]
+    else:
+        requests = [cmd.place_order for cmd in make_orders(rng, users, 50_000, crossing=0.1)]
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    probe = ctx.Process(
+        target=probe_process,
+        args=(c.addresses["accounts-0"], c.addresses["matching-0"], users + 1, seconds, queue),
+    )
+    probe.start()
+    start = time.monotonic()
+    until = start + seconds
+    if mode == "stream":
+        load = [drive_stream(c, batches[k::streams], until, window, counter) for k in range(streams)]
+    else:
+        load = [drive_unary(c, requests, until, 64, counter)]
+    await asyncio.gather(*load)
+    elapsed = time.monotonic() - start
+    report = queue.get(timeout=60)
+    probe.join(10)
+    # Wait for matching and settlement to finish what was accepted.
+    t_drain = time.monotonic()
+    c.wait_quiet(timeout=300)
+    drain = time.monotonic() - t_drain
+    trades1, events1 = await shard_counters(c)
+    samples = report["samples"]
+    per_second = [
+        round((b["orders"] - a["orders"]) / (b["t"] - a["t"]))
+        for a, b in itertools.pairwise(samples)
+    ]
+    fills_per_second = [
+        round((b["fills"] - a["fills"]) / (b["t"] - a["t"]))
+        for a, b in itertools.pairwise(samples)
+    ]
+    steady = per_second[2:-1] if len(per_second) > 4 else per_second
+    lat = report["latencies_ms"]
+    return {
+        "entry": mode,
+        "seconds": round(elapsed, 1),
+        "accepted_orders": counter[0],
+        "rejected_or_failed": counter[1],
+        "accepted_orders_per_s": round(counter[0] / elapsed),
+        "accepted_orders_per_second_timeline": per_second,
+        "sustained_min_orders_per_s": min(steady) if steady else 0,
+        "fills": trades1 - trades0,
+        "fills_per_second_timeline": fills_per_second,
+        "fills_per_s": round((trades1 - trades0) / (elapsed + drain)),
+        "matching_events": events1 - events0,
+        "drain_seconds_after_load": round(drain, 2),
+        "place_to_fill_latency_ms": {
+            "what": "unary PlaceOrder of a crossing IOC order -> its UserFill event, under the load",
+            "samples": len(lat),
+            "p50": percentile(lat, 0.5),
+            "p99": percentile(lat, 0.99),
+            "max": round(max(lat), 1) if lat else None,
+            "probes_without_fill": report["unmatched"],
+        },
+        "pipeline_lag_per_second": [
+            {k: v for k, v in s.items() if k in ("accounts_queue", "outbox", "unsettled_events")}
+            for s in samples
+        ],
+        "batch_size": batch if mode == "stream" else 1,
+        "streams": streams if mode == "stream" else 0,
+        "unary_concurrency": 64 if mode == "unary" else 0,
+    }
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:

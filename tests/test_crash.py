@@ -173,7 +173,9 @@ def test_sigkill_under_load(tmp_path: Path) -> None:
             f"live accepted command {seq}, reference did not"
         )
         for _, _shard, mcmd in ref_accounts.outbox:
-            out = ref_matching.apply(ref_matching.applied_seq + 1, cmd.time_us, mcmd)
+            out = ref_matching.apply(
+                ref_matching.applied_seq + 1, cmd.time_us, ev.MatchingCommand.FromString(mcmd)
+            )
             ref_events.extend(ev.MatchingEvent.FromString(b) for b in out.events)
         ref_accounts.outbox.clear()
 

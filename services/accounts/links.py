@@ -27,6 +27,7 @@ from services.accounts.machine import outbox_commands
 from services.common.host import StateMachineHost
 from services.common.markets import MarketCatalog
 from services.common.rpc import channel
+from services.common.wire import repeated_messages
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,10 @@ ACKED = Gauge("exchange_accounts_forwarded_sequence", "Last command acknowledged
 SETTLED = Gauge("exchange_accounts_settle_enqueued", "Last matching event queued for settlement", ["shard"])
 
 SEND_BATCH = 2000
+
+
+def _identity(data: bytes) -> bytes:
+    return data
 
 
 class Forwarder:
@@ -53,8 +58,9 @@ class Forwarder:
         self.host = host
         self.source = source
         self.catalog = catalog
-        self.queued: deque[tuple[int, ev.MatchingCommand]] = deque()  # not yet sent on this link
-        self.inflight: deque[tuple[int, ev.MatchingCommand]] = deque()  # sent, not yet acknowledged
+        # Serialized MatchingCommand messages by accounts sequence.
+        self.queued: deque[tuple[int, bytes]] = deque()  # not yet sent on this link
+        self.inflight: deque[tuple[int, bytes]] = deque()  # sent, not yet acknowledged
         self.acked = 0
         self.connected = False
         self._more = asyncio.Event()
@@ -65,7 +71,7 @@ class Forwarder:
         """Commands accepted for this shard and not yet acknowledged by it."""
         return len(self.queued) + len(self.inflight)
 
-    def push(self, seq: int, cmd: ev.MatchingCommand) -> None:
+    def push(self, seq: int, cmd: bytes) -> None:
         """A durable command for this shard (called after each commit, in order)."""
         self.queued.append((seq, cmd))
         self._more.set()
@@ -78,9 +84,9 @@ class Forwarder:
         OUTBOX.labels(self.shard).set(self.lag)
         ACKED.labels(self.shard).set(self.acked)
 
-    def _from_journal(self, start: int, end: int) -> list[tuple[int, ev.MatchingCommand]]:
+    def _from_journal(self, start: int, end: int) -> list[tuple[int, bytes]]:
         """This shard's commands with start <= seq <= end, rebuilt from the accounts journal."""
-        out: list[tuple[int, ev.MatchingCommand]] = []
+        out: list[tuple[int, bytes]] = []
         seq = start
         while seq <= end:
             records = self.host.commands.read(seq, max_records=2000)
@@ -115,9 +121,13 @@ class Forwarder:
 
     async def _session(self) -> None:
         async with channel(self.address) as ch:
-            stub = mgrpc.MatchingServiceStub(ch)
-            call = stub.SubmitCommands()
-            await call.write(mpb.SubmitCommandsRequest(source=self.source))
+            # Requests are assembled from serialized commands (SubmitCommandsRequest.commands = 2).
+            call = ch.stream_stream(
+                "/exchange.v1.MatchingService/SubmitCommands",
+                request_serializer=_identity,
+                response_deserializer=mpb.SubmitCommandsResponse.FromString,
+            )()
+            await call.write(mpb.SubmitCommandsRequest(source=self.source).SerializeToString())
             first = await call.read()
             if first is grpc.aio.EOF:
                 raise ConnectionError("shard closed the stream")
@@ -146,12 +156,12 @@ class Forwarder:
                             reader.result()  # raises the stream error
                             return
                         continue
-                    batch: list[ev.MatchingCommand] = []
+                    batch: list[bytes] = []
                     while self.queued and len(batch) < SEND_BATCH:
                         item = self.queued.popleft()
                         self.inflight.append(item)
                         batch.append(item[1])
-                    await call.write(mpb.SubmitCommandsRequest(commands=batch))
+                    await call.write(repeated_messages(2, batch))
             finally:
                 reader.cancel()
                 call.cancel()

@@ -21,6 +21,7 @@ from services.accounts.views import (
     cancel_all_command,
     cancel_command,
     market_spec_message,
+    order_ack,
     order_message,
     place_command,
 )
@@ -28,7 +29,8 @@ from services.common.config import AccountsConfig
 from services.common.errors import ExchangeError, InvalidArgument, NotFound, Unavailable
 from services.common.host import StateMachineHost
 from services.common.markets import MarketCatalog
-from services.common.rpc import abort, encode_repeated_field, error_code, handles_errors, to_exchange_error
+from services.common.rpc import abort, error_code, handles_errors, to_exchange_error
+from services.common.wire import repeated_messages
 
 log = logging.getLogger(__name__)
 
@@ -37,18 +39,17 @@ MAX_BATCH_COMMANDS = 10_000
 
 
 class UserEventHub:
-    """Fans the accounts event log out to per-user subscribers, parsing each event once."""
+    """Fans durable accounts events out to per-user subscribers (routed by the user id the machine
+    reports with each event, so nothing is parsed here)."""
 
     def __init__(self, host: AccountsHost) -> None:
         self.host = host
         self.subscribers: dict[int, set[asyncio.Queue[list[tuple[int, bytes]] | None]]] = {}
-        self._task: asyncio.Task[None] | None = None
+        host.on_events.append(self._publish)
 
     def subscribe(self, user: int) -> asyncio.Queue[list[tuple[int, bytes]] | None]:
         q: asyncio.Queue[list[tuple[int, bytes]] | None] = asyncio.Queue(maxsize=1000)
         self.subscribers.setdefault(user, set()).add(q)
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._run(self.host.durable_event_seq + 1))
         return q
 
     def unsubscribe(self, user: int, q: asyncio.Queue[list[tuple[int, bytes]] | None]) -> None:
@@ -58,24 +59,23 @@ class UserEventHub:
             if not subs:
                 del self.subscribers[user]
 
-    async def _run(self, start: int) -> None:
-        async for records in self.host.follow_events(start, max_records=5000):
-            if not self.subscribers:
-                continue
-            per_user: dict[int, list[tuple[int, bytes]]] = {}
-            for seq, payload in records:
-                user = ev.AccountEvent.FromString(payload).user_id
-                if user in self.subscribers:
-                    per_user.setdefault(user, []).append((seq, payload))
-            for user, items in per_user.items():
-                for q in list(self.subscribers.get(user, ())):
-                    try:
-                        q.put_nowait(items)
-                    except asyncio.QueueFull:  # too slow: tell it to resubscribe from its last sequence
-                        while not q.empty():
-                            q.get_nowait()
-                        q.put_nowait(None)
-                        self.unsubscribe(user, q)
+    def _publish(self, first: int, records: list[bytes], users: list[int]) -> None:
+        if not self.subscribers or not users:
+            return
+        subscribers = self.subscribers
+        per_user: dict[int, list[tuple[int, bytes]]] = {}
+        for i, user in enumerate(users):
+            if user in subscribers:
+                per_user.setdefault(user, []).append((first + i, records[i]))
+        for user, items in per_user.items():
+            for q in list(subscribers.get(user, ())):
+                try:
+                    q.put_nowait(items)
+                except asyncio.QueueFull:  # too slow: tell it to resubscribe from its last sequence
+                    while not q.empty():
+                        q.get_nowait()
+                    q.put_nowait(None)
+                    self.unsubscribe(user, q)
 
 
 class AccountsServicer:
@@ -250,57 +250,52 @@ class AccountsServicer:
             return amend_commands(a, self.catalog, order.market), kind
         raise InvalidArgument("empty command")
 
-    def _result(self, kind: str, value: Any) -> pb.OrderCommandResult:
+    def _result(self, kind: str, value: Any, full: bool) -> pb.OrderCommandResult:
         if isinstance(value, BaseException):
             err = to_exchange_error(value)
             if err is None:
                 return pb.OrderCommandResult(code=13, message="internal error")
             return pb.OrderCommandResult(code=error_code(err), message=err.message)
         if isinstance(value, PlaceResult):
-            return pb.OrderCommandResult(
-                order=order_message(value.order, self.catalog), duplicate=value.duplicate
-            )
+            order = order_message(value.order, self.catalog) if full else order_ack(value.order)
+            return pb.OrderCommandResult(order=order, duplicate=value.duplicate)
         if isinstance(value, CancelAllResult):
             return pb.OrderCommandResult(order_count=value.order_count)
-        return pb.OrderCommandResult(order=order_message(value, self.catalog))
+        return pb.OrderCommandResult(order=order_message(value, self.catalog) if full else order_ack(value))
 
     async def SubmitOrders(
         self,
         request_iterator: AsyncIterator[pb.SubmitOrdersRequest],
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[pb.SubmitOrdersResponse]:
-        pending: asyncio.Queue[tuple[int, list[tuple[str, list[Any]]]] | None] = asyncio.Queue(maxsize=16)
+        # Each request becomes one host batch; its answer goes out when the batch is durable. The
+        # reader goes on with the next requests meanwhile (bounded), so batches pipeline.
+        Slot = tuple[str, int, int, ExchangeError | None]  # (kind, first index, count, parse error)
+        Item = tuple[int, bool, list[Slot], asyncio.Future[list[Any]]]
+        pending: asyncio.Queue[Item | None] = asyncio.Queue(maxsize=16)
 
         async def reader() -> None:
             try:
                 async for req in request_iterator:
                     if len(req.commands) > MAX_BATCH_COMMANDS:
                         raise InvalidArgument(f"a batch holds at most {MAX_BATCH_COMMANDS} commands")
-                    items: list[tuple[str, list[Any]]] = []
+                    slots: list[Slot] = []
                     to_submit: list[ev.AccountsCommand] = []
-                    slots: list[tuple[int, int]] = []  # (item index, number of commands)
                     for c in req.commands:
                         try:
                             cmds, kind = self._batch_command(c)
-                        except ExchangeError as exc:
-                            items.append(("error", [exc]))
-                            continue
                         except Exception as exc:
                             err = to_exchange_error(exc)
                             if err is None:
                                 raise
-                            items.append(("error", [err]))
+                            slots.append(("error", 0, 0, err))
                             continue
-                        slots.append((len(items), len(cmds)))
-                        items.append((kind, []))
+                        slots.append((kind, len(to_submit), len(cmds), None))
                         to_submit.extend(cmds)
-                    if to_submit:
-                        futs = await self.host.submit_many_waiting(to_submit)
-                        i = 0
-                        for index, n in slots:
-                            items[index][1].extend(futs[i : i + n])
-                            i += n
-                    await pending.put((req.batch_id, items))
+                    await self.host.wait_for_room(len(to_submit))
+                    await pending.put(
+                        (req.batch_id, req.full_orders, slots, self.host.submit_batch(to_submit))
+                    )
             finally:
                 await pending.put(None)
 
@@ -310,15 +305,16 @@ class AccountsServicer:
                 item = await pending.get()
                 if item is None:
                     break
-                batch_id, items = item
+                batch_id, full, slots, fut = item
+                values = await fut
                 results = []
-                for kind, values in items:
-                    if kind == "error":
-                        results.append(self._result(kind, values[0]))
+                for kind, first, count, err in slots:
+                    if err is not None:
+                        results.append(self._result(kind, err, full))
                         continue
-                    outs = await asyncio.gather(*values, return_exceptions=True)
+                    outs = values[first : first + count]
                     failed = next((o for o in outs if isinstance(o, BaseException)), None)
-                    results.append(self._result(kind, failed if failed is not None else outs[-1]))
+                    results.append(self._result(kind, failed if failed is not None else outs[-1], full))
                 yield pb.SubmitOrdersResponse(batch_id=batch_id, results=results)
             if task.done() and task.exception() is not None:
                 exc = task.exception()
@@ -337,7 +333,7 @@ class AccountsServicer:
     ) -> AsyncIterator[bytes]:
         try:
             async for records in self.host.follow_events(request.from_sequence or 1, max_records=2000):
-                yield encode_repeated_field(1, [p for _, p in records])
+                yield repeated_messages(1, [p for _, p in records])
         except Exception as exc:
             err = to_exchange_error(exc)
             if err is None:
@@ -364,7 +360,7 @@ class AccountsServicer:
                         if s < live_from and ev.AccountEvent.FromString(p).user_id == user
                     ]
                     if mine:
-                        yield encode_repeated_field(1, mine)
+                        yield repeated_messages(1, mine)
                     if records[-1][0] >= live_from - 1:
                         break
             while True:
@@ -377,7 +373,7 @@ class AccountsServicer:
                 fresh = [p for s, p in items if s > sent]
                 if fresh:
                     sent = items[-1][0]
-                    yield encode_repeated_field(1, fresh)
+                    yield repeated_messages(1, fresh)
         except Exception as exc:
             err = to_exchange_error(exc)
             if err is None:
@@ -403,10 +399,16 @@ class AccountsServicer:
             snapshot_sequence=st.snapshot_seq,
             outbox_pending={name: f.lag for name, f in self.forwarders.items()},
             queue_depth=self.host.queue_depth,
+            last_order_id=self.ledger.next_order_id - 1,
         )
         for asset, a in sorted(self.ledger.audit().items()):
+            fmt = self.catalog.assets[asset].format
             resp.audit.add(
-                asset=asset, total=a["total"], external=a["external"], frozen=a["frozen"], held=a["held"]
+                asset=asset,
+                total=fmt(a["total"]),
+                external=fmt(a["external"]),
+                frozen=fmt(a["frozen"]),
+                held=fmt(a["held"]),
             )
         return resp
 

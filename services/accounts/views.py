@@ -3,6 +3,8 @@ to their public messages."""
 
 from __future__ import annotations
 
+import functools
+
 from exchange.v1 import accounts_service_pb2 as pb
 from exchange.v1 import events_pb2 as ev
 from exchange.v1 import types_pb2
@@ -10,7 +12,7 @@ from exchange.v1 import types_pb2
 from services.accounts.ledger import BUY, MARKET, AccountOrder
 from services.common.errors import InvalidArgument, NotFound
 from services.common.markets import MarketCatalog, MarketSpec
-from services.common.units import INT64_MAX
+from services.common.units import INT64_MAX, format_units
 
 
 def market_spec_message(spec: MarketSpec) -> types_pb2.MarketSpec:
@@ -32,9 +34,8 @@ def market_spec_message(spec: MarketSpec) -> types_pb2.MarketSpec:
     )
 
 
+@functools.lru_cache(maxsize=256)
 def _rate(ppm: int) -> str:
-    from services.common.units import format_units
-
     return format_units(ppm, 6)
 
 
@@ -69,6 +70,20 @@ def order_message(o: AccountOrder, catalog: MarketCatalog) -> types_pb2.Order:
     )
 
 
+def order_ack(o: AccountOrder) -> types_pb2.Order:
+    """The order's identity and state only (no decimal formatting): batched entry answers."""
+    return types_pb2.Order(
+        order_id=o.order_id,
+        client_order_id=o.client_order_id,
+        user_id=o.user_id,
+        market=o.market,
+        side=o.side,  # type: ignore[arg-type]
+        type=o.type,  # type: ignore[arg-type]
+        status=o.status,  # type: ignore[arg-type]
+        created_time_us=o.created,
+    )
+
+
 def _spec(catalog: MarketCatalog, market: str) -> MarketSpec:
     if not market:
         raise InvalidArgument("market is required")
@@ -88,8 +103,8 @@ def place_command(req: pb.PlaceOrderRequest, catalog: MarketCatalog) -> ev.Accou
     """Parse a PlaceOrderRequest (decimals, enums) into the command accounts journals."""
     spec = _spec(catalog, req.market)
     _user(req.user_id)
-    price = spec.parse_price(req.price) if req.price else 0
-    amount = spec.parse_amount(req.amount) if req.amount else 0
+    price = _parse_cached(spec, req.price, True) if req.price else 0
+    amount = _parse_cached(spec, req.amount, False) if req.amount else 0
     budget = spec.parse_quote(req.quote_amount) if req.quote_amount else 0
     if req.type == MARKET and req.price:
         raise InvalidArgument("a market order has no price")
@@ -111,6 +126,21 @@ def place_command(req: pb.PlaceOrderRequest, catalog: MarketCatalog) -> ev.Accou
     o.quote_budget = budget
     o.expire_time_us = req.expire_time_us
     return cmd
+
+
+_PARSED: dict[tuple[str, str, bool], int] = {}
+
+
+def _parse_cached(spec: MarketSpec, text: str, is_price: bool) -> int:
+    """Prices and amounts repeat a lot in real flows: remember recent parses (bounded)."""
+    key = (spec.symbol, text, is_price)
+    value = _PARSED.get(key)
+    if value is None:
+        value = spec.parse_price(text) if is_price else spec.parse_amount(text)
+        if len(_PARSED) > 100_000:
+            _PARSED.clear()
+        _PARSED[key] = value
+    return value
 
 
 def cancel_command(req: pb.CancelOrderRequest) -> ev.AccountsCommand:

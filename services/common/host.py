@@ -51,10 +51,33 @@ SEQ = Gauge("exchange_host_sequence", "Last durable command and event sequence",
 M = TypeVar("M", bound=Machine[Any])
 
 
-@dataclass
+class _Batch:
+    """Results of commands submitted together: one future for the lot (cheaper than one each)."""
+
+    __slots__ = ("future", "remaining", "results")
+
+    def __init__(self, future: asyncio.Future[list[Any]], size: int) -> None:
+        self.future = future
+        self.results: list[Any] = [None] * size
+        self.remaining = size
+
+    def settle(self, index: int, value: Any) -> None:
+        self.results[index] = value
+        self.remaining -= 1
+        if self.remaining == 0 and not self.future.done():
+            self.future.set_result(self.results)
+
+
 class _Pending(Generic[C]):
-    command: C
-    future: asyncio.Future[Any] | None
+    __slots__ = ("batch", "command", "future", "index")
+
+    def __init__(
+        self, command: C, future: asyncio.Future[Any] | None, batch: _Batch | None = None, index: int = 0
+    ) -> None:
+        self.command = command
+        self.future = future
+        self.batch = batch
+        self.index = index
 
 
 @dataclass
@@ -109,6 +132,8 @@ class StateMachineHost(Generic[C, M]):
         self._stopping = False
         self._labels = {"service": name}
         self.on_commit: list[Callable[[int, int], None]] = []  # (command seq, event seq) after each commit
+        # (first event seq, durable event records, their keys) after each commit
+        self.on_events: list[Callable[[int, list[bytes], list[int]], None]] = []
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -220,6 +245,28 @@ class StateMachineHost(Generic[C, M]):
         self._wakeup.set()
         return futs
 
+    def submit_batch(self, commands: Sequence[C]) -> asyncio.Future[list[Any]]:
+        """Queue commands together; the future resolves, once they are durable, to one entry per
+        command: its result, or the ExchangeError that refused it."""
+        if self._stopping:
+            raise Unavailable(f"{self.name} is shutting down", retry_after_ms=1000)
+        if len(self._queue) + len(commands) > self.options.max_queue:
+            raise Unavailable(f"{self.name} is busy: {len(self._queue)} commands queued", retry_after_ms=50)
+        fut: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        if not commands:
+            fut.set_result([])
+            return fut
+        batch = _Batch(fut, len(commands))
+        self._queue.extend(_Pending(c, None, batch, i) for i, c in enumerate(commands))
+        self._wakeup.set()
+        return fut
+
+    async def wait_for_room(self, n: int) -> None:
+        """Wait until n more commands fit in the queue (internal streams: the wait pushes back on the
+        sender through the transport's flow control)."""
+        while not self._stopping and self._queue and len(self._queue) + n > self.options.max_queue:
+            await asyncio.sleep(0.005)
+
     async def submit_many_waiting(self, commands: Sequence[C]) -> list[asyncio.Future[Any]]:
         """Like submit_many, but waits for room in the queue instead of refusing (internal streams:
         the wait pushes back on the sender through the transport's flow control)."""
@@ -261,9 +308,11 @@ class StateMachineHost(Generic[C, M]):
                 await self._commit(batch)
         except Exception:
             log.exception("writer loop failed; the service cannot go on", extra={"service": self.name})
+            failure = Unavailable(f"{self.name} writer failed", retry_after_ms=1000)
             for p in self._queue:
-                if p.future is not None and not p.future.done():
-                    p.future.set_exception(Unavailable(f"{self.name} writer failed", retry_after_ms=1000))
+                fut = p.batch.future if p.batch is not None else p.future
+                if fut is not None and not fut.done():
+                    fut.set_exception(failure)
             raise
 
     async def _commit(self, batch: list[_Pending[C]]) -> None:
@@ -273,25 +322,26 @@ class StateMachineHost(Generic[C, M]):
         machine = self.machine
         records: list[bytes] = []
         event_records: list[bytes] = []
-        done: list[tuple[asyncio.Future[Any], Any, bool]] = []
+        event_keys: list[int] = []
+        done: list[tuple[_Pending[C], Any, bool]] = []
         encode = self.codec.encode
         for p in batch:
             seq = machine.applied_seq + 1
             try:
                 outcome = machine.apply(seq, now, p.command)
             except ExchangeError as exc:  # the command was refused and changed nothing
-                if p.future is not None:
-                    done.append((p.future, exc, True))
+                done.append((p, exc, True))
                 continue
             # Any other exception is a bug that may have left the state half-changed: it propagates
             # and stops the writer (fail-stop; a restart replays the journal to a consistent state).
             if outcome.journal:
                 records.append(encode(p.command, now))
                 event_records.extend(outcome.events)
+                if outcome.keys:
+                    event_keys.extend(outcome.keys)
             elif outcome.events:
                 raise RuntimeError("a command that is not journaled must not produce events")
-            if p.future is not None:
-                done.append((p.future, outcome.result, False))
+            done.append((p, outcome.result, False))
         if records:
             self.commands.append(records)
             if event_records:
@@ -301,8 +351,12 @@ class StateMachineHost(Generic[C, M]):
             else:
                 self.commands.sync()
                 self.events.sync()
-        for fut, value, failed in done:
-            if fut.done():
+        for p, value, failed in done:
+            if p.batch is not None:
+                p.batch.settle(p.index, value)
+                continue
+            fut = p.future
+            if fut is None or fut.done():
                 continue
             if failed:
                 fut.set_exception(value)
@@ -317,6 +371,11 @@ class StateMachineHost(Generic[C, M]):
                 SEQ.labels(service=self.name, log="events").set(self._durable_event_seq)
                 async with self._published:
                     self._published.notify_all()
+                if self.on_events:
+                    first = self._durable_event_seq - len(event_records) + 1
+                    keys = event_keys if len(event_keys) == len(event_records) else []
+                    for events_hook in self.on_events:
+                        events_hook(first, event_records, keys)
             for hook in self.on_commit:
                 hook(machine.applied_seq, machine.event_seq)
             self._since_snapshot += len(records)

@@ -5,7 +5,7 @@ Used by the deterministic state machines for their command journal and their eve
 Layout: a directory of segment files named by the sequence of their first record
 (`00000000000000000001.seg`), so lexical order is sequence order. A record is
 
-    u32 payload length | u32 crc32(seq bytes + payload) | u64 sequence | payload      (little endian)
+    u32 payload length | u32 crc32(payload) | u64 sequence | payload      (little endian)
 
 `append` writes a whole batch with one write() on a raw file descriptor; `sync` makes everything
 appended before it durable with one fdatasync per touched file (group commit). On open the last
@@ -30,7 +30,6 @@ from typing import Protocol
 log = logging.getLogger(__name__)
 
 HEADER = struct.Struct("<IIQ")
-SEQ = struct.Struct("<Q")
 SUFFIX = ".seg"
 INDEX_EVERY = 64  # sparse index: one (seq, offset) entry per this many records
 
@@ -71,7 +70,8 @@ class Journal(Protocol):
 
 
 def _crc(seq: int, payload: bytes) -> int:
-    return zlib.crc32(payload, zlib.crc32(SEQ.pack(seq)))
+    # The sequence is checked for continuity on its own; the CRC covers the payload.
+    return zlib.crc32(payload)
 
 
 class _Segment:

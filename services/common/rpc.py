@@ -247,20 +247,3 @@ def register_service(
 
 def _identity(data: bytes) -> bytes:
     return data
-
-
-def encode_repeated_field(field_number: int, payloads: Iterable[bytes]) -> bytes:
-    """Wire encoding of `repeated Message field = field_number` from serialized messages."""
-    tag = bytes([(field_number << 3) | 2])
-    parts: list[bytes] = []
-    for p in payloads:
-        n = len(p)
-        length = bytearray()
-        while n >= 0x80:
-            length.append((n & 0x7F) | 0x80)
-            n >>= 7
-        length.append(n)
-        parts.append(tag)
-        parts.append(bytes(length))
-        parts.append(p)
-    return b"".join(parts)

@@ -17,6 +17,8 @@ class Outcome:
     result: Any = None
     events: Sequence[bytes] = ()
     journal: bool = True
+    # Optional routing key per event (accounts: the user id), handed to on_events hooks.
+    keys: Sequence[int] = ()
 
 
 class Machine(Protocol[C_contra]):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from exchange.v1 import events_pb2 as ev
 
+from services.common.errors import InvalidArgument
 from services.matching.model import (
     CancelAll,
     CancelOrder,
@@ -90,8 +91,8 @@ def command_to_proto(source: str, seq: int, time_us: int, cmd: Command) -> ev.Ma
     return m
 
 
-class InvalidCommand(ValueError):
-    pass
+class InvalidCommand(InvalidArgument):
+    """A command the shard refuses (not journaled, nothing changes)."""
 
 
 def command_from_proto(m: ev.MatchingCommand) -> Command:
@@ -124,7 +125,10 @@ def event_to_proto(
     market: str,
     command_source: str,
     command_sequence: int,
+    placed: ev.PlaceOrderCommand | None = None,
 ) -> ev.MatchingEvent:
+    """The wire form of a domain event. `placed` is the command's own PlaceOrderCommand, if it has
+    one: OrderAccepted then copies it instead of rebuilding it from the domain object."""
     m = ev.MatchingEvent(
         source=source,
         sequence=sequence,
@@ -176,7 +180,10 @@ def event_to_proto(
         )
     elif t is OrderAccepted:
         assert isinstance(e, OrderAccepted)
-        m.order_accepted.order.CopyFrom(place_to_proto(e.order))
+        if placed is not None and placed.order_id == e.order.order_id:
+            m.order_accepted.order.CopyFrom(placed)
+        else:
+            m.order_accepted.order.CopyFrom(place_to_proto(e.order))
     elif t is OrderAmended:
         assert isinstance(e, OrderAmended)
         m.order_amended.CopyFrom(

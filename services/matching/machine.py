@@ -47,6 +47,7 @@ class MatchingMachine:
         n = first
         shard = engine.shard
         time_used = engine.last_time
+        placed = command.place_order if command.HasField("place_order") else None
         for group in groups:
             for e in group.events:
                 records.append(
@@ -58,6 +59,7 @@ class MatchingMachine:
                         market=group.market,
                         command_source=source,
                         command_sequence=command.source_sequence,
+                        placed=placed,
                     ).SerializeToString()
                 )
                 n += 1

@@ -17,7 +17,8 @@ from exchange.v1 import types_pb2
 from services.common.errors import InvalidArgument, NotFound
 from services.common.host import StateMachineHost
 from services.common.markets import MarketCatalog, MarketSpec
-from services.common.rpc import abort, encode_repeated_field, handles_errors, to_exchange_error
+from services.common.rpc import abort, handles_errors, to_exchange_error
+from services.common.wire import repeated_messages
 from services.matching.machine import MatchingMachine
 from services.matching.model import BUY, SELL
 
@@ -93,7 +94,7 @@ class MatchingServicer:
         start = max(applied, self._accepted.get(source, 0))
         log.info("source connected", extra={"source": source, "resume_after": start, "peer": context.peer()})
         yield pb.SubmitCommandsResponse(acknowledged_sequence=start)
-        pending: asyncio.Queue[tuple[int, list[asyncio.Future[Any]]] | None] = asyncio.Queue(maxsize=32)
+        pending: asyncio.Queue[tuple[int, asyncio.Future[list[Any]]] | None] = asyncio.Queue(maxsize=32)
         last = [start]
 
         async def take(req: pb.SubmitCommandsRequest) -> None:
@@ -109,8 +110,8 @@ class MatchingServicer:
             if not cmds:
                 return
             self._accepted[source] = max(self._accepted.get(source, 0), last[0])
-            futs = await self.host.submit_many_waiting(cmds)
-            await pending.put((last[0], futs))
+            await self.host.wait_for_room(len(cmds))
+            await pending.put((last[0], self.host.submit_batch(cmds)))
 
         async def reader() -> None:
             try:
@@ -126,15 +127,15 @@ class MatchingServicer:
                 item = await pending.get()
                 if item is None:
                     break
-                seq, futs = item
-                await asyncio.gather(*futs)
+                seq, fut = item
+                await fut
                 while not pending.empty():  # coalesce acks
                     nxt = pending.get_nowait()
                     if nxt is None:
                         await pending.put(None)
                         break
-                    seq, futs = nxt
-                    await asyncio.gather(*futs)
+                    seq, fut = nxt
+                    await fut
                 yield pb.SubmitCommandsResponse(acknowledged_sequence=seq)
             if task.done() and task.exception() is not None:
                 exc = task.exception()
@@ -156,7 +157,7 @@ class MatchingServicer:
             async for records in self.host.follow_events(
                 request.from_sequence or 1, max_records=max_batch, same_group=same_command
             ):
-                yield encode_repeated_field(1, [payload for _, payload in records])
+                yield repeated_messages(1, [payload for _, payload in records])
         except Exception as exc:
             err = to_exchange_error(exc)
             if err is None:

@@ -68,7 +68,7 @@ class MiniExchange:
             outbox = list(self.accounts.outbox)
             self.accounts.outbox.clear()
             for _, shard, mcmd in outbox:
-                self._shard_apply(shard, mcmd)
+                self._shard_apply(shard, ev.MatchingCommand.FromString(mcmd))
         if self.auto_settle:
             self.settle()
         return out.result
