@@ -49,7 +49,8 @@ def compiled_is_usable() -> bool:
         so = _compiled(name)
         if so is None or so.stat().st_mtime < _source(name).stat().st_mtime:
             return False
-    return True
+    # mypyc puts the runtime its modules share in a top-level module beside the package.
+    return any(_ROOT.glob("*__mypyc*"))
 
 
 USING_COMPILED = compiled_is_usable()
@@ -71,3 +72,5 @@ class _SourceFirst(importlib.abc.MetaPathFinder):
 
 if not USING_COMPILED and not any(isinstance(f, _SourceFirst) for f in sys.meta_path):
     sys.meta_path.insert(0, _SourceFirst())
+elif USING_COMPILED and str(_ROOT) not in sys.path:
+    sys.path.append(str(_ROOT))

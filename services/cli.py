@@ -203,7 +203,7 @@ def _dispatch(args: argparse.Namespace, config: Any, accounts: agrpc.AccountsSer
                         json_format.MessageToJson(e, preserving_proto_field_name=True, indent=None),
                         flush=True,
                     )
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, BrokenPipeError):
             pass
     return 0
 

@@ -289,3 +289,94 @@ def test_two_shards_split_the_markets(tmp_path: Path) -> None:
         assert info.value.code() == grpc.StatusCode.NOT_FOUND
     finally:
         c.stop()
+
+
+def test_gtd_orders_are_killed_by_the_shard_timer(cluster: Cluster) -> None:
+    c = cluster
+    deposit(c, 501, "USDT", "10000", "t501")
+    expire = int(time.time() * 1_000_000) + 1_500_000
+    placed = c.accounts.PlaceOrder(
+        apb.PlaceOrderRequest(
+            user_id=501,
+            market="SOL_USDT",
+            side=BUY,
+            type=types_pb2.ORDER_TYPE_LIMIT,
+            price="20",
+            amount="10",
+            time_in_force=types_pb2.TIME_IN_FORCE_GTD,
+            expire_time_us=expire,
+        )
+    )
+    c.wait_quiet()
+    assert balances(c, 501)["USDT"] == ("9800", "200")
+    deadline = time.monotonic() + 15
+    status = None
+    while time.monotonic() < deadline:
+        status = c.accounts.GetOrder(
+            apb.GetOrderRequest(user_id=501, order_id=placed.order.order_id)
+        ).order.status
+        if status == types_pb2.ORDER_STATUS_EXPIRED:
+            break
+        time.sleep(0.2)
+    assert status == types_pb2.ORDER_STATUS_EXPIRED
+    assert time.time() * 1_000_000 >= expire
+    c.wait_quiet()
+    assert balances(c, 501)["USDT"] == ("10000", "0")
+
+
+def test_oversized_batch_is_refused(cluster: Cluster) -> None:
+    c = cluster
+    cmd = apb.OrderCommand(cancel_all_orders=apb.CancelAllOrdersRequest(user_id=1))
+    req = apb.SubmitOrdersRequest(batch_id=1, commands=[cmd] * 10_001)
+    with pytest.raises(grpc.RpcError) as info:
+        list(c.accounts.SubmitOrders(iter([req])))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_backpressure_answers_unavailable_with_retry_info(tmp_path: Path) -> None:
+    """With the shard down, accepted orders wait in the outbox; past its bound new orders are refused
+    with UNAVAILABLE and a retry delay, and nothing grows without bound."""
+    from services.common.rpc import retry_after_ms
+
+    c = Cluster(tmp_path, accounts_options={"max_outbox_lag": 20})
+    c.start()
+    try:
+        deposit(c, 1, "USDT", "100000", "x")
+        c.kill("matching-0")
+        codes = []
+        for i in range(40):
+            try:
+                c.accounts.PlaceOrder(
+                    apb.PlaceOrderRequest(
+                        user_id=1,
+                        market="BTC_USDT",
+                        side=BUY,
+                        type=types_pb2.ORDER_TYPE_LIMIT,
+                        price=str(20000 + i),
+                        amount="0.01",
+                    ),
+                    timeout=5,
+                )
+                codes.append(grpc.StatusCode.OK)
+            except grpc.RpcError as exc:
+                codes.append(exc.code())
+                last = exc
+        assert codes[:20] == [grpc.StatusCode.OK] * 20
+        assert set(codes[20:]) == {grpc.StatusCode.UNAVAILABLE}
+        assert retry_after_ms(last) == 500  # type: ignore[arg-type]
+        st = c.accounts.GetAccountsStatus(apb.GetAccountsStatusRequest())
+        assert st.outbox_pending["matching-0"] == 20
+        c.start(["matching-0"])
+        st = c.wait_quiet()
+        assert_invariants(st)
+        assert st.outbox_pending["matching-0"] == 0
+        assert (
+            len(
+                c.matching()
+                .ListBookOrders(mpb.ListBookOrdersRequest(market="BTC_USDT", side=BUY, page_size=100))
+                .orders
+            )
+            == 20
+        )
+    finally:
+        c.stop()
