@@ -183,6 +183,7 @@ class Ledger:
         self.finished_keep = finished_keep
         self.balances: dict[int, dict[str, list[int]]] = {}
         self.orders: dict[int, AccountOrder] = {}  # open (pending, open, partially filled)
+        self.user_orders: dict[int, dict[int, AccountOrder]] = {}  # open orders by user (derived)
         self.finished: OrderedDict[int, AccountOrder] = OrderedDict()  # most recent, bounded
         self.client_ids: dict[tuple[int, str], int] = {}
         self.adjustments: dict[tuple[int, str, str, str], int] = {}  # idempotency key -> change
@@ -384,6 +385,7 @@ class Ledger:
         bal[0] -= hold
         bal[1] += hold
         self.orders[order_id] = order
+        self.user_orders.setdefault(user, {})[order_id] = order
         if client_order_id:
             self.client_ids[(user, client_order_id)] = order_id
         sink.balance(user, hold_asset, ORDER_FREEZE, str(order_id), -hold, hold, bal)
@@ -416,8 +418,8 @@ class Ledger:
             raise InvalidArgument("unknown side")
         shards: dict[str, list[str]] = {}
         count = 0
-        for o in self.orders.values():
-            if o.user_id != user or (market and o.market != market) or (side and o.side != side):
+        for o in self.user_orders.get(user, {}).values():
+            if (market and o.market != market) or (side and o.side != side):
                 continue
             count += 1
             shard = self.catalog.markets[o.market].shard
@@ -582,6 +584,10 @@ class Ledger:
         o = self.orders.pop(order_id, None)
         if o is None:
             raise RuntimeError(f"done for unknown open order {order_id}")
+        mine = self.user_orders[o.user_id]
+        del mine[order_id]
+        if not mine:
+            del self.user_orders[o.user_id]
         spec = self.catalog.markets[o.market]
         o.status = _DONE_STATUS[reason]
         o.detail = detail
@@ -608,8 +614,8 @@ class Ledger:
     # --- audit ---------------------------------------------------------------------------------
 
     def iter_user_orders(self, user: int, market: str = "") -> Iterator[AccountOrder]:
-        for o in self.orders.values():
-            if o.user_id == user and (not market or o.market == market):
+        for o in self.user_orders.get(user, {}).values():
+            if not market or o.market == market:
                 yield o
 
     def audit(self) -> dict[str, dict[str, int]]:
@@ -653,6 +659,7 @@ class Ledger:
         for s in data["orders"]:
             o = AccountOrder.from_state(s)
             led.orders[o.order_id] = o
+            led.user_orders.setdefault(o.user_id, {})[o.order_id] = o
         for s in data["finished"]:
             o = AccountOrder.from_state(s)
             led.finished[o.order_id] = o
