@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
@@ -97,6 +98,9 @@ class HostOptions:
     event_retention: int = 50_000_000
     segment_bytes: int = 64 << 20
     fsync: bool = True
+    # Periodic snapshots are serialized and written by a forked child (copy-on-write, like Redis
+    # BGSAVE and viabtc's slices), so the writer does not stop for them. Where fork is missing, inline.
+    fork_snapshots: bool = hasattr(os, "fork")
 
 
 class StateMachineHost(Generic[C, M]):
@@ -129,6 +133,7 @@ class StateMachineHost(Generic[C, M]):
         self._since_snapshot = 0
         self._task: asyncio.Task[None] | None = None
         self._snapshot_waiters: list[asyncio.Future[int]] = []
+        self._snapshot_task: asyncio.Task[None] | None = None
         self._stopping = False
         self._labels = {"service": name}
         self.on_commit: list[Callable[[int, int], None]] = []  # (command seq, event seq) after each commit
@@ -211,8 +216,10 @@ class StateMachineHost(Generic[C, M]):
         self._wakeup.set()
         if self._task is not None:
             await self._task
+        if self._snapshot_task is not None:
+            await self._snapshot_task
         if snapshot and self.machine.applied_seq > self.snapshot_seq:
-            await self._snapshot()
+            await self._snapshot(inline=True)
         self.commands.close()
         self.events.close()
         async with self._published:
@@ -290,7 +297,7 @@ class StateMachineHost(Generic[C, M]):
             while True:
                 if self._snapshot_waiters:
                     if self.machine.applied_seq > self.snapshot_seq:
-                        await self._snapshot()
+                        await self._snapshot(inline=True)
                     waiters, self._snapshot_waiters = self._snapshot_waiters, []
                     for w in waiters:
                         if not w.done():
@@ -389,19 +396,54 @@ class StateMachineHost(Generic[C, M]):
 
     # --- snapshots -----------------------------------------------------------------------------
 
-    async def _snapshot(self) -> None:
+    async def _snapshot(self, *, inline: bool = False) -> None:
+        """Snapshot the state at the current sequence (called in the writer, between batches: a
+        consistent cut). Periodic ones go to a forked child; at most one child at a time."""
         seq = self.machine.applied_seq
-        data = self.machine.snapshot()  # in the writer: a consistent cut at seq
         self._since_snapshot = 0
+        if self.options.fork_snapshots and not inline:
+            if self._snapshot_task is not None and not self._snapshot_task.done():
+                return  # the previous one is still being written; the next period will catch up
+            started = time.perf_counter()
+            pid = os.fork()
+            if pid == 0:  # the child: serialize the copy-on-write image, write it, leave at once
+                code = 1
+                try:
+                    self.snapshots.save(seq, self.machine.snapshot())
+                    code = 0
+                finally:
+                    os._exit(code)
+            self._snapshot_task = asyncio.create_task(self._await_child(pid, seq, started))
+            return
+        data = self.machine.snapshot()
         await asyncio.to_thread(self.snapshots.save, seq, data)
-        self.snapshot_seq = seq
+        self._after_snapshot(seq, len(data))
+
+    async def _await_child(self, pid: int, seq: int, started: float) -> None:
+        _, status = await asyncio.to_thread(os.waitpid, pid, 0)
+        if os.waitstatus_to_exitcode(status) != 0:
+            log.error("snapshot child failed", extra={"service": self.name, "seq": seq, "status": status})
+            return
+        self._after_snapshot(seq, 0, time.perf_counter() - started)
+
+    def _after_snapshot(self, seq: int, size: int, seconds: float = 0.0) -> None:
+        self.snapshot_seq = max(self.snapshot_seq, seq)
         floor = seq + 1
         if self.retention_floor is not None:
             floor = min(floor, self.retention_floor() + 1)
         pruned = self.commands.prune_before(floor)
         if self.options.event_retention:
             self.events.prune_before(self.events.last_seq - self.options.event_retention + 1)
-        log.info("snapshot", extra={"service": self.name, "seq": seq, "bytes": len(data), "pruned": pruned})
+        log.info(
+            "snapshot",
+            extra={
+                "service": self.name,
+                "seq": seq,
+                "bytes": size,
+                "pruned": pruned,
+                "seconds": round(seconds, 3),
+            },
+        )
 
     async def snapshot_now(self) -> int:
         """Take a snapshot at the current sequence (in the writer, between batches)."""
