@@ -3,6 +3,7 @@ records out, plus the matching commands to forward (the outbox). Wraps the Ledge
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -160,6 +161,11 @@ _MC_BODY = {
 }
 
 
+@functools.lru_cache(maxsize=16)
+def _source_field(source: str) -> bytes:
+    return field_bytes(_MC_SOURCE, source.encode())
+
+
 def outbox_commands(
     source: str, seq: int, cmd: ev.AccountsCommand, catalog: MarketCatalog
 ) -> list[tuple[str, bytes]]:
@@ -176,7 +182,7 @@ def outbox_commands(
         return []
     market = body.market
     payload = (
-        field_bytes(_MC_SOURCE, source.encode())
+        _source_field(source)
         + field_varint(_MC_SEQ, seq)
         + field_bytes(_MC_BODY[kind], body.SerializeToString())
     )

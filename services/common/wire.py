@@ -6,8 +6,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+_SMALL = [bytes((i,)) for i in range(128)]
+
 
 def varint(n: int) -> bytes:
+    if n < 128:
+        return _SMALL[n]
     out = bytearray()
     while n >= 0x80:
         out.append((n & 0x7F) | 0x80)
