@@ -176,17 +176,14 @@ class AccountsServicer:
         res: CancelAllResult = await self.host.submit(cancel_all_command(request, self.catalog))
         return pb.CancelAllOrdersResponse(order_count=res.order_count)
 
-    async def _amend(self, request: pb.AmendOrderRequest) -> Any:
-        order = (
-            self.ledger.lookup(request.user_id, request.order_id, request.client_order_id)
-            if (request.user_id > 0)
-            else None
-        )
-        if order is None:
+    def _amend_commands(self, request: pb.AmendOrderRequest) -> list[ev.AccountsCommand]:
+        if request.user_id < 1:
             raise InvalidArgument("user_id must be positive")
-        cmds = amend_commands(request, self.catalog, order.market)
-        futs = self.host.submit_many(cmds)
-        results = await asyncio.gather(*futs, return_exceptions=True)
+        order = self.ledger.lookup(request.user_id, request.order_id, request.client_order_id)
+        return amend_commands(request, self.catalog, order.market)
+
+    async def _amend(self, request: pb.AmendOrderRequest) -> Any:
+        results = await self.host.submit_batch(self._amend_commands(request))
         for r in results:
             if isinstance(r, BaseException):
                 raise r
@@ -245,9 +242,7 @@ class AccountsServicer:
         if kind == "cancel_all_orders":
             return [cancel_all_command(c.cancel_all_orders, self.catalog)], kind
         if kind == "amend_order":
-            a = c.amend_order
-            order = self.ledger.lookup(a.user_id, a.order_id, a.client_order_id)
-            return amend_commands(a, self.catalog, order.market), kind
+            return self._amend_commands(c.amend_order), kind
         raise InvalidArgument("empty command")
 
     def _result(self, kind: str, value: Any, full: bool) -> pb.OrderCommandResult:

@@ -241,17 +241,6 @@ class StateMachineHost(Generic[C, M]):
     async def submit(self, command: C) -> Any:
         return await self.submit_nowait(command)
 
-    def submit_many(self, commands: Sequence[C]) -> list[asyncio.Future[Any]]:
-        if self._stopping:
-            raise Unavailable(f"{self.name} is shutting down", retry_after_ms=1000)
-        if len(self._queue) + len(commands) > self.options.max_queue:
-            raise Unavailable(f"{self.name} is busy: {len(self._queue)} commands queued", retry_after_ms=50)
-        loop = asyncio.get_running_loop()
-        futs = [loop.create_future() for _ in commands]
-        self._queue.extend(_Pending(c, f) for c, f in zip(commands, futs, strict=True))
-        self._wakeup.set()
-        return futs
-
     def submit_batch(self, commands: Sequence[C]) -> asyncio.Future[list[Any]]:
         """Queue commands together; the future resolves, once they are durable, to one entry per
         command: its result, or the ExchangeError that refused it."""
@@ -273,15 +262,6 @@ class StateMachineHost(Generic[C, M]):
         sender through the transport's flow control)."""
         while not self._stopping and self._queue and len(self._queue) + n > self.options.max_queue:
             await asyncio.sleep(0.005)
-
-    async def submit_many_waiting(self, commands: Sequence[C]) -> list[asyncio.Future[Any]]:
-        """Like submit_many, but waits for room in the queue instead of refusing (internal streams:
-        the wait pushes back on the sender through the transport's flow control)."""
-        while (
-            not self._stopping and self._queue and len(self._queue) + len(commands) > self.options.max_queue
-        ):
-            await asyncio.sleep(0.005)
-        return self.submit_many(commands)
 
     def enqueue_internal(self, command: C) -> None:
         """Queue a command nobody waits for (timers, stream inputs); not subject to max_queue."""
