@@ -215,7 +215,8 @@ class MarketCatalog:
             if not _SYMBOL.fullmatch(symbol):
                 raise ConfigError(f"asset symbol {symbol!r} must be 1-16 upper-case letters or digits")
             decimals = spec.get("decimals") if isinstance(spec, Mapping) else None
-            if not isinstance(decimals, int) or not 0 <= decimals <= 18:
+            # bool is an int subclass: `decimals = true` must not pass as 1
+            if not isinstance(decimals, int) or isinstance(decimals, bool) or not 0 <= decimals <= 18:
                 raise ConfigError(f"asset {symbol}: decimals must be an integer in 0..18")
             assets[symbol] = Asset(symbol, decimals)
         raw_markets = data.get("markets")

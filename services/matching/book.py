@@ -192,10 +192,15 @@ class OrderBook:
             return
         order = Order(cmd, now)
         tif = cmd.tif
-        # Fast path: a plain GTC limit order (most of the flow).
-        if not (cmd.type == LIMIT and tif == GTC and cmd.price > 0 and cmd.amount > 0) and not self._valid(
-            cmd, now
-        ):
+        # Fast path: a plain GTC limit order (most of the flow); anything else is checked in full.
+        if not (
+            cmd.type == LIMIT
+            and tif == GTC
+            and cmd.price > 0
+            and cmd.amount > 0
+            and cmd.expire_at == 0
+            and (cmd.side == BUY or cmd.side == SELL)
+        ) and not self._valid(cmd, now):
             if tif == GTD and 0 < cmd.expire_at <= now:
                 out.append(OrderDone(order, DONE_EXPIRED, DETAIL_EXPIRE_TIME))
             else:
@@ -365,7 +370,9 @@ class OrderBook:
                 return cmd.expire_at > now
             return cmd.tif in (GTC, IOC, FOK) and cmd.expire_at == 0
         if cmd.type == MARKET:
-            if cmd.post_only or cmd.expire_at:
+            # A market order is immediate-or-cancel by nature (GTC, the command's default, reads as IOC);
+            # FOK, GTD and unknown values are refused rather than silently run as IOC.
+            if cmd.post_only or cmd.expire_at or (cmd.tif != IOC and cmd.tif != GTC):
                 return False
             return cmd.quote_budget > 0 and cmd.amount == 0 if cmd.side == BUY else cmd.amount > 0
         return False
