@@ -207,24 +207,74 @@ async def drive_stream(
         counter[1] += errors[0]
 
 
-async def drive_unary(
-    c: Cluster, orders: list[apb.PlaceOrderRequest], until: float, concurrency: int, counter: list[int]
+def unary_client_process(
+    address: str, payloads: list[bytes], seconds: float, concurrency: int, out: Any
 ) -> None:
-    async with grpc.aio.insecure_channel(c.addresses["accounts-0"]) as ch:
-        stub = agrpc.AccountsServiceStub(ch)
+    """One unary client process (a Python gRPC client tops out near a thousand calls a second, so the
+    unary load comes from several processes)."""
+    out.put(asyncio.run(_unary_client(address, payloads, seconds, concurrency)))
+
+
+async def _unary_client(
+    address: str, payloads: list[bytes], seconds: float, concurrency: int
+) -> tuple[int, int]:
+    counter = [0, 0]
+    until = time.monotonic() + seconds
+    async with grpc.aio.insecure_channel(address) as ch:
+        call = ch.unary_unary(
+            "/exchange.v1.AccountsService/PlaceOrder",
+            request_serializer=lambda b: b,
+            response_deserializer=lambda b: b,
+        )
         idx = [0]
 
         async def worker() -> None:
             while time.monotonic() < until:
-                req = orders[idx[0] % len(orders)]
+                req = payloads[idx[0] % len(payloads)]
                 idx[0] += 1
                 try:
-                    await stub.PlaceOrder(req)
+                    await call(req)
                     counter[0] += 1
                 except grpc.aio.AioRpcError:
                     counter[1] += 1
 
         await asyncio.gather(*[worker() for _ in range(concurrency)])
+    return counter[0], counter[1]
+
+
+async def drive_unary(
+    c: Cluster,
+    orders: list[apb.PlaceOrderRequest],
+    until: float,
+    concurrency: int,
+    counter: list[int],
+    processes: int = 3,
+) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    payloads = [o.SerializeToString() for o in orders]
+    seconds = until - time.monotonic()
+    procs = [
+        ctx.Process(
+            target=unary_client_process,
+            args=(
+                c.addresses["accounts-0"],
+                payloads[k::processes],
+                seconds,
+                concurrency // processes,
+                queue,
+            ),
+        )
+        for k in range(processes)
+    ]
+    for p in procs:
+        p.start()
+    for _ in procs:
+        ok, failed = await asyncio.to_thread(queue.get, True, seconds + 60)
+        counter[0] += ok
+        counter[1] += failed
+    for p in procs:
+        p.join(10)
 
 
 async def run_mode(
@@ -267,12 +317,10 @@ async def run_mode(
     trades1, events1 = await shard_counters(c)
     samples = report["samples"]
     per_second = [
-        round((b["orders"] - a["orders"]) / (b["t"] - a["t"]))
-        for a, b in itertools.pairwise(samples)
+        round((b["orders"] - a["orders"]) / (b["t"] - a["t"])) for a, b in itertools.pairwise(samples)
     ]
     fills_per_second = [
-        round((b["fills"] - a["fills"]) / (b["t"] - a["t"]))
-        for a, b in itertools.pairwise(samples)
+        round((b["fills"] - a["fills"]) / (b["t"] - a["t"])) for a, b in itertools.pairwise(samples)
     ]
     steady = per_second[2:-1] if len(per_second) > 4 else per_second
     lat = report["latencies_ms"]

@@ -120,10 +120,10 @@ def _dispatch(args: argparse.Namespace, config: Any, accounts: agrpc.AccountsSer
     elif args.cmd == "assets":
         _show(accounts.ListAssets(apb.ListAssetsRequest()))
     elif args.cmd == "status":
-        _show(accounts.GetAccountsStatus(apb.GetAccountsStatusRequest()))
+        _show(accounts.GetAccountsStatus(apb.GetAccountsStatusRequest(with_state_hash=True, with_audit=True)))
         for shard in config.shards.values():
             stub = mgrpc.MatchingServiceStub(grpc.insecure_channel(shard.listen))
-            _show(stub.GetMatchingStatus(mpb.GetMatchingStatusRequest()))
+            _show(stub.GetMatchingStatus(mpb.GetMatchingStatusRequest(with_state_hash=True)))
     elif args.cmd in ("deposit", "withdraw"):
         business_id = args.id or f"cli-{time.time_ns()}"
         if args.cmd == "deposit":

@@ -183,7 +183,9 @@ class Cluster:
             if ok:
                 # A second look: nothing moved in between.
                 time.sleep(0.05)
-                st2 = self.accounts.GetAccountsStatus(apb.GetAccountsStatusRequest(), timeout=5)
+                st2 = self.accounts.GetAccountsStatus(
+                    apb.GetAccountsStatusRequest(with_audit=True), timeout=5
+                )
                 if st2.applied_sequence == st.applied_sequence:
                     return st2
             last = (st, shards)

@@ -133,7 +133,7 @@ def test_sigkill_under_load(tmp_path: Path) -> None:
 
         # 2. The book and the balances equal a run without crashes: replay what accounts journaled
         #    (its order commands, in order) into in-process machines that never crashed.
-        live_status = c.matching().GetMatchingStatus(mpb.GetMatchingStatusRequest())
+        live_status = c.matching().GetMatchingStatus(mpb.GetMatchingStatusRequest(with_state_hash=True))
         live_book = {
             (o.order_id, o.price_ticks, o.remaining_lots)
             for side in (BUY, SELL)
@@ -169,15 +169,13 @@ def test_sigkill_under_load(tmp_path: Path) -> None:
             settled = upto
             assert ref_accounts.apply(seq, cmd.time_us, batch).journal
             continue
-        assert ref_accounts.apply(seq, cmd.time_us, cmd).journal, (
-            f"live accepted command {seq}, reference did not"
-        )
-        for _, _shard, mcmd in ref_accounts.outbox:
+        out = ref_accounts.apply(seq, cmd.time_us, cmd)
+        assert out.journal, f"live accepted command {seq}, reference did not"
+        for _, _shard, mcmd in out.effects:
             out = ref_matching.apply(
                 ref_matching.applied_seq + 1, cmd.time_us, ev.MatchingCommand.FromString(mcmd)
             )
             ref_events.extend(ev.MatchingEvent.FromString(b) for b in out.events)
-        ref_accounts.outbox.clear()
 
     # Same fills, same order: the live event log (read from disk) equals the reference's, times aside.
     live_events = [
@@ -230,13 +228,17 @@ def test_restart_recovers_the_same_state(tmp_path: Path) -> None:
                 )
             )
         c.wait_quiet()
-        a_before = c.accounts.GetAccountsStatus(apb.GetAccountsStatusRequest())
-        m_before = c.matching().GetMatchingStatus(mpb.GetMatchingStatusRequest())
+        a_before = c.accounts.GetAccountsStatus(
+            apb.GetAccountsStatusRequest(with_state_hash=True, with_audit=True)
+        )
+        m_before = c.matching().GetMatchingStatus(mpb.GetMatchingStatusRequest(with_state_hash=True))
         for name in ("matching-0", "accounts-0"):
             c.kill(name, signal.SIGKILL)
         c.start(["matching-0", "accounts-0"])
-        a_after = c.accounts.GetAccountsStatus(apb.GetAccountsStatusRequest())
-        m_after = c.matching().GetMatchingStatus(mpb.GetMatchingStatusRequest())
+        a_after = c.accounts.GetAccountsStatus(
+            apb.GetAccountsStatusRequest(with_state_hash=True, with_audit=True)
+        )
+        m_after = c.matching().GetMatchingStatus(mpb.GetMatchingStatusRequest(with_state_hash=True))
         assert (a_after.state_hash, a_after.applied_sequence) == (
             a_before.state_hash,
             a_before.applied_sequence,
@@ -247,7 +249,7 @@ def test_restart_recovers_the_same_state(tmp_path: Path) -> None:
         )
         assert m_after.snapshot_sequence > 0 and a_after.snapshot_sequence > 0
         c.restart("matching-0")  # clean stop: final snapshot, then restore from it alone
-        m_clean = c.matching().GetMatchingStatus(mpb.GetMatchingStatusRequest())
+        m_clean = c.matching().GetMatchingStatus(mpb.GetMatchingStatusRequest(with_state_hash=True))
         assert m_clean.state_hash == m_before.state_hash
         assert m_clean.snapshot_sequence == m_before.applied_sequence
     finally:

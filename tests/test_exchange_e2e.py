@@ -108,7 +108,9 @@ def test_order_lifecycle_through_grpc(cluster: Cluster) -> None:
 def test_bad_input_gets_precise_status_and_changes_nothing(cluster: Cluster) -> None:
     c = cluster
     deposit(c, 201, "USDT", "1000", "t201")
-    before = c.accounts.GetAccountsStatus(apb.GetAccountsStatusRequest()).state_hash
+    before = c.accounts.GetAccountsStatus(
+        apb.GetAccountsStatusRequest(with_state_hash=True, with_audit=True)
+    ).state_hash
 
     def place(**kw: object) -> object:
         base: dict[str, object] = {
@@ -151,7 +153,9 @@ def test_bad_input_gets_precise_status_and_changes_nothing(cluster: Cluster) -> 
         code_of(lambda: c.matching().GetDepth(mpb.GetDepthRequest(market="BTC_USDT", merge="0.001")))
         == invalid
     )
-    after = c.accounts.GetAccountsStatus(apb.GetAccountsStatusRequest()).state_hash
+    after = c.accounts.GetAccountsStatus(
+        apb.GetAccountsStatusRequest(with_state_hash=True, with_audit=True)
+    ).state_hash
     assert before == after
 
 
@@ -279,8 +283,8 @@ def test_two_shards_split_the_markets(tmp_path: Path) -> None:
         st = c.wait_quiet()
         assert_invariants(st)
         assert set(st.settled_sequences) == {"matching-0", "matching-1"}
-        s0 = c.matching("matching-0").GetMatchingStatus(mpb.GetMatchingStatusRequest())
-        s1 = c.matching("matching-1").GetMatchingStatus(mpb.GetMatchingStatusRequest())
+        s0 = c.matching("matching-0").GetMatchingStatus(mpb.GetMatchingStatusRequest(with_state_hash=True))
+        s1 = c.matching("matching-1").GetMatchingStatus(mpb.GetMatchingStatusRequest(with_state_hash=True))
         assert {m.market for m in s0.markets} == {"BTC_USDT", "ETH_BTC"}
         assert {m.market for m in s1.markets} == {"ETH_USDT", "SOL_USDT", "DOGE_USDT"}
         assert balances(c, 1)["BTC"] == ("0.499", "0") and balances(c, 1)["ETH"] == ("3.992", "0")
@@ -364,7 +368,7 @@ def test_backpressure_answers_unavailable_with_retry_info(tmp_path: Path) -> Non
         assert codes[:20] == [grpc.StatusCode.OK] * 20
         assert set(codes[20:]) == {grpc.StatusCode.UNAVAILABLE}
         assert retry_after_ms(last) == 500  # type: ignore[arg-type]
-        st = c.accounts.GetAccountsStatus(apb.GetAccountsStatusRequest())
+        st = c.accounts.GetAccountsStatus(apb.GetAccountsStatusRequest(with_state_hash=True, with_audit=True))
         assert st.outbox_pending["matching-0"] == 20
         c.start(["matching-0"])
         st = c.wait_quiet()

@@ -45,10 +45,9 @@ def main() -> None:
             retention_floor=lambda: min((f.acked for f in forwarders.values()), default=0),
         )
         await host.start()
-        host.machine.outbox.clear()  # rebuilt from the journal by the forwarders
         for name, shard in config.shards.items():
             forwarders[name] = Forwarder(name, shard.listen, host, acfg.source, config.catalog)
-        host.on_commit.append(outbox_hook(lambda: host.machine, forwarders))
+        host.on_effects.append(outbox_hook(forwarders))
         feeds = [
             SettlementFeed(name, shard.listen, host, partial(settled_of, host, name))
             for name, shard in config.shards.items()

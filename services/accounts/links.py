@@ -139,7 +139,7 @@ class Forwarder:
             log.info("shard link up", extra={"shard": self.shard, "acknowledged": self.acked})
             # After a restart memory holds only what was committed since; older commands come from
             # the journal.
-            mem_first = self.queued[0][0] if self.queued else self.host.machine.applied_seq + 1
+            mem_first = self.queued[0][0] if self.queued else self.host.commands.durable_seq + 1
             if self.acked + 1 < mem_first:
                 backlog = self._from_journal(self.acked + 1, mem_first - 1)
                 self.queued.extendleft(reversed(backlog))

@@ -197,8 +197,6 @@ class AccountsMachine:
         self.source = source
         self._applied_seq = applied_seq
         self._event_seq = event_seq
-        # Matching commands produced since the service last drained them (transient, not state).
-        self.outbox: list[tuple[int, str, bytes]] = []
 
     @property
     def applied_seq(self) -> int:
@@ -281,9 +279,8 @@ class AccountsMachine:
             raise InvalidArgument("empty accounts command")
         self._applied_seq = seq
         self._event_seq = sink.next_seq - 1
-        for shard, mcmd in outbox_commands(self.source, seq, cmd, led.catalog):
-            self.outbox.append((seq, shard, mcmd))
-        return Outcome(result=result, events=sink.records, keys=sink.users)
+        effects = [(seq, shard, mcmd) for shard, mcmd in outbox_commands(self.source, seq, cmd, led.catalog)]
+        return Outcome(result=result, events=sink.records, keys=sink.users, effects=effects)
 
     def _settle(self, seq: int, batch: ev.SettleMatchingEventsCommand, now: int, sink: _EventSink) -> bool:
         led = self.ledger

@@ -383,42 +383,39 @@ class AccountsServicer:
     async def GetAccountsStatus(
         self, request: pb.GetAccountsStatusRequest, context: Any
     ) -> pb.GetAccountsStatusResponse:
-        st = self.host.status()
+        machine = self.host.machine
         resp = pb.GetAccountsStatusResponse(
             source=self.config.source,
-            applied_sequence=st.applied_seq,
-            event_sequence=st.event_seq,
-            state_hash=st.state_hash,
+            applied_sequence=machine.applied_seq,
+            event_sequence=machine.event_seq,
+            state_hash=machine.state_hash() if request.with_state_hash else "",
             settled_sequences=dict(self.ledger.settled),
             forwarded_sequences={name: f.acked for name, f in self.forwarders.items()},
-            snapshot_sequence=st.snapshot_seq,
+            snapshot_sequence=self.host.snapshot_seq,
             outbox_pending={name: f.lag for name, f in self.forwarders.items()},
             queue_depth=self.host.queue_depth,
             last_order_id=self.ledger.next_order_id - 1,
         )
-        for asset, a in sorted(self.ledger.audit().items()):
-            fmt = self.catalog.assets[asset].format
-            resp.audit.add(
-                asset=asset,
-                total=fmt(a["total"]),
-                external=fmt(a["external"]),
-                frozen=fmt(a["frozen"]),
-                held=fmt(a["held"]),
-            )
+        if request.with_audit:
+            for asset, a in sorted(self.ledger.audit().items()):
+                fmt = self.catalog.assets[asset].format
+                resp.audit.add(
+                    asset=asset,
+                    total=fmt(a["total"]),
+                    external=fmt(a["external"]),
+                    frozen=fmt(a["frozen"]),
+                    held=fmt(a["held"]),
+                )
         return resp
 
 
-def outbox_hook(
-    machine_getter: Callable[[], AccountsMachine], forwarders: dict[str, Forwarder]
-) -> Callable[[int, int], None]:
-    def hook(cmd_seq: int, event_seq: int) -> None:
-        machine = machine_getter()
-        if not machine.outbox:
-            return
-        for seq, shard, cmd in machine.outbox:
+def outbox_hook(forwarders: dict[str, Forwarder]) -> Callable[[list[Any]], None]:
+    """Hands each durable batch's matching commands to the forwarder of their shard."""
+
+    def hook(effects: list[Any]) -> None:
+        for seq, shard, cmd in effects:
             fwd = forwarders.get(shard)
             if fwd is not None:
                 fwd.push(seq, cmd)
-        machine.outbox.clear()
 
     return hook

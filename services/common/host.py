@@ -20,6 +20,7 @@ import asyncio
 import logging
 import os
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -136,7 +137,9 @@ class StateMachineHost(Generic[C, M]):
         self._snapshot_task: asyncio.Task[None] | None = None
         self._stopping = False
         self._labels = {"service": name}
-        self.on_commit: list[Callable[[int, int], None]] = []  # (command seq, event seq) after each commit
+        # The effects of each batch's commands (Outcome.effects), in order, once durable.
+        self.on_effects: list[Callable[[list[Any]], None]] = []
+        self._inflight: deque[asyncio.Task[None]] = deque()
         # (first event seq, durable event records, their keys) after each commit
         self.on_events: list[Callable[[int, list[bytes], list[int]], None]] = []
 
@@ -216,6 +219,7 @@ class StateMachineHost(Generic[C, M]):
         self._wakeup.set()
         if self._task is not None:
             await self._task
+        await self._drain()
         if self._snapshot_task is not None:
             await self._snapshot_task
         if snapshot and self.machine.applied_seq > self.snapshot_seq:
@@ -276,6 +280,7 @@ class StateMachineHost(Generic[C, M]):
         try:
             while True:
                 if self._snapshot_waiters:
+                    await self._drain()
                     if self.machine.applied_seq > self.snapshot_seq:
                         await self._snapshot(inline=True)
                     waiters, self._snapshot_waiters = self._snapshot_waiters, []
@@ -303,6 +308,9 @@ class StateMachineHost(Generic[C, M]):
             raise
 
     async def _commit(self, batch: list[_Pending[C]]) -> None:
+        """Apply a batch and append it to the journals; its fsync and its answers run in a task, so
+        the next batch is applied while this one is being made durable (pipelined group commit).
+        Answers, events and effects still go out strictly in order and only once durable."""
         started = time.perf_counter()
         now = max(self._last_time, time.time_ns() // 1000)
         self._last_time = now
@@ -310,6 +318,7 @@ class StateMachineHost(Generic[C, M]):
         records: list[bytes] = []
         event_records: list[bytes] = []
         event_keys: list[int] = []
+        effects: list[Any] = []
         done: list[tuple[_Pending[C], Any, bool]] = []
         encode = self.codec.encode
         for p in batch:
@@ -326,18 +335,65 @@ class StateMachineHost(Generic[C, M]):
                 event_records.extend(outcome.events)
                 if outcome.keys:
                     event_keys.extend(outcome.keys)
-            elif outcome.events:
-                raise RuntimeError("a command that is not journaled must not produce events")
+                if outcome.effects:
+                    effects.extend(outcome.effects)
+            elif outcome.events or outcome.effects:
+                raise RuntimeError("a command that is not journaled must not produce events or effects")
             done.append((p, outcome.result, False))
         if records:
             self.commands.append(records)
             if event_records:
                 self.events.append(event_records)
+        previous = self._inflight[-1] if self._inflight else None
+        self._inflight.append(
+            asyncio.create_task(
+                self._finish(
+                    previous,
+                    bool(records),
+                    done,
+                    event_records,
+                    event_keys,
+                    effects,
+                    machine.event_seq,
+                    started,
+                )
+            )
+        )
+        # At most two batches in flight: the writer may run one batch ahead of durability.
+        while len(self._inflight) > 2 or (self._inflight and self._inflight[0].done()):
+            await self._inflight.popleft()
+        if records:
+            self._since_snapshot += len(records)
+            if self.options.snapshot_every and self._since_snapshot >= self.options.snapshot_every:
+                await self._drain()
+                await self._snapshot()
+
+    async def _drain(self) -> None:
+        """Wait until everything applied is durable and answered."""
+        while self._inflight:
+            await self._inflight.popleft()
+
+    async def _finish(
+        self,
+        previous: asyncio.Task[None] | None,
+        journaled: bool,
+        done: list[tuple[_Pending[C], Any, bool]],
+        event_records: list[bytes],
+        event_keys: list[int],
+        effects: list[Any],
+        last_event_seq: int,
+        started: float,
+    ) -> None:
+        if journaled:
             if self.options.fsync:
-                await asyncio.to_thread(self._sync)
+                await asyncio.gather(
+                    asyncio.to_thread(self.commands.sync), asyncio.to_thread(self.events.sync)
+                )
             else:
                 self.commands.sync()
                 self.events.sync()
+        if previous is not None:
+            await previous  # answers go out in order
         for p, value, failed in done:
             if p.batch is not None:
                 p.batch.settle(p.index, value)
@@ -349,30 +405,24 @@ class StateMachineHost(Generic[C, M]):
                 fut.set_exception(value)
             else:
                 fut.set_result(value)
-        if records:
-            COMMANDS.labels(**self._labels).inc(len(records))
-            SEQ.labels(service=self.name, log="commands").set(machine.applied_seq)
-            if event_records:
-                EVENTS.labels(**self._labels).inc(len(event_records))
-                self._durable_event_seq = self.events.last_seq
-                SEQ.labels(service=self.name, log="events").set(self._durable_event_seq)
-                async with self._published:
-                    self._published.notify_all()
-                if self.on_events:
-                    first = self._durable_event_seq - len(event_records) + 1
-                    keys = event_keys if len(event_keys) == len(event_records) else []
-                    for events_hook in self.on_events:
-                        events_hook(first, event_records, keys)
-            for hook in self.on_commit:
-                hook(machine.applied_seq, machine.event_seq)
-            self._since_snapshot += len(records)
-            BATCH.labels(**self._labels).observe(time.perf_counter() - started)
-            if self.options.snapshot_every and self._since_snapshot >= self.options.snapshot_every:
-                await self._snapshot()
-
-    def _sync(self) -> None:
-        self.commands.sync()
-        self.events.sync()
+        if not journaled:
+            return
+        COMMANDS.labels(**self._labels).inc(sum(1 for _, _, failed in done if not failed))
+        if event_records:
+            EVENTS.labels(**self._labels).inc(len(event_records))
+            self._durable_event_seq = last_event_seq
+            SEQ.labels(service=self.name, log="events").set(last_event_seq)
+            async with self._published:
+                self._published.notify_all()
+            if self.on_events:
+                first = last_event_seq - len(event_records) + 1
+                keys = event_keys if len(event_keys) == len(event_records) else []
+                for events_hook in self.on_events:
+                    events_hook(first, event_records, keys)
+        if effects:
+            for effects_hook in self.on_effects:
+                effects_hook(effects)
+        BATCH.labels(**self._labels).observe(time.perf_counter() - started)
 
     # --- snapshots -----------------------------------------------------------------------------
 

@@ -19,6 +19,9 @@ class Outcome:
     journal: bool = True
     # Optional routing key per event (accounts: the user id), handed to on_events hooks.
     keys: Sequence[int] = ()
+    # Things to do once the command is durable (accounts: the matching commands to forward), handed
+    # in order to the host's on_effects hooks. Not state: a restart rebuilds them from the journal.
+    effects: Sequence[Any] = ()
 
 
 class Machine(Protocol[C_contra]):

@@ -240,7 +240,7 @@ class MatchingServicer:
                     bid_levels=len(book.bids.levels),
                     ask_levels=len(book.asks.levels),
                     order_count=len(book),
-                    state_hash=book.state_hash(),
+                    state_hash=book.state_hash() if request.with_state_hash else "",
                     last_trade_id=book.next_trade_id - 1,
                 )
             )
@@ -248,7 +248,7 @@ class MatchingServicer:
             shard=self.shard,
             applied_sequence=self.host.machine.applied_seq,
             event_sequence=self.host.machine.event_seq,
-            state_hash=engine.state_hash(),
+            state_hash=engine.state_hash() if request.with_state_hash else "",
             source_sequences=dict(engine.source_seqs),
             markets=markets,
             snapshot_sequence=self.host.snapshot_seq,

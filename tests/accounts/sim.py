@@ -65,9 +65,7 @@ class MiniExchange:
             cmd.time_us = self.time_us
             self.accounts_journal.append(cmd.SerializeToString())
             self.account_events.extend(ev.AccountEvent.FromString(b) for b in out.events)
-            outbox = list(self.accounts.outbox)
-            self.accounts.outbox.clear()
-            for _, shard, mcmd in outbox:
+            for _, shard, mcmd in out.effects:
                 self._shard_apply(shard, ev.MatchingCommand.FromString(mcmd))
         if self.auto_settle:
             self.settle()
