@@ -3,35 +3,80 @@
 Used by the deterministic state machines for their command journal and their event log.
 
 Layout: a directory of segment files named by the sequence of their first record
-(`00000000000000000001.seg`), so lexical order is sequence order. A record is
+(`00000000000000000001.seg`), so lexical order is sequence order. A segment file is
 
-    u32 payload length | u32 crc32(payload) | u64 sequence | payload      (little endian)
+    segment header (40 bytes): magic "EXJS" | u16 version | u16 flags | u64 first seq | u32 crc32
+                               | seal: u64 last seq | u64 file size | u32 crc32   (zeros while active)
+    records:                   u32 payload length | u32 crc32(seq || payload) | u64 seq | payload
 
-`append` writes a whole batch with one write() on a raw file descriptor; `sync` makes everything
-appended before it durable with one fdatasync per touched file (group commit). On open the last
-segment is verified record by record and a torn or corrupt tail is cut off (it was never durable, so it
-was never acknowledged). Corruption inside an older segment is reported on read, never skipped.
+all little endian. The header is written together with the first batch, so a segment file may also
+be empty (0 bytes). A new segment starts before a batch that would take the active one past
+`segment_bytes` (a single larger batch makes one oversized segment); a record never spans two files.
 
-Thread safety: the owner appends and reads from one thread while another thread may run `sync`.
+`append` writes a whole batch with one pwrite() on a raw file descriptor at the offset the journal
+keeps (so a failed write can be cut off again instead of leaving junk between records); `sync` makes
+everything appended before it durable with one fdatasync per touched file (group commit), and only
+then advances `durable_seq`. A segment that was rolled over is fdatasynced by the next sync and then
+*sealed*: its last sequence and size are written into its header, which tells a later open that the
+segment is complete and durable.
+
+Recovery on open: segments up to the last sealed one are trusted (their record counts follow from the
+file names; their records are CRC-checked when read). Everything after - the active segment, plus any
+rolled-over segment whose sync never finished - is the *tail*: it is verified record by record and cut
+right before the first partial, corrupt or out-of-sequence record (its bytes were never made durable,
+so they were never acknowledged), with a warning; segments after a cut are deleted. Corruption in the
+trusted part raises JournalError on open (a damaged header) or on read (a damaged record), never skipped.
+
+Reads use a sparse per-segment index of (seq, offset) entries (one every INDEX_RECORDS records or
+INDEX_BYTES bytes), maintained while appending and scanning and extended lazily for older segments,
+so a read seeks close to the requested record instead of scanning the segment.
+
+Thread safety: one owner appends (usually the event-loop thread) while another thread runs `sync`
+(e.g. `await asyncio.to_thread(journal.sync)`); `read` may run on any thread at the same time. All
+methods are safe to call concurrently: bookkeeping is under a short lock that is never held across an
+fsync, and syncs are serialized among themselves. The directory is not locked against a second
+process: only one process may open a journal directory at a time.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import os
 import struct
 import threading
 import zlib
+from array import array
 from bisect import bisect_right
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Protocol
+from types import TracebackType
+from typing import NamedTuple, Protocol
 
 log = logging.getLogger(__name__)
 
-HEADER = struct.Struct("<IIQ")
+RECORD = struct.Struct("<IIQ")  # payload length, crc32(seq || payload), seq
+_SEQ = struct.Struct("<Q")
+_U32 = struct.Struct("<I")
+_SEG_HEAD = struct.Struct("<4sHHQ")  # magic, version, flags, first seq; then u32 crc32 of these 16 bytes
+_SEAL = struct.Struct("<QQ")  # last seq, file size; then u32 crc32(first seq || these 16 bytes)
+SEG_MAGIC = b"EXJS"
+SEG_VERSION = 1
+HEAD_SIZE = _SEG_HEAD.size + 4  # 20
+SEAL_OFFSET = HEAD_SIZE
+SEAL_SIZE = _SEAL.size + 4  # 20
+DATA_START = HEAD_SIZE + SEAL_SIZE  # 40: offset of the first record
 SUFFIX = ".seg"
-INDEX_EVERY = 64  # sparse index: one (seq, offset) entry per this many records
+MAX_PAYLOAD = 0xFFFFFFFF
+
+INDEX_RECORDS = 16  # sparse index: an entry at least every this many records ...
+INDEX_BYTES = 64 << 10  # ... and at least every this many bytes
+READ_CHUNK_MIN = 16 << 10  # bytes fetched by a read's first pread() (tailing reads stay small) ...
+READ_CHUNK = 256 << 10  # ... doubling per pread() up to this
+SCAN_CHUNK = 4 << 20  # bytes fetched per pread() while verifying a segment
+
+_datasync: Callable[[int], None] = os.fdatasync if hasattr(os, "fdatasync") else os.fsync
 
 
 class JournalError(Exception):
@@ -39,114 +84,343 @@ class JournalError(Exception):
 
 
 class JournalGapError(JournalError):
-    """The requested sequence was pruned."""
+    """The requested sequence was pruned (it is older than first_seq)."""
 
 
 class Journal(Protocol):
     """The backend-neutral interface (local segment files here; a JetStream backend can follow)."""
 
     @property
-    def first_seq(self) -> int: ...
+    def first_seq(self) -> int:
+        """Oldest sequence still stored (last_seq + 1 when empty)."""
+        ...
 
     @property
-    def last_seq(self) -> int: ...
+    def last_seq(self) -> int:
+        """Last appended sequence (0, or start_seq - 1, when empty). Appended is not durable."""
+        ...
 
     @property
-    def durable_seq(self) -> int: ...
+    def durable_seq(self) -> int:
+        """Last sequence known durable (<= last_seq)."""
+        ...
 
-    def append(self, payloads: Sequence[bytes]) -> int: ...
+    def append(self, payloads: Sequence[bytes]) -> int:
+        """Append records numbered last_seq + 1...; returns the new last_seq. Durable after sync()."""
+        ...
 
-    def sync(self) -> int: ...
+    def sync(self) -> int:
+        """Make everything appended before the call durable; returns durable_seq."""
+        ...
 
     def read(
         self, from_seq: int, max_records: int = 1000, max_bytes: int = 4 << 20
-    ) -> list[tuple[int, bytes]]: ...
+    ) -> list[tuple[int, bytes]]:
+        """Records from from_seq on: at least one if any exists (even past max_bytes); [] when
+        from_seq > last_seq; JournalGapError when from_seq < first_seq."""
+        ...
 
-    def prune_before(self, seq: int) -> int: ...
+    def prune_before(self, seq: int) -> int:
+        """Drop stored records below seq where whole segments allow it; returns how many."""
+        ...
 
-    def truncate_after(self, seq: int) -> int: ...
+    def truncate_after(self, seq: int) -> int:
+        """Recovery only: drop every record after seq; returns how many."""
+        ...
 
     def close(self) -> None: ...
 
 
-def _crc(seq: int, payload: bytes) -> int:
-    # The sequence is checked for continuity on its own; the CRC covers the payload.
-    return zlib.crc32(payload)
+def _crc(seq: int, payload: bytes | memoryview) -> int:
+    return zlib.crc32(payload, zlib.crc32(_SEQ.pack(seq)))
+
+
+def _segment_header(first: int) -> bytes:
+    head = _SEG_HEAD.pack(SEG_MAGIC, SEG_VERSION, 0, first)
+    return head + _U32.pack(zlib.crc32(head)) + bytes(SEAL_SIZE)
+
+
+def _seal(first: int, last: int, size: int) -> bytes:
+    body = _SEAL.pack(last, size)
+    return body + _U32.pack(zlib.crc32(body, zlib.crc32(_SEQ.pack(first))))
+
+
+def _seal_of(raw: bytes, first: int, size: int) -> int | None:
+    """The last sequence a valid seal in header bytes `raw` records for a file of `size`, else None."""
+    if len(raw) < DATA_START:
+        return None
+    body = raw[SEAL_OFFSET : SEAL_OFFSET + _SEAL.size]
+    (crc,) = _U32.unpack_from(raw, SEAL_OFFSET + _SEAL.size)
+    last, sealed_size = _SEAL.unpack(body)
+    if crc != zlib.crc32(body, zlib.crc32(_SEQ.pack(first))) or sealed_size != size or last < first:
+        return None
+    return int(last)
 
 
 class _Segment:
-    __slots__ = ("first", "index", "indexed", "last", "path", "size")
+    __slots__ = ("first", "gen", "last", "offs", "path", "seqs", "size")
 
-    def __init__(self, path: Path, first: int) -> None:
+    def __init__(self, path: Path, first: int, last: int, size: int) -> None:
         self.path = path
         self.first = first
-        self.last = first - 1
-        self.size = 0
-        self.index: list[tuple[int, int]] = []  # (seq, offset), sparse, ascending
-        self.indexed = True
+        self.last = last  # first - 1 while empty
+        self.size = size  # bytes of complete records (plus the header), i.e. where the next write goes
+        self.gen = 0  # bumped when the segment is cut (index entries computed before are stale)
+        # Sparse index: seqs[i] starts at file offset offs[i]; ascending; always begins with the first
+        # record. Complete for the active segment; for older ones a prefix, extended by reads.
+        self.seqs = array("Q")
+        self.offs = array("Q")
+        if last >= first:
+            self.seqs.append(first)
+            self.offs.append(DATA_START)
 
 
-def _scan(path: Path, first: int) -> tuple[int, int, list[tuple[int, int]]]:
-    """Verify a segment record by record; cut a torn or corrupt tail. Returns (last, size, index)."""
-    data = path.read_bytes()
-    pos = 0
-    expected = first
-    index: list[tuple[int, int]] = []
-    n = len(data)
-    while pos + HEADER.size <= n:
-        length, crc, seq = HEADER.unpack_from(data, pos)
-        end = pos + HEADER.size + length
-        if seq != expected or end > n or _crc(seq, data[pos + HEADER.size : end]) != crc:
+class _Scan(NamedTuple):
+    last: int  # last good sequence (first - 1 if none)
+    end: int  # offset right after the last good record
+    seqs: array[int]
+    offs: array[int]
+    problem: str | None  # why the scan stopped before `size`, if it did
+
+
+def _scan(fd: int, first: int, size: int, stop_after: int | None = None) -> _Scan:
+    """Verify records (length, sequence, CRC) from DATA_START up to `size` or sequence stop_after,
+    stopping at the first bad one; builds the sparse index on the way."""
+    seqs: array[int] = array("Q")
+    offs: array[int] = array("Q")
+    hsize = RECORD.size
+    unpack = RECORD.unpack_from
+    crc32 = zlib.crc32
+    pos = DATA_START
+    seq = first
+    buf = b""
+    mv = memoryview(buf)
+    base = pos  # buf holds the file bytes [base, base + len(buf))
+    problem: str | None = None
+    while pos < size:
+        if stop_after is not None and seq > stop_after:
             break
-        if (seq - first) % INDEX_EVERY == 0:
-            index.append((seq, pos))
+        off = pos - base
+        if off + hsize > len(buf):
+            if pos + hsize > size:
+                problem = f"partial record header at offset {pos}"
+                break
+            buf = os.pread(fd, min(SCAN_CHUNK, size - pos), pos)
+            mv = memoryview(buf)
+            base, off = pos, 0
+            if len(buf) < hsize:
+                problem = f"file ends at offset {pos + len(buf)}"
+                break
+        length, crc, rseq = unpack(buf, off)
+        if rseq != seq:
+            problem = f"sequence {rseq} at offset {pos} where {seq} was expected"
+            break
+        end = pos + hsize + length
+        if end > size:
+            problem = f"partial record {seq} at offset {pos}"
+            break
+        if off + hsize + length > len(buf):
+            buf = os.pread(fd, max(min(SCAN_CHUNK, size - pos), hsize + length), pos)
+            mv = memoryview(buf)
+            base, off = pos, 0
+            if len(buf) < hsize + length:
+                problem = f"file ends at offset {pos + len(buf)}"
+                break
+        if crc32(mv[off + hsize : off + hsize + length], crc32(mv[off + 8 : off + 16])) != crc:
+            problem = f"CRC mismatch in record {seq} at offset {pos}"
+            break
+        if not seqs or seq - seqs[-1] >= INDEX_RECORDS or pos - offs[-1] >= INDEX_BYTES:
+            seqs.append(seq)
+            offs.append(pos)
         pos = end
-        expected += 1
-    if pos != n:
-        log.warning(
-            "journal tail repaired", extra={"file": str(path), "offset": pos, "dropped_bytes": n - pos}
+        seq += 1
+    return _Scan(seq - 1, pos, seqs, offs, problem)
+
+
+def _header_state(path: Path, raw: bytes, first: int, size: int) -> str:
+    """'empty', 'ok' or 'torn' (a header that was never completely written); JournalError for a file
+    that is not a segment of this format."""
+    if size == 0:
+        return "empty"
+    expected = _segment_header(first)[:HEAD_SIZE]
+    head = raw[:HEAD_SIZE]
+    if head == expected[: len(head)]:
+        return "ok" if size >= DATA_START else "torn"
+    if not any(head):
+        return "torn"  # zeros: the size was extended but the data never reached the disk
+    if head[:4] == SEG_MAGIC:
+        raise JournalError(
+            f"{path}: segment header does not match (version, first sequence {first} or CRC); "
+            "the journal is damaged or was written by another format version"
         )
-        with open(path, "r+b") as f:
-            f.truncate(pos)
-            f.flush()
-            os.fsync(f.fileno())
-    return expected - 1, pos, index
+    raise JournalError(f"{path}: not a journal segment of this format (no {SEG_MAGIC!r} header)")
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        if n <= 0:
+            raise OSError(errno.EIO, "pwrite wrote nothing")
+        view = view[n:]
+        offset += n
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class FileJournal:
+    """Journal on local segment files. See the module docstring for format, recovery and threads."""
+
     def __init__(
         self, directory: str | os.PathLike[str], *, segment_bytes: int = 64 << 20, start_seq: int = 1
     ) -> None:
-        self.dir = Path(directory)
-        self.dir.mkdir(parents=True, exist_ok=True)
+        if segment_bytes < 1:
+            raise ValueError(f"segment_bytes must be positive, not {segment_bytes}")
+        if start_seq < 1:
+            raise ValueError(f"start_seq must be at least 1, not {start_seq}")
+        self._dir = Path(directory)
+        self._dir.mkdir(parents=True, exist_ok=True)
         self.segment_bytes = segment_bytes
-        self._lock = threading.Lock()
-        self._segments = [
-            _Segment(p, int(p.stem)) for p in sorted(self.dir.glob(f"*{SUFFIX}")) if p.stem.isdigit()
-        ]
-        for i, seg in enumerate(self._segments):
-            if i == len(self._segments) - 1:
-                seg.last, seg.size, seg.index = _scan(seg.path, seg.first)
-            else:
-                seg.last = self._segments[i + 1].first - 1
-                seg.size = seg.path.stat().st_size
-                seg.indexed = False  # built on first read: startup stays fast with many segments
-        if not self._segments:
-            self._segments.append(self._new_segment(start_seq))
-        self._last = self._segments[-1].last
-        self._durable = self._last
-        self._fd = os.open(self._segments[-1].path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        self._unsynced: list[int] = []  # fds of segments rolled over since the last sync
-        self._dirty = False
+        self._lock = threading.Lock()  # bookkeeping; never held across an fsync
+        self._sync_lock = threading.Lock()  # serializes sync / close / truncate_after
+        self._segments: list[_Segment] = []
+        self._firsts: list[int] = []  # segments' first sequences, for bisect
+        self._fd = -1  # the active (last) segment, O_RDWR; we keep the write offset ourselves
+        self._rolled: list[tuple[int, _Segment]] = []  # rolled-over segments the next sync must seal
+        self._dir_dirty = False  # segment files created or deleted since the last sync
+        self._failed: BaseException | None = None
         self._closed = False
+        self._open(start_seq)
+        self._last = self._segments[-1].last
+        self._durable = self._last  # _open made everything it kept durable
 
-    def _new_segment(self, first: int) -> _Segment:
-        path = self.dir / f"{first:020d}{SUFFIX}"
-        path.touch()
-        _fsync_dir(self.dir)
-        return _Segment(path, first)
+    # --- opening -------------------------------------------------------------------------------
+
+    def _path(self, first: int) -> Path:
+        return self._dir / f"{first:020d}{SUFFIX}"
+
+    def _open(self, start_seq: int) -> None:
+        found: dict[int, Path] = {}
+        for entry in os.scandir(self._dir):
+            stem = entry.name[: -len(SUFFIX)]
+            if entry.name.endswith(SUFFIX) and stem.isdigit() and entry.is_file():
+                first = int(stem)
+                if first in found:
+                    raise JournalError(f"{self._dir}: two segment files start at {first}")
+                found[first] = Path(entry.path)
+        if not found:
+            path = self._path(start_seq)
+            self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+            _fsync_dir(self._dir)
+            self._install([_Segment(path, start_seq, start_seq - 1, 0)])
+            return
+        firsts = sorted(found)
+        paths = [found[f] for f in firsts]
+        sizes: list[int] = []
+        heads: list[bytes] = []
+        for path in paths:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                sizes.append(os.fstat(fd).st_size)
+                heads.append(os.pread(fd, DATA_START, 0))
+            finally:
+                os.close(fd)
+        n = len(paths)
+        seals = [_seal_of(heads[i], firsts[i], sizes[i]) for i in range(n)]
+        states = [_header_state(paths[i], heads[i], firsts[i], sizes[i]) for i in range(n)]
+        # The trusted part: every segment up to the last sealed one (the active one never counts).
+        trusted = max((i for i in range(n - 1) if seals[i] is not None), default=-1)
+        segments: list[_Segment] = []
+        for i in range(trusted + 1):
+            last = firsts[i + 1] - 1
+            if states[i] != "ok":
+                raise JournalError(f"{paths[i]}: damaged header in the sealed part of the journal")
+            sealed = seals[i]
+            if sealed is not None and sealed != last:
+                raise JournalError(
+                    f"{paths[i]}: sealed with records up to {sealed} but the next segment starts at "
+                    f"{firsts[i + 1]}; segments are missing or misnamed"
+                )
+            if last < firsts[i]:
+                raise JournalError(f"{paths[i]}: an older segment without records")
+            segments.append(_Segment(paths[i], firsts[i], last, sizes[i]))
+        # The tail: verify record by record, cut at the first bad record.
+        for i in range(trusted + 1, n):
+            path, first, size = paths[i], firsts[i], sizes[i]
+            fd = os.open(path, os.O_RDWR)
+            try:
+                is_last = i == n - 1
+                stop_after = None if is_last else firsts[i + 1] - 1
+                if states[i] == "ok":
+                    scan = _scan(fd, first, size, stop_after)
+                else:
+                    problem = "torn segment header" if states[i] == "torn" else None
+                    scan = _Scan(first - 1, 0, array("Q"), array("Q"), problem)
+                if not is_last and scan.last == stop_after:
+                    # A complete rolled-over segment whose sync never finished: make it durable, seal it.
+                    if scan.end != size:
+                        log.warning(
+                            "journal: %s has %d bytes of junk after its last record; cut",
+                            path,
+                            size - scan.end,
+                            extra={"file": str(path), "offset": scan.end},
+                        )
+                        os.ftruncate(fd, scan.end)
+                    _datasync(fd)
+                    _pwrite_all(fd, _seal(first, scan.last, scan.end), SEAL_OFFSET)
+                    _datasync(fd)
+                    os.close(fd)
+                    segments.append(self._scanned(path, first, scan))
+                    continue
+                if scan.end != size or not is_last:
+                    dropped = paths[i + 1 :]
+                    log.warning(
+                        "journal tail repaired: %s cut at offset %d (%d bytes dropped: %s); "
+                        "%d later segment(s) deleted",
+                        path,
+                        scan.end,
+                        size - scan.end,
+                        scan.problem or "records missing before the next segment",
+                        len(dropped),
+                        extra={"file": str(path), "offset": scan.end, "dropped_bytes": size - scan.end},
+                    )
+                    os.ftruncate(fd, scan.end)
+                    for p in dropped:
+                        p.unlink(missing_ok=True)
+                if scan.end >= DATA_START and any(heads[i][SEAL_OFFSET:DATA_START]):
+                    _pwrite_all(fd, bytes(SEAL_SIZE), SEAL_OFFSET)  # a stale seal on the active segment
+                _datasync(fd)  # what a crashed process left in the page cache is durable from now on
+                segments.append(self._scanned(path, first, scan))
+                self._fd = fd
+                break
+            except BaseException:
+                if self._fd != fd:
+                    os.close(fd)
+                raise
+        _fsync_dir(self._dir)
+        self._install(segments)
+
+    @staticmethod
+    def _scanned(path: Path, first: int, scan: _Scan) -> _Segment:
+        seg = _Segment(path, first, scan.last, scan.end)
+        seg.seqs, seg.offs = scan.seqs, scan.offs
+        return seg
+
+    def _install(self, segments: list[_Segment]) -> None:
+        self._segments = segments
+        self._firsts = [s.first for s in segments]
 
     # --- properties ----------------------------------------------------------------------------
+
+    @property
+    def directory(self) -> Path:
+        return self._dir
 
     @property
     def first_seq(self) -> int:
@@ -160,59 +434,119 @@ class FileJournal:
     def durable_seq(self) -> int:
         return self._durable
 
+    def _check_usable(self) -> None:
+        if self._closed:
+            raise JournalError(f"{self._dir}: journal is closed")
+        if self._failed is not None:
+            raise JournalError(
+                f"{self._dir}: an earlier write or sync failed ({self._failed}); reopen the journal"
+            ) from self._failed
+
     # --- writing -------------------------------------------------------------------------------
 
     def append(self, payloads: Sequence[bytes]) -> int:
-        """Append records numbered last_seq + 1... with one write(); durable only after sync()."""
-        if not payloads:
-            return self._last
+        """Append records numbered last_seq + 1... with one write; durable only after sync()."""
         with self._lock:
+            self._check_usable()
+            if not payloads:
+                return self._last
             seg = self._segments[-1]
-            if seg.size >= self.segment_bytes and seg.last >= seg.first:
+            batch = 0
+            for p in payloads:
+                if len(p) > MAX_PAYLOAD:
+                    raise ValueError(f"a record holds at most {MAX_PAYLOAD} bytes, not {len(p)}")
+                batch += RECORD.size + len(p)
+            if seg.last >= seg.first and seg.size + batch > self.segment_bytes:
                 self._roll()
                 seg = self._segments[-1]
-            seq = self._last
             parts: list[bytes] = []
-            offset = seg.size
-            pack = HEADER.pack
-            first = seg.first
+            start = seg.size
+            pos = start
+            if pos == 0:
+                parts.append(_segment_header(seg.first))
+                pos = DATA_START
+            seq = self._last
+            new_seqs: list[int] = []
+            new_offs: list[int] = []
+            iseq = seg.seqs[-1] if seg.seqs else -INDEX_RECORDS
+            ioff = seg.offs[-1] if seg.offs else -INDEX_BYTES
+            pack = RECORD.pack
+            pack_seq = _SEQ.pack
+            crc32 = zlib.crc32
             for payload in payloads:
                 seq += 1
-                if (seq - first) % INDEX_EVERY == 0:
-                    seg.index.append((seq, offset))
-                parts.append(pack(len(payload), _crc(seq, payload), seq))
+                if seq - iseq >= INDEX_RECORDS or pos - ioff >= INDEX_BYTES:
+                    iseq, ioff = seq, pos
+                    new_seqs.append(seq)
+                    new_offs.append(pos)
+                parts.append(pack(len(payload), crc32(payload, crc32(pack_seq(seq))), seq))
                 parts.append(payload)
-                offset += HEADER.size + len(payload)
-            view = memoryview(b"".join(parts))
-            while view:
-                view = view[os.write(self._fd, view) :]
-            seg.size = offset
+                pos += RECORD.size + len(payload)
+            try:
+                _pwrite_all(self._fd, b"".join(parts), start)
+            except OSError as exc:
+                self._failed = exc  # fail-stop: the caller must reopen (and so re-verify) the journal
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._fd, start)  # do not leave part of a batch that was refused
+                raise JournalError(f"{seg.path}: append failed: {exc}") from exc
+            seg.seqs.extend(new_seqs)
+            seg.offs.extend(new_offs)
+            seg.size = pos
             seg.last = seq
             self._last = seq
-            self._dirty = True
             return seq
 
     def _roll(self) -> None:
-        """Start a new segment (under the lock); the old fd is synced and closed by the next sync."""
-        self._unsynced.append(self._fd)
-        seg = self._new_segment(self._last + 1)
-        self._segments.append(seg)
-        self._fd = os.open(seg.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        """Start a new segment (under the lock). The old one is fdatasynced and sealed by the next sync
+        (which may be one that is already running: it keeps the old descriptor until it is done)."""
+        first = self._last + 1
+        path = self._path(first)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        except OSError as exc:
+            raise JournalError(f"{path}: cannot start a new segment: {exc}") from exc
+        self._rolled.append((self._fd, self._segments[-1]))
+        self._fd = fd
+        self._segments.append(_Segment(path, first, first - 1, 0))
+        self._firsts.append(first)
+        self._dir_dirty = True
 
     def sync(self) -> int:
-        """Make everything appended before this call durable (one fdatasync per touched file)."""
+        """Make everything appended before this call durable (one fdatasync per touched file);
+        returns durable_seq. After close() it just returns durable_seq."""
+        with self._sync_lock:
+            return self._sync_locked()
+
+    def _sync_locked(self) -> int:
         with self._lock:
+            if self._closed:
+                return self._durable
+            self._check_usable()
             target = self._last
-            old_fds, self._unsynced = self._unsynced, []
-            fd = self._fd
-            dirty, self._dirty = self._dirty, False
-        for old in old_fds:
-            os.fdatasync(old)
-            os.close(old)
-        if dirty or old_fds:
-            os.fdatasync(fd)
+            if target == self._durable and not self._rolled and not self._dir_dirty:
+                return self._durable
+            rolled, self._rolled = self._rolled, []
+            dir_dirty, self._dir_dirty = self._dir_dirty, False
+            fd = self._fd  # stays open until this sync ends even if append rolls over meanwhile
+        try:
+            for rfd, _ in rolled:
+                _datasync(rfd)
+            if dir_dirty:
+                _fsync_dir(self._dir)
+            _datasync(fd)
+            for rfd, seg in rolled:  # complete and durable: record that in the header
+                _pwrite_all(rfd, _seal(seg.first, seg.last, seg.size), SEAL_OFFSET)
+                _datasync(rfd)
+        except OSError as exc:
+            with self._lock:
+                self._failed = exc  # after a failed fsync the page cache cannot be trusted
+            raise JournalError(f"{self._dir}: sync failed; reopen the journal: {exc}") from exc
+        finally:
+            for rfd, _ in rolled:
+                os.close(rfd)
         with self._lock:
-            self._durable = max(self._durable, target)
+            if target > self._durable:
+                self._durable = target
             return self._durable
 
     # --- reading -------------------------------------------------------------------------------
@@ -220,131 +554,220 @@ class FileJournal:
     def read(
         self, from_seq: int, max_records: int = 1000, max_bytes: int = 4 << 20
     ) -> list[tuple[int, bytes]]:
-        """Records from from_seq on (at least one if any exists, even beyond max_bytes)."""
+        """Records from from_seq on, in order: at most max_records, and no more than max_bytes of
+        payload unless the first record alone is larger (at least one record when any exists).
+        [] when from_seq > last_seq; JournalGapError when from_seq < first_seq. Appended records are
+        readable before they are durable (filter with durable_seq where that matters)."""
+        if max_records < 1:
+            raise ValueError(f"max_records must be positive, not {max_records}")
         with self._lock:
             if from_seq > self._last:
                 return []
             if from_seq < self._segments[0].first:
-                raise JournalGapError(f"sequence {from_seq} was pruned (oldest is {self._segments[0].first})")
-            firsts = [s.first for s in self._segments]
-            segments = self._segments[bisect_right(firsts, from_seq) - 1 :]
-            for seg in segments:
-                if not seg.indexed:
-                    seg.index = _index_of(seg)
-                    seg.indexed = True
-            views = [(seg.path, seg.first, seg.last, list(seg.index)) for seg in segments]
+                raise JournalGapError(
+                    f"{self._dir}: sequence {from_seq} was pruned (oldest is {self._segments[0].first})"
+                )
+            i = bisect_right(self._firsts, from_seq) - 1
+            plan = [(s, s.gen, s.last, s.size) for s in self._segments[i:] if s.last >= s.first]
+            seg0 = plan[0][0]
+            j = bisect_right(seg0.seqs, from_seq) - 1
+            start = (seg0.seqs[j], seg0.offs[j])
+            known = seg0.seqs[-1]
         out: list[tuple[int, bytes]] = []
-        size = 0
-        unpack = HEADER.unpack
-        for path, first, last, index in views:
-            if last < from_seq:
-                continue
-            start_seq, offset = first, 0
-            j = bisect_right(index, (from_seq, 1 << 62)) - 1
-            if j >= 0:
-                start_seq, offset = index[j]
-            with open(path, "rb", buffering=1 << 20) as f:
-                f.seek(offset)
-                seq = start_seq
-                while seq <= last:
-                    header = f.read(HEADER.size)
-                    if len(header) < HEADER.size:
-                        raise JournalError(f"{path}: file ends before sequence {seq}")
-                    length, crc, rseq = unpack(header)
-                    if rseq != seq:
-                        raise JournalError(f"{path}: expected sequence {seq}, found {rseq}")
-                    if seq < from_seq:
-                        f.seek(length, os.SEEK_CUR)
-                        seq += 1
-                        continue
-                    payload = f.read(length)
-                    if len(payload) != length or _crc(seq, payload) != crc:
-                        raise JournalError(f"{path}: bad record for sequence {seq}")
-                    out.append((seq, payload))
-                    size += length
-                    if len(out) >= max_records or size >= max_bytes:
-                        return out
-                    seq += 1
-            from_seq = last + 1
+        total = 0
+        for k, (seg, gen, last, end) in enumerate(plan):
+            seq, pos = start if k == 0 else (seg.first, DATA_START)
+            known_upto = known if k == 0 else seg.first
+            total, done = self._read_segment(
+                seg, gen, seq, pos, last, end, from_seq, known_upto, out, max_records, max_bytes, total
+            )
+            if done:
+                break
         return out
+
+    def _read_segment(
+        self,
+        seg: _Segment,
+        gen: int,
+        seq: int,
+        pos: int,
+        last: int,
+        end: int,
+        from_seq: int,
+        known: int,
+        out: list[tuple[int, bytes]],
+        max_records: int,
+        max_bytes: int,
+        total: int,
+    ) -> tuple[int, bool]:
+        """Read records of one segment from (seq, pos) - an index entry - up to `last` (at offset
+        `end`), collecting those >= from_seq into out. Index entries past `known` are added to the
+        segment's index. Returns (payload bytes so far, whether a limit was reached)."""
+        try:
+            fd = os.open(seg.path, os.O_RDONLY)
+        except FileNotFoundError:
+            if seg.last < self.first_seq:
+                raise JournalGapError(f"{seg.path}: pruned while reading") from None
+            raise JournalError(f"{seg.path}: segment file is missing") from None
+        hsize = RECORD.size
+        unpack = RECORD.unpack_from
+        crc32 = zlib.crc32
+        new_seqs: list[int] = []
+        new_offs: list[int] = []
+        iseq, ioff = seq, pos
+        done = False
+        chunk = READ_CHUNK_MIN
+        try:
+            buf = b""
+            mv = memoryview(buf)
+            base = pos
+            while seq <= last:
+                off = pos - base
+                if off + hsize > len(buf):
+                    buf = os.pread(fd, min(chunk, end - pos), pos)
+                    chunk = min(chunk * 2, READ_CHUNK)
+                    mv = memoryview(buf)
+                    base, off = pos, 0
+                    if len(buf) < hsize:
+                        raise JournalError(f"{seg.path}: file ends at offset {pos} before record {seq}")
+                length, crc, rseq = unpack(buf, off)
+                if rseq != seq:
+                    raise JournalError(f"{seg.path}: record {rseq} at offset {pos} where {seq} was expected")
+                rend = pos + hsize + length
+                if rend > end:
+                    raise JournalError(f"{seg.path}: record {seq} at offset {pos} runs past the segment end")
+                if seq - iseq >= INDEX_RECORDS or pos - ioff >= INDEX_BYTES:
+                    iseq, ioff = seq, pos
+                    if seq > known:
+                        new_seqs.append(seq)
+                        new_offs.append(pos)
+                if seq >= from_seq:
+                    if out and total + length > max_bytes:
+                        done = True
+                        break
+                    if off + hsize + length > len(buf):
+                        buf = os.pread(fd, max(min(chunk, end - pos), hsize + length), pos)
+                        chunk = min(chunk * 2, READ_CHUNK)
+                        mv = memoryview(buf)
+                        base, off = pos, 0
+                        if len(buf) < hsize + length:
+                            raise JournalError(f"{seg.path}: file ends inside record {seq}")
+                    payload = buf[off + hsize : off + hsize + length]
+                    if crc32(payload, crc32(mv[off + 8 : off + 16])) != crc:
+                        raise JournalError(f"{seg.path}: CRC mismatch in record {seq} at offset {pos}")
+                    out.append((seq, payload))
+                    total += length
+                    if len(out) >= max_records:
+                        done = True
+                        break
+                pos = rend
+                seq += 1
+        finally:
+            os.close(fd)
+        if new_seqs:
+            with self._lock:
+                if seg.gen == gen:
+                    for s, o in zip(new_seqs, new_offs, strict=True):
+                        if s > seg.seqs[-1]:
+                            seg.seqs.append(s)
+                            seg.offs.append(o)
+        return total, done
 
     # --- maintenance ---------------------------------------------------------------------------
 
     def prune_before(self, seq: int) -> int:
-        """Delete whole segments whose records are all below seq (never the active one)."""
-        removed = 0
+        """Delete whole segments whose records are all below seq (never the active one); returns how
+        many records were removed. first_seq moves up accordingly; records >= seq are all kept."""
         with self._lock:
-            while len(self._segments) > 1 and self._segments[0].last < seq and self._segments[1].first <= seq:
-                seg = self._segments.pop(0)
-                removed += seg.last - seg.first + 1
-                seg.path.unlink(missing_ok=True)
-        if removed:
-            _fsync_dir(self.dir)
-        return removed
+            self._check_usable()
+            gone: list[_Segment] = []
+            while len(self._segments) > 1 and self._segments[1].first <= seq:
+                gone.append(self._segments.pop(0))
+                self._firsts.pop(0)
+            if gone:
+                self._dir_dirty = True  # the next sync makes the deletions durable
+        for seg in gone:
+            seg.path.unlink(missing_ok=True)
+        return sum(seg.last - seg.first + 1 for seg in gone)
 
     def truncate_after(self, seq: int) -> int:
-        """Drop every record after seq (recovery only: they were never made durable together with the
-        commands that produced them). Returns how many were dropped."""
-        with self._lock:
-            if seq >= self._last:
-                return 0
-            dropped = self._last - seq
-            while len(self._segments) > 1 and self._segments[-1].first > seq + 1:
-                os.close(self._fd)
-                gone = self._segments.pop()
-                gone.path.unlink(missing_ok=True)
-                self._fd = os.open(self._segments[-1].path, os.O_WRONLY | os.O_APPEND, 0o644)
-            seg = self._segments[-1]
-            data = seg.path.read_bytes()
-            pos = 0
-            cur = seg.first
-            index: list[tuple[int, int]] = []
-            while cur <= seq:
-                length, _, _ = HEADER.unpack_from(data, pos)
-                if (cur - seg.first) % INDEX_EVERY == 0:
-                    index.append((cur, pos))
-                pos += HEADER.size + length
-                cur += 1
-            os.truncate(seg.path, pos)
-            os.fsync(self._fd)
-            seg.size = pos
-            seg.last = seq
-            seg.index = index
-            self._last = seq
-            self._durable = min(self._durable, seq)
-            return dropped
+        """Drop every record after seq (recovery only: e.g. events that were never made durable
+        together with the commands that produced them). Returns how many were dropped; the next
+        append continues at seq + 1. Everything kept is synced first."""
+        with self._sync_lock:
+            self._sync_locked()
+            with self._lock:
+                self._check_usable()
+                if seq >= self._last:
+                    return 0
+                if seq < self._segments[0].first - 1:
+                    raise JournalGapError(
+                        f"{self._dir}: cannot truncate after {seq}: records before "
+                        f"{self._segments[0].first} were pruned"
+                    )
+                k = max(bisect_right(self._firsts, seq) - 1, 0)
+                keep = self._segments[k]
+                doomed = self._segments[k + 1 :]
+                fd = self._fd if keep is self._segments[-1] else os.open(keep.path, os.O_RDWR)
+                try:
+                    if seq < keep.first:
+                        scan = _Scan(keep.first - 1, 0, array("Q"), array("Q"), None)
+                    else:
+                        scan = _scan(fd, keep.first, keep.size, stop_after=seq)
+                        if scan.last != seq or scan.problem is not None:
+                            raise JournalError(
+                                f"{keep.path}: cannot truncate after {seq}: {scan.problem or 'short segment'}"
+                            )
+                    os.ftruncate(fd, scan.end)
+                    if scan.end >= DATA_START:
+                        _pwrite_all(fd, bytes(SEAL_SIZE), SEAL_OFFSET)  # it is the active segment again
+                    _datasync(fd)
+                except BaseException:
+                    if fd != self._fd:
+                        os.close(fd)
+                    raise
+                if fd != self._fd:
+                    os.close(self._fd)
+                    self._fd = fd
+                for rfd, _ in self._rolled:  # only if appends raced with this recovery step
+                    os.close(rfd)
+                self._rolled = []
+                for seg in doomed:
+                    seg.path.unlink(missing_ok=True)
+                _fsync_dir(self._dir)
+                keep.last, keep.size, keep.seqs, keep.offs = scan.last, scan.end, scan.seqs, scan.offs
+                keep.gen += 1
+                del self._segments[k + 1 :]
+                del self._firsts[k + 1 :]
+                dropped = self._last - seq
+                self._last = seq
+                self._durable = min(self._durable, seq)
+                return dropped
 
     def close(self) -> None:
-        if self._closed:
-            return
-        self.sync()
-        with self._lock:
-            os.close(self._fd)
-            self._closed = True
+        """Sync and release the files. Idempotent. read() keeps working afterwards; append does not."""
+        with self._sync_lock:
+            if self._closed:
+                return
+            try:
+                if self._failed is None:
+                    self._sync_locked()
+            finally:
+                with self._lock:
+                    self._closed = True
+                    for rfd, _ in self._rolled:
+                        os.close(rfd)
+                    self._rolled = []
+                    os.close(self._fd)
+                    self._fd = -1
 
+    def __enter__(self) -> FileJournal:
+        return self
 
-def _index_of(seg: _Segment) -> list[tuple[int, int]]:
-    """Sparse index of a complete older segment (headers only; payloads are verified on read)."""
-    index: list[tuple[int, int]] = []
-    with open(seg.path, "rb", buffering=1 << 20) as f:
-        pos = 0
-        for seq in range(seg.first, seg.last + 1):
-            header = f.read(HEADER.size)
-            if len(header) < HEADER.size:
-                raise JournalError(f"{seg.path}: file ends before sequence {seq}")
-            length, _, rseq = HEADER.unpack(header)
-            if rseq != seq:
-                raise JournalError(f"{seg.path}: expected sequence {seq}, found {rseq}")
-            if (seq - seg.first) % INDEX_EVERY == 0:
-                index.append((seq, pos))
-            f.seek(length, os.SEEK_CUR)
-            pos += HEADER.size + length
-    return index
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -1,55 +1,80 @@
 """Snapshots of a state machine, keyed by the sequence they were taken at.
 
-File: magic, format version, sequence, length and CRC32, then the data. Written to a temporary file,
-fsynced, renamed into place and the directory fsynced, so a crash leaves either the old set or the new
-one. A corrupt newest snapshot is skipped (with a warning) in favour of the next older one.
+File `<seq, 20 digits>.snap`: a 32-byte header - magic "EXSNAP01", u32 format version, u64 sequence,
+u64 data length, u32 crc32(data), little endian - then the data. Written to a temporary file
+(`.<seq>.<pid>.<thread>.tmp`), fsynced, renamed into place and the directory fsynced, so a crash leaves
+either the old set or the new one, never a partial snapshot under a snapshot name. A corrupt or
+truncated newest snapshot is skipped (with a warning) in favour of the next older valid one.
+
+Safe to use from several threads and from a forked child (temporary names are unique per process and
+thread); temporary files left by processes that no longer exist are removed when a store is opened.
 """
 
 from __future__ import annotations
 
+import builtins
 import logging
 import os
 import struct
+import threading
 import zlib
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
 MAGIC = b"EXSNAP01"
-HEAD = struct.Struct("<8sIQQI")  # magic, version, seq, length, crc
+HEAD = struct.Struct("<8sIQQI")  # magic, version, seq, length, crc32(data)
 VERSION = 1
 SUFFIX = ".snap"
+TMP_SUFFIX = ".tmp"
 
 
 class SnapshotStore:
     def __init__(self, directory: str | os.PathLike[str], *, keep: int = 3) -> None:
+        if keep < 1:
+            raise ValueError(f"keep must be at least 1, not {keep}")
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.keep = max(1, keep)
+        self.keep = keep
+        self._remove_stale_tmp()
 
     def _path(self, seq: int) -> Path:
         return self.dir / f"{seq:020d}{SUFFIX}"
 
-    def list(self) -> list[int]:
-        return sorted(int(p.stem) for p in self.dir.glob(f"*{SUFFIX}") if p.stem.isdigit())
+    def list(self) -> builtins.list[int]:
+        """Sequences of the stored snapshots (valid or not), ascending."""
+        seqs: builtins.list[int] = []
+        for entry in os.scandir(self.dir):
+            stem = entry.name[: -len(SUFFIX)]
+            if entry.name.endswith(SUFFIX) and stem.isdigit():
+                seqs.append(int(stem))
+        return sorted(seqs)
 
     def save(self, seq: int, data: bytes) -> None:
-        tmp = self.dir / f".{seq:020d}.tmp"
-        with open(tmp, "wb") as f:
-            f.write(HEAD.pack(MAGIC, VERSION, seq, len(data), zlib.crc32(data)))
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self._path(seq))
-        fd = os.open(self.dir, os.O_RDONLY)
+        """Store data as the snapshot at seq, atomically and durably; then keep only the newest
+        `keep` snapshots (a save older than those is therefore removed again at once)."""
+        if seq < 0:
+            raise ValueError(f"a snapshot sequence cannot be negative: {seq}")
+        tmp = self.dir / f".{seq:020d}.{os.getpid()}.{threading.get_ident()}{TMP_SUFFIX}"
         try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                view = memoryview(HEAD.pack(MAGIC, VERSION, seq, len(data), zlib.crc32(data)) + data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self._path(seq))
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        _fsync_dir(self.dir)
         for old in self.list()[: -self.keep]:
             self._path(old).unlink(missing_ok=True)
 
     def latest(self) -> tuple[int, bytes] | None:
+        """The newest valid snapshot as (seq, data); None when there is none."""
         for seq in reversed(self.list()):
             data = self._load(seq)
             if data is not None:
@@ -61,20 +86,59 @@ class SnapshotStore:
         try:
             raw = path.read_bytes()
         except OSError as exc:
-            log.warning("snapshot unreadable", extra={"file": str(path), "error": str(exc)})
+            log.warning("snapshot %s unreadable: %s", path, exc, extra={"file": str(path)})
             return None
+        problem = None
+        data = b""
         if len(raw) < HEAD.size:
-            log.warning("snapshot truncated", extra={"file": str(path)})
-            return None
-        magic, version, stored_seq, length, crc = HEAD.unpack_from(raw)
-        data = raw[HEAD.size :]
-        if (
-            magic != MAGIC
-            or version != VERSION
-            or stored_seq != seq
-            or len(data) != length
-            or zlib.crc32(data) != crc
-        ):
-            log.warning("snapshot corrupt, using an older one", extra={"file": str(path)})
+            problem = f"truncated ({len(raw)} bytes)"
+        else:
+            magic, version, stored_seq, length, crc = HEAD.unpack_from(raw)
+            data = raw[HEAD.size :]
+            if magic != MAGIC:
+                problem = "bad magic"
+            elif version != VERSION:
+                problem = f"format version {version}, expected {VERSION}"
+            elif stored_seq != seq:
+                problem = f"holds sequence {stored_seq}"
+            elif len(data) != length:
+                problem = f"{len(data)} data bytes where the header says {length}"
+            elif zlib.crc32(data) != crc:
+                problem = "CRC mismatch"
+        if problem is not None:
+            log.warning(
+                "snapshot %s is corrupt (%s); using an older one", path, problem, extra={"file": str(path)}
+            )
             return None
         return data
+
+    def _remove_stale_tmp(self) -> None:
+        """Delete temporary files whose writing process is gone (a crash during save)."""
+        for entry in os.scandir(self.dir):
+            if not entry.name.endswith(TMP_SUFFIX):
+                continue
+            parts = entry.name.split(".")  # ['', seq, pid, thread, 'tmp']
+            if len(parts) != 5 or not parts[2].isdigit():
+                continue
+            pid = int(parts[2])
+            if pid == os.getpid() or _alive(pid):
+                continue  # another store of this process, or a snapshot child still writing
+            Path(entry.path).unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
