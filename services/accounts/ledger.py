@@ -159,7 +159,7 @@ class AccountOrder:
         return 0 if self.status in FINAL else self.amount - self.filled
 
     def state(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.__slots__}
+        return {k: getattr(self, k) for k in _ORDER_FIELDS}
 
     @classmethod
     def from_state(cls, s: dict[str, Any]) -> AccountOrder:
@@ -168,6 +168,9 @@ class AccountOrder:
             setattr(o, k, v)
         o.moves = {int(k): int(v) for k, v in dict(s["moves"]).items()}
         return o
+
+
+_ORDER_FIELDS = AccountOrder.__slots__  # also when compiled (mypyc classes have no __slots__ at run time)
 
 
 @dataclass(frozen=True)

@@ -286,14 +286,13 @@ class AccountsMachine:
         led = self.ledger
         shard = batch.shard
         last = led.settled.get(shard, 0)
-        events = [e for e in batch.events if e.sequence > last]
-        if not events:
+        events: Any = batch.events
+        if not events or events[len(events) - 1].sequence <= last:
             return False
-        for i, e in enumerate(events):
-            if e.sequence != last + 1 + i:
-                raise RuntimeError(
-                    f"matching events of {shard} are not contiguous: {last + 1 + i} != {e.sequence}"
-                )
+        if events[0].sequence <= last:  # a resend overlapping what is settled: skip the old part
+            events = [e for e in events if e.sequence > last]
+        if events[0].sequence != last + 1 or events[len(events) - 1].sequence != last + len(events):
+            raise RuntimeError(f"matching events of {shard} are not contiguous after {last}")
         touched: dict[int, AccountOrder] = {}
         source = self.source
         for e in events:
