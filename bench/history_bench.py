@@ -1,0 +1,367 @@
+"""History ingest benchmark: rows/s into SQLite, PostgreSQL and MariaDB.
+
+    python bench/history_bench.py [--orders 20000] [--batches 500,2000,5000]
+                                  [--backends sqlite,postgresql,mariadb] [--process] [--out FILE]
+
+The events come from the real accounts and matching state machines (tests.history.sim: random limit,
+market and IOC orders on three markets over two shards, cancels and amends, 40 users), so the mix is the
+real one: per order about 2.7 matching events and 11 accounts events (7-8 balance changes, including the
+fee account's, ~2 order states, ~1.5 user fills).
+
+"store" runs: HistoryStore.ingest_* in process, each source cut into batches of `batch_events` and
+written round-robin as the consumers would (one transaction per batch, with its checkpoint) into a fresh
+database. Reported: events/s, rows/s (trades + balance rows + order upserts) and the equivalent orders/s.
+
+--e2e SECONDS runs the real exchange (tests.cluster.Cluster: matching, accounts and history processes)
+under bench/e2e_bench.py's streaming order flow for that long and samples, every second, how far
+history's checkpoints are behind the accounts and matching event sequences: a lag that stays flat means
+history keeps up with the matching rate.
+
+--process also runs `python -m services.history` as a real process against in-process fake upstream
+gRPC streams serving the same events, and reports the end-to-end events/s from the first stored event
+to the last (startup excluded); this includes gRPC transport and parsing, on the same 2 cores.
+
+PostgreSQL / MariaDB (postgresql+psycopg://postgres@127.0.0.1:5432/test, mysql+pymysql://root@
+127.0.0.1:3306/test; override with HISTORY_BENCH_POSTGRES_URL / HISTORY_BENCH_MARIADB_URL) get a fresh
+database per run, dropped afterwards; an unreachable server is reported as skipped.
+Prints one JSON object; --out also writes it to a file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "gen")]
+
+from sqlalchemy import create_engine, text  # noqa: E402
+from sqlalchemy.engine import make_url  # noqa: E402
+
+from services.history.store import HistoryStore, create_history_engine, migrate  # noqa: E402
+from tests.history.sim import ACCOUNTS, Flow, generate  # noqa: E402
+
+SERVERS = {
+    "postgresql": os.environ.get(
+        "HISTORY_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+    ),
+    "mariadb": os.environ.get("HISTORY_BENCH_MARIADB_URL", "mysql+pymysql://root@127.0.0.1:3306/test"),
+}
+
+
+@contextmanager
+def database(backend: str) -> Iterator[str]:
+    """A fresh database URL of `backend`, removed afterwards."""
+    if backend == "sqlite":
+        d = tempfile.mkdtemp(prefix="history-bench-")
+        try:
+            yield f"sqlite:///{d}/history.sqlite"
+        finally:
+            shutil.rmtree(d, ignore_errors=True)
+        return
+    name = f"history_bench_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(SERVERS[backend], isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3})
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f"CREATE DATABASE {name}"))
+        yield make_url(SERVERS[backend]).set(database=name).render_as_string(hide_password=False)
+    finally:
+        try:
+            with admin.connect() as conn:
+                force = " WITH (FORCE)" if backend == "postgresql" else ""
+                conn.execute(text(f"DROP DATABASE IF EXISTS {name}{force}"))
+        finally:
+            admin.dispose()
+
+
+def batches(flow: Flow, size: int) -> list[tuple[str, list[Any]]]:
+    """Every source cut into `size`-event batches, interleaved round-robin."""
+    per_source: dict[str, list[Any]] = {name: list(events) for name, events in flow.matching.items()}
+    per_source[ACCOUNTS] = flow.accounts
+    cursors = dict.fromkeys(per_source, 0)
+    out: list[tuple[str, list[Any]]] = []
+    while any(cursors[s] < len(e) for s, e in per_source.items()):
+        for s, events in per_source.items():
+            i = cursors[s]
+            if i < len(events):
+                out.append((s, events[i : i + size]))
+                cursors[s] = i + size
+    return out
+
+
+def store_run(backend: str, flow: Flow, size: int) -> dict[str, Any]:
+    with database(backend) as url:
+        engine = create_history_engine(url)
+        try:
+            migrate(engine)
+            store = HistoryStore(engine)
+            work = batches(flow, size)
+            rows = {"trades": 0, "balance_history": 0, "orders": 0}
+            t0 = time.perf_counter()
+            for source, events in work:
+                if source == ACCOUNTS:
+                    r = store.ingest_accounts(source, events)
+                else:
+                    r = store.ingest_matching(source, events)
+                rows["trades"] += r.trades
+                rows["balance_history"] += r.balances
+                rows["orders"] += r.orders
+            seconds = time.perf_counter() - t0
+            assert store.checkpoints() == flow.sources
+            writer = store.writer.name
+        finally:
+            engine.dispose()
+    total_rows = sum(rows.values())
+    return {
+        "backend": backend,
+        "mode": "store",
+        "bulk_write": writer,
+        "batch_events": size,
+        "transactions": len(work),
+        "seconds": round(seconds, 3),
+        "events_per_s": round(flow.event_count / seconds),
+        "rows_per_s": round(total_rows / seconds),
+        "orders_per_s_equivalent": round(flow.orders_placed / seconds),
+        "rows": rows,
+    }
+
+
+def process_run(backend: str, flow: Flow) -> dict[str, Any]:
+    """`python -m services.history` against fake upstreams: first stored event -> last."""
+    import grpc
+    from exchange.v1 import history_service_pb2 as pb
+    from exchange.v1 import history_service_pb2_grpc as pbg
+
+    from tests.cluster import DEFAULT_MARKETS, free_port
+    from tests.history.fake_upstream import FakeUpstreams
+
+    with database(backend) as url, tempfile.TemporaryDirectory(prefix="history-bench-") as d:
+        address = f"127.0.0.1:{free_port()}"
+        with FakeUpstreams(flow, per_response=2000, resend=0) as fakes:
+            config = Path(d) / "exchange.toml"
+            config.write_text(fakes.config_toml(address, url, DEFAULT_MARKETS))
+            fakes.set(paused=True)  # hold the streams until the process is up
+            with open(Path(d) / "history.log", "wb") as log:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "services.history", "--config", str(config)],
+                    cwd=ROOT,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            try:
+                with grpc.insecure_channel(address) as ch:
+                    stub = pbg.HistoryServiceStub(ch)
+                    _wait_status(stub, pb, lambda cps: True, proc, d)
+                    t0 = time.perf_counter()
+                    fakes.set(paused=False)
+                    _wait_status(stub, pb, lambda cps: cps == flow.sources, proc, d)
+                    seconds = time.perf_counter() - t0
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(30)
+    events = flow.event_count
+    return {
+        "backend": backend,
+        "mode": "process",
+        "seconds": round(seconds, 3),
+        "events_per_s": round(events / seconds),
+        "orders_per_s_equivalent": round(flow.orders_placed * events / flow.event_count / seconds),
+    }
+
+
+def e2e_run(backend: str, seconds: float) -> dict[str, Any]:
+    """The real services under the e2e benchmark's streaming flow; history's lag sampled each second."""
+    import asyncio
+
+    import grpc
+    from exchange.v1 import accounts_service_pb2 as apb
+    from exchange.v1 import accounts_service_pb2_grpc as agrpc
+    from exchange.v1 import history_service_pb2 as hpb
+    from exchange.v1 import history_service_pb2_grpc as hgrpc
+    from exchange.v1 import matching_service_pb2 as mpb
+    from exchange.v1 import matching_service_pb2_grpc as mgrpc
+
+    from bench.e2e_bench import fund, run_mode
+    from tests.cluster import Cluster
+
+    async def main(url: str | None) -> dict[str, Any]:
+        with tempfile.TemporaryDirectory(prefix="history-bench-e2e-") as tmp:
+            c = Cluster(
+                Path(tmp), with_history=True, history_url=url, accounts_options={"max_outbox_lag": 1_000_000}
+            )
+            c.start()
+            try:
+                async with grpc.aio.insecure_channel(c.addresses["accounts-0"]) as ch:
+                    await fund(agrpc.AccountsServiceStub(ch), 1000)
+                samples: list[dict[str, Any]] = []
+                load_done = asyncio.Event()
+
+                async def sample() -> None:
+                    async with (
+                        grpc.aio.insecure_channel(c.addresses["history"]) as hch,
+                        grpc.aio.insecure_channel(c.addresses["accounts-0"]) as ach,
+                        grpc.aio.insecure_channel(c.addresses["matching-0"]) as mch,
+                    ):
+                        h, a = hgrpc.HistoryServiceStub(hch), agrpc.AccountsServiceStub(ach)
+                        m = mgrpc.MatchingServiceStub(mch)
+                        t0 = time.monotonic()
+                        while True:
+                            cps = dict((await h.GetHistoryStatus(hpb.GetHistoryStatusRequest())).checkpoints)
+                            acc = (await a.GetAccountsStatus(apb.GetAccountsStatusRequest())).event_sequence
+                            mat = (await m.GetMatchingStatus(mpb.GetMatchingStatusRequest())).event_sequence
+                            s = {
+                                "t": round(time.monotonic() - t0, 1),
+                                "accounts_lag": acc - cps.get("accounts-0", 0),
+                                "matching_lag": mat - cps.get("matching-0", 0),
+                                "accounts_events": acc,
+                                "matching_events": mat,
+                            }
+                            samples.append(s)
+                            if load_done.is_set() and s["accounts_lag"] == 0 and s["matching_lag"] == 0:
+                                return
+                            await asyncio.sleep(1.0)
+
+                sampler = asyncio.create_task(sample())
+                run = await run_mode(c, "stream", seconds, 1000, 500, 2, 4)
+                load_done.set()
+                t_end = time.monotonic()
+                loaded = len(samples)  # samples taken while the load ran
+                await asyncio.wait_for(sampler, 120)
+                caught_up_s = time.monotonic() - t_end
+            finally:
+                c.stop()
+        during = samples[:loaded]
+        # upstream event rate while orders flowed: from the first sample that moved to the last one
+        total = [s["accounts_events"] + s["matching_events"] for s in during]
+        moving = [i for i in range(1, len(total)) if total[i] > total[i - 1]]
+        rate = None
+        if len(moving) >= 2:
+            a, b = moving[0], moving[-1]
+            rate = (total[b] - total[a]) / (during[b]["t"] - during[a]["t"])
+        return {
+            "backend": backend,
+            "mode": "e2e",
+            "seconds": seconds,
+            "accepted_orders_per_s": run["accepted_orders_per_s"],
+            "fills_per_s": run["fills_per_s"],
+            "upstream_events_per_s": round(rate) if rate else None,
+            "max_lag_events": {
+                "accounts": max((s["accounts_lag"] for s in during), default=0),
+                "matching": max((s["matching_lag"] for s in during), default=0),
+            },
+            "caught_up_after_run_s": round(caught_up_s, 1),
+            "lag_samples": samples,
+        }
+
+    if backend == "sqlite":
+        return asyncio.run(main(None))
+    with database(backend) as url:
+        return asyncio.run(main(url))
+
+
+def _wait_status(stub: Any, pb: Any, done: Any, proc: subprocess.Popen[bytes], d: str) -> dict[str, int]:
+    import grpc
+
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError((Path(d) / "history.log").read_text()[-3000:])
+        try:
+            cps = dict(stub.GetHistoryStatus(pb.GetHistoryStatusRequest(), timeout=2).checkpoints)
+        except grpc.RpcError:
+            time.sleep(0.05)
+            continue
+        if done(cps):
+            return cps
+        time.sleep(0.01)
+    raise TimeoutError("history did not catch up")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--orders", type=int, default=20_000)
+    ap.add_argument("--batches", default="500,2000,5000", help="events per transaction (store runs)")
+    ap.add_argument("--backends", default="sqlite,postgresql,mariadb")
+    ap.add_argument("--process", action="store_true", help="also run the real process end to end")
+    ap.add_argument(
+        "--e2e", type=float, default=0.0, help="seconds of the real exchange with history (0 = off)"
+    )
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args()
+
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    e2e_runs: list[dict[str, Any]] = []
+    skipped: dict[str, str] = {}
+    if args.e2e > 0:  # first, in a small process: the generated flow below would slow the load clients
+        for backend in backends:
+            try:
+                run = e2e_run(backend, args.e2e)
+            except Exception as exc:
+                if backend == "sqlite":
+                    raise
+                skipped[backend] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                continue
+            e2e_runs.append(run)
+            print(
+                json.dumps({k: v for k, v in run.items() if k != "lag_samples"}), file=sys.stderr, flush=True
+            )
+    t0 = time.perf_counter()
+    flow = generate(args.orders, seed=1)
+    generated_s = time.perf_counter() - t0
+    result: dict[str, Any] = {
+        "benchmark": "history-ingest",
+        "python": platform.python_version(),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "flow": {
+            "orders": flow.orders_placed,
+            "events": flow.event_count,
+            "events_per_source": flow.sources,
+            "kinds": flow.kinds(),
+            "events_per_order": round(flow.event_count / flow.orders_placed, 2),
+            "generated_in_s": round(generated_s, 1),
+        },
+        "runs": [],
+        "skipped": skipped,
+    }
+    sizes = [int(s) for s in args.batches.split(",") if s]
+    for backend in backends:
+        if backend in skipped:
+            continue
+        try:
+            for size in sizes:
+                run = store_run(backend, flow, size)
+                result["runs"].append(run)
+                print(json.dumps(run), file=sys.stderr, flush=True)
+            if args.process:
+                run = process_run(backend, flow)
+                result["runs"].append(run)
+                print(json.dumps(run), file=sys.stderr, flush=True)
+        except Exception as exc:  # an unreachable server: report and go on
+            if backend == "sqlite":
+                raise
+            result["skipped"][backend] = (
+                f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            )
+    result["runs"].extend(e2e_runs)
+    out = json.dumps(result, indent=2)
+    print(out)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(out + "\n")
+
+
+if __name__ == "__main__":
+    main()

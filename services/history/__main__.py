@@ -1,0 +1,66 @@
+"""python -m services.history --config deploy/exchange.toml
+
+Runs the migrations to head, follows every matching shard and accounts, serves HistoryService (with
+health and reflection) on [history] listen; SIGINT/SIGTERM stop it cleanly."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+
+from services.common.config import load_config
+from services.common.logs import setup_logging
+from services.common.rpc import run_until_signal
+from services.history.app import HistoryApp
+
+log = logging.getLogger("services.history")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        prog="python -m services.history",
+        description="History: finished orders, trades and balance changes in SQL, from the event streams.",
+    )
+    ap.add_argument("--config", default="deploy/exchange.toml")
+    ap.add_argument("--database-url", default="", help="overrides [history] database_url")
+    args = ap.parse_args()
+    setup_logging("history")
+    config = load_config(args.config)
+
+    async def run(stop: asyncio.Event) -> None:
+        app = HistoryApp(config, database_url=args.database_url or None)
+        try:
+            await app.start()
+        except Exception as exc:
+            log.error(
+                "history cannot start",
+                extra={"database": app.database, "error": f"{type(exc).__name__}: {exc}"},
+                exc_info=True,
+            )
+            await app.stop()
+            raise SystemExit(1) from None
+        assert app.server is not None
+        checkpoints = await asyncio.to_thread(app.store.checkpoints)
+        log.info(
+            "history ready",
+            extra={
+                "listen": config.history.listen,
+                "port": app.server.port,
+                "database": app.database,
+                "sources": ",".join(f"{c.source}@{c.address}" for c in app.consumers),
+                "checkpoints": ",".join(f"{k}={v}" for k, v in sorted(checkpoints.items())),
+            },
+        )
+        await stop.wait()
+        log.info("stopping")
+        await app.stop()
+        log.info(
+            "stopped", extra={"checkpoints": ",".join(f"{c.source}={c.checkpoint}" for c in app.consumers)}
+        )
+
+    run_until_signal(run)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""The history process: migrate, consume, serve.
+
+    app = HistoryApp(config)        # engine from config.history_url()
+    await app.start()               # alembic upgrade head, gRPC server, one consumer per source
+    ...
+    await app.stop()
+
+Sources: every shard in config.shards (name -> its listen address, MatchingService.StreamEvents) and
+accounts (config.accounts.source at config.accounts.listen, AccountsService.StreamAccountEvents).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from exchange.v1 import history_service_pb2_grpc
+
+from services.common.config import ExchangeConfig
+from services.common.rpc import ServerHandle, start_metrics, start_server
+from services.history.consumer import DbWorker, StreamConsumer
+from services.history.queries import HistoryQueries
+from services.history.service import SERVICE_NAME, HistoryServicer
+from services.history.store import HistoryStore, create_history_engine, describe_url, migrate
+
+log = logging.getLogger("services.history")
+
+
+class HistoryApp:
+    def __init__(self, config: ExchangeConfig, *, database_url: str | None = None) -> None:
+        self.config = config
+        self.engine = create_history_engine(database_url or config.history_url())
+        self.database = describe_url(self.engine)
+        self.store = HistoryStore(self.engine)
+        self.queries = HistoryQueries(self.engine, config.catalog)
+        self.servicer = HistoryServicer(
+            self.queries, config.catalog, checkpoints=self.store.checkpoints, database=self.database
+        )
+        self.worker = DbWorker()
+        batch = config.history.batch_size
+        self.consumers = [
+            StreamConsumer(name, "matching", shard.listen, self.store, self.worker, batch_events=batch)
+            for name, shard in sorted(config.shards.items())
+        ]
+        self.consumers.append(
+            StreamConsumer(
+                config.accounts.source,
+                "accounts",
+                config.accounts.listen,
+                self.store,
+                self.worker,
+                batch_events=batch,
+            )
+        )
+        self.server: ServerHandle | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        await asyncio.to_thread(migrate, self.engine)
+        self.server = await start_server(
+            self.config.history.listen,
+            [(history_service_pb2_grpc.add_HistoryServiceServicer_to_server, self.servicer)],
+            [SERVICE_NAME],
+        )
+        start_metrics(self.config.history.metrics_listen)
+        self._tasks = [
+            asyncio.create_task(c.run(), name=f"history-consume-{c.source}") for c in self.consumers
+        ]
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            await self.server.set_serving(False)
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.to_thread(self.worker.close)  # the write in progress commits (or not) as a whole
+        if self.server is not None:
+            await self.server.stop(grace=1.0)
+        self.engine.dispose()

@@ -1,0 +1,601 @@
+"""Ingest: batches of events of one source -> rows, plus that source's checkpoint, in ONE transaction.
+
+    engine = create_history_engine(config.history_url())
+    migrate(engine)                               # alembic upgrade head
+    store = HistoryStore(engine)
+    store.ingest_matching("matching-0", events)   # TradeExecuted -> trades
+    store.ingest_accounts("accounts-0", events)   # BalanceChanged -> balance_history,
+                                                  # OrderState -> orders (upsert by order_id)
+
+Exactly once: each call reads the source's checkpoint (locked for update where the database can), drops
+the events at or below it (a resend after a reconnect), checks the rest follow it without a gap, writes
+their rows in bulk (one executemany per table and batch; on PostgreSQL a binary COPY, see BulkWriter) and
+moves the checkpoint to the last event, all in one transaction. A crash before the commit loses the whole
+batch, and the consumer asks again from the stored checkpoint; a replay of anything already stored is
+ignored.
+
+Calls are blocking: the consumers run them in one worker thread (see services.history.consumer).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from exchange.v1 import events_pb2 as ev
+from prometheus_client import Counter, Gauge, Histogram
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Connection,
+    Engine,
+    SmallInteger,
+    String,
+    Table,
+    create_engine,
+    event,
+    select,
+    update,
+)
+from sqlalchemy.engine import make_url
+
+from services.history.schema import VERSION_TABLE, balance_history, checkpoints, orders, trades
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+
+ROWS = Counter("exchange_history_rows_written_total", "Rows written to the history database", ["table"])
+EVENTS = Counter("exchange_history_events_ingested_total", "Events stored (checkpoint moved)", ["source"])
+SKIPPED = Counter(
+    "exchange_history_events_skipped_total", "Events at or below the checkpoint (resends)", ["source"]
+)
+CHECKPOINT = Gauge("exchange_history_checkpoint", "Last event stored per source", ["source"])
+BATCH_SECONDS = Histogram(
+    "exchange_history_ingest_batch_seconds",
+    "Time to write one ingest transaction",
+    ["source"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+BATCH_EVENTS = Histogram(
+    "exchange_history_ingest_batch_events",
+    "Events per ingest transaction",
+    ["source"],
+    buckets=(1, 10, 100, 500, 1000, 2000, 5000, 10000, 20000),
+)
+
+E = TypeVar("E", ev.MatchingEvent, ev.AccountEvent)
+
+# OrderStatus values after which an order never changes (types.proto).
+FINAL_STATUSES = frozenset({4, 5, 6, 7})  # FILLED, CANCELED, EXPIRED, REJECTED
+
+
+class GapError(Exception):
+    """Events do not follow the stored checkpoint (a sequence is missing or out of order)."""
+
+
+class SourceMismatch(Exception):
+    """An event carries another source than the stream it was read from."""
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    source: str
+    checkpoint: int
+    events: int  # new events stored (checkpoint moved by this much)
+    skipped: int  # events at or below the previous checkpoint
+    trades: int = 0
+    orders: int = 0  # order rows upserted (one per order per batch: the latest state)
+    balances: int = 0
+
+
+# --- engine ----------------------------------------------------------------------------------------
+
+
+def create_history_engine(url: str, **kwargs: Any) -> Engine:
+    """An engine for the history database.
+
+    SQLite: the file's directory is created; WAL journal, synchronous=NORMAL and a busy timeout are set
+    on each connection, and SQLAlchemy emits BEGIN itself so reads and DDL are transactional too.
+    MariaDB/MySQL: connections are recycled hourly (the server drops idle ones)."""
+    u = make_url(url)
+    backend = u.get_backend_name()
+    if backend == "sqlite":
+        database = u.database or ""
+        if database and database != ":memory:" and not database.startswith("file:"):
+            Path(database).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, **kwargs)
+        _sqlite_setup(engine)
+        return engine
+    if backend in ("mysql", "mariadb"):
+        kwargs.setdefault("pool_recycle", 3600)
+        kwargs.setdefault("pool_pre_ping", True)
+    engine = create_engine(url, **kwargs)
+    return engine
+
+
+def _sqlite_setup(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, record: Any) -> None:
+        dbapi_conn.isolation_level = None  # sqlite3 must not BEGIN on its own; see _on_begin
+        cur = dbapi_conn.cursor()
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA busy_timeout=10000")
+            cur.execute("PRAGMA cache_size=-65536")  # 64 MiB of page cache: the indexes stay in memory
+        finally:
+            cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN")
+
+
+def describe_url(engine: Engine) -> str:
+    """The database URL without its password (for logs and GetHistoryStatus)."""
+    return str(engine.url.render_as_string(hide_password=True))
+
+
+# --- migrations ------------------------------------------------------------------------------------
+
+
+def _alembic_config(conn: Connection) -> Any:
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.attributes["connection"] = conn
+    return cfg
+
+
+def migrate(engine: Engine, revision: str = "head") -> None:
+    """alembic upgrade to `revision` (default: head). Safe to run on every start."""
+    from alembic import command
+
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+
+    with engine.begin() as conn:
+        command.upgrade(_alembic_config(conn), revision)
+
+
+def downgrade(engine: Engine, revision: str) -> None:
+    """alembic downgrade to `revision` ("base" drops every history table)."""
+    from alembic import command
+
+    with engine.begin() as conn:
+        command.downgrade(_alembic_config(conn), revision)
+
+
+def current_revision(engine: Engine) -> str | None:
+    from alembic.migration import MigrationContext
+
+    with engine.connect() as conn:
+        ctx = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
+        rev = ctx.get_current_revision()
+        return None if rev is None else str(rev)
+
+
+def head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory(str(MIGRATIONS_DIR))
+    head = script.get_current_head()
+    assert head is not None
+    return str(head)
+
+
+# --- rows ------------------------------------------------------------------------------------------
+# Rows are tuples in these column orders (cheaper to build and to bind than dicts; see _BulkWriter).
+
+TRADE_COLUMNS = (
+    "market",
+    "trade_id",
+    "time_us",
+    "price_ticks",
+    "amount_lots",
+    "quote_units",
+    "base_units",
+    "taker_side",
+    "taker_order_id",
+    "taker_user_id",
+    "maker_order_id",
+    "maker_user_id",
+    "taker_fee",
+    "maker_fee",
+    "source",
+    "sequence",
+)
+ORDER_COLUMNS = (
+    "order_id",
+    "user_id",
+    "client_order_id",
+    "market",
+    "side",
+    "type",
+    "time_in_force",
+    "post_only",
+    "self_trade_prevention",
+    "price_ticks",
+    "amount_lots",
+    "quote_budget",
+    "filled_lots",
+    "filled_quote_units",
+    "remaining_lots",
+    "fee_units",
+    "status",
+    "done_detail",
+    "created_time_us",
+    "updated_time_us",
+    "expire_time_us",
+    "maker_fee_ppm",
+    "taker_fee_ppm",
+    "finished_time_us",
+    "sequence",
+)
+BALANCE_COLUMNS = (
+    "user_id",
+    "asset",
+    "business",
+    "business_id",
+    "available_delta",
+    "frozen_delta",
+    "available",
+    "frozen",
+    "time_us",
+    "source",
+    "sequence",
+)
+
+Row = tuple[Any, ...]
+
+
+def trade_row(e: ev.MatchingEvent, source: str) -> Row:
+    t = e.trade_executed
+    return (
+        e.market,
+        t.trade_id,
+        e.time_us,
+        t.price_ticks,
+        t.amount_lots,
+        t.quote_units,
+        t.base_units,
+        t.taker_side,
+        t.taker_order_id,
+        t.taker_user_id,
+        t.maker_order_id,
+        t.maker_user_id,
+        t.taker_fee,
+        t.maker_fee,
+        source,
+        e.sequence,
+    )
+
+
+def order_row(e: ev.AccountEvent) -> Row:
+    s = e.order_updated
+    status = s.status
+    updated = s.updated_time_us or e.time_us
+    return (
+        s.order_id,
+        e.user_id,
+        s.client_order_id,
+        s.market,
+        s.side,
+        s.type,
+        s.time_in_force,
+        s.post_only,
+        s.self_trade_prevention,
+        s.price_ticks,
+        s.amount_lots,
+        s.quote_budget,
+        s.filled_lots,
+        s.filled_quote_units,
+        s.remaining_lots,
+        s.fee_units,
+        status,
+        s.done_detail,
+        s.created_time_us or e.time_us,
+        updated,
+        s.expire_time_us,
+        s.maker_fee_ppm,
+        s.taker_fee_ppm,
+        updated if status in FINAL_STATUSES else None,
+        e.sequence,
+    )
+
+
+def balance_row(e: ev.AccountEvent, source: str) -> Row:
+    b = e.balance_changed
+    return (
+        e.user_id,
+        b.asset,
+        b.business,
+        b.business_id,
+        b.available_delta,
+        b.frozen_delta,
+        b.available,
+        b.frozen,
+        e.time_us,
+        source,
+        e.sequence,
+    )
+
+
+# --- the store -------------------------------------------------------------------------------------
+
+
+class HistoryStore:
+    """Writes (ingest_*) and checkpoint reads. Not thread-safe for writes: call from one thread."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.dialect = engine.dialect.name
+        self.writer = bulk_writer(engine)
+
+    # checkpoints
+
+    def checkpoint(self, source: str) -> int:
+        with self.engine.connect() as conn:
+            value = conn.execute(
+                select(checkpoints.c.sequence).where(checkpoints.c.source == source)
+            ).scalar_one_or_none()
+        return int(value or 0)
+
+    def checkpoints(self) -> dict[str, int]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(checkpoints.c.source, checkpoints.c.sequence)).all()
+        return {str(s): int(q) for s, q in rows}
+
+    # ingest
+
+    def ingest_matching(self, source: str, events: Sequence[ev.MatchingEvent]) -> IngestResult:
+        """Store a batch of one matching shard's events (trades; the rest only moves the checkpoint)."""
+        t0 = time.perf_counter()
+        with self.engine.begin() as conn:
+            cp = self._locked_checkpoint(conn, source)
+            new = _new_events(source, cp, events)
+            if not new:
+                return IngestResult(source, cp, 0, len(events))
+            rows = [trade_row(e, source) for e in new if e.WhichOneof("event") == "trade_executed"]
+            if rows:
+                self.writer.insert(conn, trades, TRADE_COLUMNS, rows)
+            last = new[-1].sequence
+            self._write_checkpoint(conn, source, cp, last)
+        self._observe(source, t0, last, len(new), len(events) - len(new), {"trades": len(rows)})
+        return IngestResult(source, last, len(new), len(events) - len(new), trades=len(rows))
+
+    def ingest_accounts(self, source: str, events: Sequence[ev.AccountEvent]) -> IngestResult:
+        """Store a batch of the accounts events (balance changes; orders' latest states)."""
+        t0 = time.perf_counter()
+        with self.engine.begin() as conn:
+            cp = self._locked_checkpoint(conn, source)
+            new = _new_events(source, cp, events)
+            if not new:
+                return IngestResult(source, cp, 0, len(events))
+            balances: list[Row] = []
+            add_balance = balances.append
+            latest: dict[int, ev.AccountEvent] = {}  # order_id -> its last state in this batch
+            for e in new:
+                kind = e.WhichOneof("event")
+                if kind == "balance_changed":
+                    add_balance(balance_row(e, source))
+                elif kind == "order_updated":
+                    latest[e.order_updated.order_id] = e
+            if balances:
+                self.writer.insert(conn, balance_history, BALANCE_COLUMNS, balances)
+            if latest:
+                self.writer.upsert_orders(conn, [order_row(e) for e in latest.values()])
+            last = new[-1].sequence
+            self._write_checkpoint(conn, source, cp, last)
+        self._observe(
+            source,
+            t0,
+            last,
+            len(new),
+            len(events) - len(new),
+            {"balance_history": len(balances), "orders": len(latest)},
+        )
+        return IngestResult(
+            source,
+            last,
+            len(new),
+            len(events) - len(new),
+            orders=len(latest),
+            balances=len(balances),
+        )
+
+    # internals
+
+    def _locked_checkpoint(self, conn: Connection, source: str) -> int:
+        q = select(checkpoints.c.sequence).where(checkpoints.c.source == source)
+        if self.dialect != "sqlite":  # SQLite has one writer anyway
+            q = q.with_for_update()
+        value = conn.execute(q).scalar_one_or_none()
+        return -1 if value is None else int(value)
+
+    def _write_checkpoint(self, conn: Connection, source: str, old: int, new: int) -> None:
+        now = time.time_ns() // 1000
+        if old < 0:
+            conn.execute(checkpoints.insert(), [{"source": source, "sequence": new, "updated_time_us": now}])
+            return
+        res = conn.execute(
+            update(checkpoints)
+            .where(checkpoints.c.source == source, checkpoints.c.sequence == old)
+            .values(sequence=new, updated_time_us=now)
+        )
+        if res.rowcount != 1:
+            raise RuntimeError(f"checkpoint of {source} moved under us (another writer?)")
+
+    def _observe(
+        self, source: str, t0: float, last: int, stored: int, skipped: int, rows: Mapping[str, int]
+    ) -> None:
+        BATCH_SECONDS.labels(source).observe(time.perf_counter() - t0)
+        BATCH_EVENTS.labels(source).observe(stored + skipped)
+        EVENTS.labels(source).inc(stored)
+        if skipped:
+            SKIPPED.labels(source).inc(skipped)
+        CHECKPOINT.labels(source).set(last)
+        for table, n in rows.items():
+            if n:
+                ROWS.labels(table).inc(n)
+
+
+def _new_events(source: str, checkpoint: int, events: Sequence[E]) -> Sequence[E]:
+    """The events after `checkpoint` (-1 = none stored yet), checked to follow it without a gap and to
+    come from `source`."""
+    floor = max(checkpoint, 0)
+    start = 0
+    n = len(events)
+    while start < n and events[start].sequence <= floor:
+        start += 1
+    new = events[start:] if start else events
+    if not new:
+        return new
+    sequences = [e.sequence for e in new]
+    if sequences != list(range(floor + 1, floor + 1 + len(new))):
+        expected = floor + 1
+        for q in sequences:
+            if q != expected:
+                break
+            expected += 1
+        raise GapError(f"{source}: expected event {expected}, got {q} (checkpoint {floor})")
+    sources = {e.source for e in new}
+    sources.discard("")
+    if sources - {source}:
+        raise SourceMismatch(f"events from {sorted(sources - {source})} in the stream of {source!r}")
+    return new
+
+
+# --- bulk writes per dialect ---------------------------------------------------------------------
+
+
+class BulkWriter:
+    """Bulk inserts and the orders upsert: one executemany per table and batch, through the
+    SQLAlchemy connection (so inside its transaction). The statements are compiled once by SQLAlchemy
+    for the engine's dialect and handed to the driver with the row tuples as they are."""
+
+    name = "executemany"
+
+    def __init__(self, engine: Engine) -> None:
+        self.dialect = engine.dialect
+        self._sql: dict[str, tuple[str, tuple[str, ...]]] = {}
+        _orders_upsert(self.dialect.name)  # fails early for an unsupported database
+
+    def _compile(self, stmt: Any, columns: tuple[str, ...]) -> tuple[str, tuple[str, ...]]:
+        compiled = stmt.compile(dialect=self.dialect, column_keys=list(columns))
+        keys = tuple(compiled.positiontup or ()) if self.dialect.positional else ()
+        if keys and keys != columns:
+            raise RuntimeError(f"unexpected parameter order {keys} for {columns}")
+        return str(compiled.string), keys
+
+    def _params(self, keys: tuple[str, ...], columns: tuple[str, ...], rows: list[Row]) -> Any:
+        if keys:
+            return rows
+        return [dict(zip(columns, r, strict=True)) for r in rows]
+
+    def insert(self, conn: Connection, table: Table, columns: tuple[str, ...], rows: list[Row]) -> None:
+        entry = self._sql.get(table.name)
+        if entry is None:
+            entry = self._sql[table.name] = self._compile(table.insert(), columns)
+        sql, keys = entry
+        conn.exec_driver_sql(sql, self._params(keys, columns, rows))
+
+    def upsert_orders(self, conn: Connection, rows: list[Row]) -> None:
+        """Insert or replace by order_id (each order_id at most once in `rows`)."""
+        # Compiled on first use, once connected: MySQL and MariaDB differ in ON DUPLICATE KEY syntax.
+        entry = self._sql.get("orders upsert")
+        if entry is None:
+            entry = self._sql["orders upsert"] = self._compile(
+                _orders_upsert(self.dialect.name), ORDER_COLUMNS
+            )
+        sql, keys = entry
+        conn.exec_driver_sql(sql, self._params(keys, ORDER_COLUMNS, rows))
+
+
+class PostgresCopyWriter(BulkWriter):
+    """PostgreSQL: binary COPY (psycopg 3) for the append-only tables, and COPY into a temporary table
+    followed by one INSERT ... SELECT ... ON CONFLICT for orders. Per-row pipelined executemany costs
+    several times more client CPU."""
+
+    name = "copy"
+
+    _TYPES = {BigInteger: "int8", SmallInteger: "int2", String: "text", Boolean: "bool"}
+
+    def __init__(self, engine: Engine) -> None:
+        super().__init__(engine)
+        self._types = {t.name: self._column_types(t) for t in (trades, orders, balance_history)}
+        self._orders_types = [self._types["orders"][c] for c in ORDER_COLUMNS]
+        updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in ORDER_COLUMNS if c != "order_id")
+        cols = ", ".join(ORDER_COLUMNS)
+        self._orders_merge = (
+            f"INSERT INTO orders ({cols}) SELECT {cols} FROM orders_incoming "
+            f"ON CONFLICT (order_id) DO UPDATE SET {updates}"
+        )
+
+    def _column_types(self, table: Table) -> dict[str, str]:
+        out = {}
+        for c in table.columns:
+            for py, pg in self._TYPES.items():
+                if isinstance(c.type, py):
+                    out[c.name] = pg
+                    break
+        return out
+
+    @staticmethod
+    def _copy(cursor: Any, table: str, columns: tuple[str, ...], types: list[str], rows: list[Row]) -> None:
+        with cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN (FORMAT BINARY)") as copy:
+            copy.set_types(types)
+            write = copy.write_row
+            for r in rows:
+                write(r)
+
+    def insert(self, conn: Connection, table: Table, columns: tuple[str, ...], rows: list[Row]) -> None:
+        types = [self._types[table.name][c] for c in columns]
+        with _driver(conn).cursor() as cur:
+            self._copy(cur, table.name, columns, types, rows)
+
+    def upsert_orders(self, conn: Connection, rows: list[Row]) -> None:
+        with _driver(conn).cursor() as cur:
+            cur.execute(
+                "CREATE TEMPORARY TABLE IF NOT EXISTS orders_incoming "
+                "(LIKE orders INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+            )
+            self._copy(cur, "orders_incoming", ORDER_COLUMNS, self._orders_types, rows)
+            cur.execute(self._orders_merge)
+
+
+def _driver(conn: Connection) -> Any:
+    raw = conn.connection.driver_connection
+    assert raw is not None
+    return raw
+
+
+def bulk_writer(engine: Engine) -> BulkWriter:
+    if engine.dialect.name == "postgresql" and engine.dialect.driver == "psycopg":
+        return PostgresCopyWriter(engine)
+    return BulkWriter(engine)
+
+
+def _orders_upsert(dialect: str) -> Any:
+    """INSERT ... ON CONFLICT/DUPLICATE KEY UPDATE of every column but order_id."""
+    if dialect in ("sqlite", "postgresql"):
+        from sqlalchemy.dialects import postgresql, sqlite
+
+        ins: Any = sqlite.insert(orders) if dialect == "sqlite" else postgresql.insert(orders)
+        return ins.on_conflict_do_update(
+            index_elements=[orders.c.order_id],
+            set_={name: ins.excluded[name] for name in ORDER_COLUMNS if name != "order_id"},
+        )
+    if dialect in ("mysql", "mariadb"):
+        from sqlalchemy.dialects.mysql import insert as mysql_insert
+
+        mins = mysql_insert(orders)
+        return mins.on_duplicate_key_update(
+            {name: mins.inserted[name] for name in ORDER_COLUMNS if name != "order_id"}
+        )
+    raise NotImplementedError(f"history does not support {dialect} (SQLite, PostgreSQL, MariaDB/MySQL)")
