@@ -33,6 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import grpc
 from exchange.v1 import accounts_service_pb2 as apb
 from exchange.v1 import accounts_service_pb2_grpc as agrpc
+from exchange.v1 import history_service_pb2 as hpb
+from exchange.v1 import history_service_pb2_grpc as hgrpc
 from exchange.v1 import matching_service_pb2 as mpb
 from exchange.v1 import matching_service_pb2_grpc as mgrpc
 from exchange.v1 import types_pb2
@@ -109,14 +111,14 @@ async def shard_counters(c: Cluster) -> tuple[int, int]:
         return sum(m.last_trade_id for m in st.markets), st.event_sequence
 
 
-def probe_process(accounts: str, matching: str, user: int, seconds: float, out: Any) -> None:
+def probe_process(accounts: str, matching: str, history: str, user: int, seconds: float, out: Any) -> None:
     """Runs in its own process (so the load generator's busy event loop does not distort it):
     every 20 ms a crossing IOC buy by `user`, timed from PlaceOrder to the UserFill event on the
     user's stream; and once a second, the exchange's own counters (orders, fills, pipeline lag)."""
-    out.put(asyncio.run(_probe(accounts, matching, user, seconds)))
+    out.put(asyncio.run(_probe(accounts, matching, history, user, seconds)))
 
 
-async def _probe(accounts: str, matching: str, user: int, seconds: float) -> dict[str, Any]:
+async def _probe(accounts: str, matching: str, history: str, user: int, seconds: float) -> dict[str, Any]:
     sent: dict[int, float] = {}
     latencies: list[float] = []
     samples: list[dict[str, Any]] = []
@@ -155,8 +157,23 @@ async def _probe(accounts: str, matching: str, user: int, seconds: float) -> dic
                 t = time.monotonic()
                 st = await stub.GetAccountsStatus(apb.GetAccountsStatusRequest())
                 ms = await mstub.GetMatchingStatus(mpb.GetMatchingStatusRequest())
+                extra: dict[str, Any] = {}
+                if history:
+                    async with grpc.aio.insecure_channel(history) as hch:
+                        hs = await hgrpc.HistoryServiceStub(hch).GetHistoryStatus(
+                            hpb.GetHistoryStatusRequest()
+                        )
+                    extra = {
+                        "history_lag_matching_events": ms.event_sequence
+                        - hs.checkpoints.get("matching-0", 0),
+                        "history_lag_accounts_events": st.event_sequence
+                        - hs.checkpoints.get("accounts-0", 0),
+                        "matching_events": ms.event_sequence,
+                        "accounts_events": st.event_sequence,
+                    }
                 samples.append(
                     {
+                        **extra,
                         "t": round(t - start, 2),
                         "orders": st.last_order_id,
                         "fills": sum(m.last_trade_id for m in ms.markets),
@@ -277,6 +294,28 @@ async def drive_unary(
         p.join(10)
 
 
+def history_lag(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """How far history's checkpoints trail the sources, in events and in seconds of the source's rate."""
+    if not samples or "history_lag_matching_events" not in samples[0]:
+        return {}
+    per_second = []
+    worst = 0.0
+    for a, b in itertools.pairwise(samples):
+        dt = b["t"] - a["t"]
+        m_rate = max(1.0, (b["matching_events"] - a["matching_events"]) / dt)
+        a_rate = max(1.0, (b["accounts_events"] - a["accounts_events"]) / dt)
+        lag_s = max(b["history_lag_matching_events"] / m_rate, b["history_lag_accounts_events"] / a_rate)
+        worst = max(worst, lag_s)
+        per_second.append(
+            {
+                "matching_events": b["history_lag_matching_events"],
+                "accounts_events": b["history_lag_accounts_events"],
+                "seconds": round(lag_s, 2),
+            }
+        )
+    return {"history_lag_per_second": per_second, "history_max_lag_seconds": round(worst, 2)}
+
+
 async def run_mode(
     c: Cluster, mode: str, seconds: float, users: int, batch: int, streams: int, window: int
 ) -> dict[str, Any]:
@@ -297,7 +336,14 @@ async def run_mode(
     queue = ctx.Queue()
     probe = ctx.Process(
         target=probe_process,
-        args=(c.addresses["accounts-0"], c.addresses["matching-0"], users + 1, seconds, queue),
+        args=(
+            c.addresses["accounts-0"],
+            c.addresses["matching-0"],
+            c.addresses.get("history", ""),
+            users + 1,
+            seconds,
+            queue,
+        ),
     )
     probe.start()
     start = time.monotonic()
@@ -349,6 +395,7 @@ async def run_mode(
             {k: v for k, v in s.items() if k in ("accounts_queue", "outbox", "unsettled_events")}
             for s in samples
         ],
+        **history_lag(samples),
         "batch_size": batch if mode == "stream" else 1,
         "streams": streams if mode == "stream" else 0,
         "unary_concurrency": 64 if mode == "unary" else 0,
