@@ -194,9 +194,10 @@ async def _probe(accounts: str, matching: str, history: str, user: int, seconds:
 
 
 async def drive_stream(
-    c: Cluster, batches: list[bytes], until: float, window: int, counter: list[int]
+    c: Cluster, batches: list[bytes], until: float, window: int, counter: list[int], interval: float = 0.0
 ) -> None:
-    """One SubmitOrders stream sending pre-serialized batches, at most `window` unanswered."""
+    """One SubmitOrders stream sending pre-serialized batches, at most `window` unanswered; with an
+    interval, one batch per interval at most (a paced, open-loop-like rate instead of saturation)."""
     async with grpc.aio.insecure_channel(c.addresses["accounts-0"]) as ch:
         call = ch.stream_stream(
             "/exchange.v1.AccountsService/SubmitOrders",
@@ -215,7 +216,11 @@ async def drive_stream(
 
         rtask = asyncio.create_task(reader())
         i = 0
+        next_at = time.monotonic()
         while time.monotonic() < until:
+            if interval:
+                next_at += interval
+                await asyncio.sleep(max(0.0, next_at - time.monotonic()))
             await inflight.acquire()
             await call.write(batches[i % len(batches)])
             i += 1
@@ -317,7 +322,7 @@ def history_lag(samples: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 async def run_mode(
-    c: Cluster, mode: str, seconds: float, users: int, batch: int, streams: int, window: int
+    c: Cluster, mode: str, seconds: float, users: int, batch: int, streams: int, window: int, rate: int = 0
 ) -> dict[str, Any]:
     rng = random.Random(42)
     counter = [0, 0]
@@ -349,7 +354,10 @@ async def run_mode(
     start = time.monotonic()
     until = start + seconds
     if mode == "stream":
-        load = [drive_stream(c, batches[k::streams], until, window, counter) for k in range(streams)]
+        interval = streams * batch / rate if rate else 0.0
+        load = [
+            drive_stream(c, batches[k::streams], until, window, counter, interval) for k in range(streams)
+        ]
     else:
         load = [drive_unary(c, requests, until, 64, counter)]
     await asyncio.gather(*load)
@@ -396,6 +404,7 @@ async def run_mode(
             for s in samples
         ],
         **history_lag(samples),
+        "target_rate_orders_per_s": rate if mode == "stream" else 0,
         "batch_size": batch if mode == "stream" else 1,
         "streams": streams if mode == "stream" else 0,
         "unary_concurrency": 64 if mode == "unary" else 0,
@@ -439,7 +448,9 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                         )
                     )
                 results["runs"].append(
-                    await run_mode(c, mode, args.seconds, args.users, args.batch, args.streams, args.window)
+                    await run_mode(
+                        c, mode, args.seconds, args.users, args.batch, args.streams, args.window, args.rate
+                    )
                 )
             finally:
                 c.stop()
@@ -458,6 +469,7 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=500)
     ap.add_argument("--streams", type=int, default=2)
     ap.add_argument("--window", type=int, default=4)
+    ap.add_argument("--rate", type=int, default=0, help="streaming: target orders/s (0 = as fast as it goes)")
     ap.add_argument("--with-history", action="store_true")
     ap.add_argument("--with-market", action="store_true")
     ap.add_argument("--out", type=Path)

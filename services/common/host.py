@@ -439,6 +439,7 @@ class StateMachineHost(Generic[C, M]):
             if pid == 0:  # the child: serialize the copy-on-write image, write it, leave at once
                 code = 1
                 try:
+                    os.nice(19)  # the live service comes first; the snapshot takes what CPU is left
                     self.snapshots.save(seq, self.machine.snapshot())
                     code = 0
                 finally:
