@@ -1,7 +1,8 @@
 """History ingest benchmark: rows/s into SQLite, PostgreSQL and MariaDB.
 
     python bench/history_bench.py [--orders 20000] [--batches 500,2000,5000]
-                                  [--backends sqlite,postgresql,mariadb] [--process] [--out FILE]
+                                  [--backends sqlite,postgresql,mariadb] [--process]
+                                  [--e2e SECONDS] [--replay SECONDS [--rate N]] [--out FILE]
 
 The events come from the real accounts and matching state machines (tests.history.sim: random limit,
 market and IOC orders on three markets over two shards, cancels and amends, 40 users), so the mix is the
@@ -16,6 +17,13 @@ database. Reported: events/s, rows/s (trades + balance rows + order upserts) and
 under bench/e2e_bench.py's streaming order flow for that long and samples, every second, how far
 history's checkpoints are behind the accounts and matching event sequences: a lag that stays flat means
 history keeps up with the matching rate.
+
+--replay SECONDS [--rate 10000] separates history's own pace from the CPU it takes from the exchange
+on this 2-core machine: it first runs accounts + matching alone (durable journals) under the same paced
+streaming flow and reads back every event they logged, then feeds those events to a real
+`python -m services.history` process at the pace they were produced (each released when its source time
+stamp comes round again) and samples, every 50 ms, how long the oldest released but unstored event has
+waited: the lag history would show behind that load.
 
 --process also runs `python -m services.history` as a real process against in-process fake upstream
 gRPC streams serving the same events, and reports the end-to-end events/s from the first stored event
@@ -272,6 +280,145 @@ def e2e_run(backend: str, seconds: float) -> dict[str, Any]:
         return asyncio.run(main(url))
 
 
+def record_run(seconds: float, rate: int) -> tuple[Flow, dict[str, Any]]:
+    """Run accounts + one matching shard (no history) under e2e_bench's paced streaming flow and read back
+    every event they logged, with their source time stamps."""
+    import asyncio
+
+    import grpc
+    from exchange.v1 import accounts_service_pb2_grpc as agrpc
+    from exchange.v1 import events_pb2 as ev
+
+    from bench.e2e_bench import fund, run_mode
+    from services.common.journal import FileJournal
+    from tests.cluster import Cluster
+
+    async def load(c: Cluster) -> dict[str, Any]:
+        async with grpc.aio.insecure_channel(c.addresses["accounts-0"]) as ch:
+            await fund(agrpc.AccountsServiceStub(ch), 1000)
+        return await run_mode(c, "stream", seconds, 1000, 200, 2, 8, rate)
+
+    def read_all(directory: Path, parse: Any) -> list[Any]:
+        journal = FileJournal(directory)
+        out: list[Any] = []
+        seq = journal.first_seq
+        while seq <= journal.last_seq:
+            records = journal.read(seq, max_records=20_000)
+            out.extend(parse(p) for _, p in records)
+            seq = records[-1][0] + 1
+        journal.close()
+        return out
+
+    with tempfile.TemporaryDirectory(prefix="history-bench-record-") as tmp:
+        c = Cluster(Path(tmp), accounts_options={"max_outbox_lag": 1_000_000})
+        c.start()
+        try:
+            run = asyncio.run(load(c))
+        finally:
+            c.stop()
+        data = Path(tmp) / "data"
+        flow = Flow(
+            matching={"matching-0": read_all(data / "matching-0" / "events", ev.MatchingEvent.FromString)},
+            accounts=read_all(data / "accounts-0" / "events", ev.AccountEvent.FromString),
+            orders_placed=run["accepted_orders"],
+        )
+    return flow, run
+
+
+def replay_run(backend: str, flow: Flow, recorded: dict[str, Any]) -> dict[str, Any]:
+    """`python -m services.history` fed the recorded events at the pace they were produced (each event
+    released when its source time stamp comes round again); its lag sampled every 50 ms."""
+    import bisect
+
+    import grpc
+    from exchange.v1 import history_service_pb2 as pb
+    from exchange.v1 import history_service_pb2_grpc as pbg
+
+    from tests.cluster import DEFAULT_MARKETS, free_port
+    from tests.history.fake_upstream import FakeUpstreams
+
+    origin = min(events[0].time_us for events in [*flow.matching.values(), flow.accounts])
+    with database(backend) as url, tempfile.TemporaryDirectory(prefix="history-bench-") as d:
+        address = f"127.0.0.1:{free_port()}"
+        with FakeUpstreams(flow, raw=True, per_response=2000, resend=0) as fakes:
+            release = {
+                name: [(e.time_us - origin) / 1e6 for e in f.events] for name, f in fakes.feeds.items()
+            }
+            for name, feed in fakes.feeds.items():
+                feed.release_s = release[name]
+            config = Path(d) / "exchange.toml"
+            config.write_text(
+                fakes.config_toml(address, url, DEFAULT_MARKETS, {"matching-0": []}, batch_size=None)
+            )
+            fakes.set(paused=True)
+            with open(Path(d) / "history.log", "wb") as log:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "services.history", "--config", str(config)],
+                    cwd=ROOT,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            try:
+                with grpc.insecure_channel(address) as ch:
+                    stub = pbg.HistoryServiceStub(ch)
+                    _wait_status(stub, pb, lambda cps: True, proc, d)
+                    t0 = time.monotonic()
+                    fakes.set(started_at=t0, paused=False)
+                    end = max(r[-1] for r in release.values())
+                    lag_by_second: dict[int, float] = {}
+                    while True:
+                        cps = dict(stub.GetHistoryStatus(pb.GetHistoryStatusRequest(), timeout=5).checkpoints)
+                        now = time.monotonic() - t0
+                        lag = 0.0
+                        for name, rel in release.items():
+                            stored = cps.get(name, 0)
+                            released = bisect.bisect_right(rel, now)
+                            if stored < released:  # the oldest event not stored yet: how long it waited
+                                lag = max(lag, now - rel[stored])
+                        second = int(now)
+                        lag_by_second[second] = max(lag_by_second.get(second, 0.0), lag)
+                        if now > end and cps == flow.sources:
+                            break
+                        if now > end + 300:
+                            raise TimeoutError("history did not catch up")
+                        time.sleep(0.05)
+                    caught_up_s = time.monotonic() - t0 - end
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(30)
+    # the load window: the seconds in which orders were accepted at the recorded pace
+    accounts_per_s = _per_second(release["accounts-0"])
+    matching_per_s = _per_second(release["matching-0"])
+    busy = [s for s, n in accounts_per_s.items() if n > 0.5 * max(accounts_per_s.values())]
+    window = range(min(busy), max(busy) + 1)
+    lags = [lag_by_second.get(s, 0.0) for s in window]
+    return {
+        "backend": backend,
+        "mode": "replay",
+        "recorded": {
+            "accepted_orders_per_s": recorded["accepted_orders_per_s"],
+            "accepted_orders_per_second_timeline": recorded["accepted_orders_per_second_timeline"],
+            "seconds": recorded["seconds"],
+            "fills_per_s": recorded["fills_per_s"],
+        },
+        "events": flow.sources,
+        "replayed_events_per_s_under_load": {
+            "accounts": round(sum(accounts_per_s.get(s, 0) for s in window) / len(window)),
+            "matching": round(sum(matching_per_s.get(s, 0) for s in window) / len(window)),
+        },
+        "lag_seconds_per_second_under_load": [round(x, 2) for x in lags],
+        "max_lag_seconds_under_load": round(max(lags), 2),
+        "caught_up_after_last_event_s": round(caught_up_s, 2),
+    }
+
+
+def _per_second(release: list[float]) -> dict[int, int]:
+    out: dict[int, int] = {}
+    for t in release:
+        out[int(t)] = out.get(int(t), 0) + 1
+    return out
+
+
 def _wait_status(stub: Any, pb: Any, done: Any, proc: subprocess.Popen[bytes], d: str) -> dict[str, int]:
     import grpc
 
@@ -299,6 +446,13 @@ def main() -> None:
     ap.add_argument(
         "--e2e", type=float, default=0.0, help="seconds of the real exchange with history (0 = off)"
     )
+    ap.add_argument(
+        "--replay",
+        type=float,
+        default=0.0,
+        help="seconds of paced load to record from accounts + matching, then replay into history (0 = off)",
+    )
+    ap.add_argument("--rate", type=int, default=10_000, help="orders/s of the recorded load (--replay)")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
 
@@ -318,6 +472,20 @@ def main() -> None:
             print(
                 json.dumps({k: v for k, v in run.items() if k != "lag_samples"}), file=sys.stderr, flush=True
             )
+    if args.replay > 0:  # also before the generated flow, for the same reason
+        recorded, load = record_run(args.replay, args.rate)
+        print(json.dumps({k: load[k] for k in ("accepted_orders_per_s", "fills_per_s")}), file=sys.stderr)
+        for backend in backends:
+            try:
+                run = replay_run(backend, recorded, load)
+            except Exception as exc:
+                if backend == "sqlite":
+                    raise
+                skipped[backend] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                continue
+            e2e_runs.append(run)
+            print(json.dumps(run), file=sys.stderr, flush=True)
+        del recorded
     t0 = time.perf_counter()
     flow = generate(args.orders, seed=1)
     generated_s = time.perf_counter() - t0

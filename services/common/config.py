@@ -55,7 +55,7 @@ class HistoryConfig:
     listen: str = "127.0.0.1:50071"
     metrics_listen: str = ""
     database_url: str = "sqlite:///{data_dir}/history.sqlite"
-    batch_size: int = 5_000
+    batch_size: int = 20_000  # most events per ingest transaction (batches grow only when history lags)
 
 
 @dataclass(frozen=True)

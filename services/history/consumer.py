@@ -85,7 +85,7 @@ class StreamConsumer:
         store: HistoryStore,
         worker: DbWorker,
         *,
-        batch_events: int = 5000,
+        batch_events: int = 20_000,
         stream_batch: int = 2000,
         queue_responses: int = 64,
         out_of_range_retry_s: float = OUT_OF_RANGE_RETRY_S,

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -65,7 +65,7 @@ BATCH_EVENTS = Histogram(
     "exchange_history_ingest_batch_events",
     "Events per ingest transaction",
     ["source"],
-    buckets=(1, 10, 100, 500, 1000, 2000, 5000, 10000, 20000),
+    buckets=(1, 10, 100, 500, 1000, 2000, 5000, 10000, 20000, 50000),
 )
 
 E = TypeVar("E", ev.MatchingEvent, ev.AccountEvent)
@@ -99,8 +99,9 @@ class IngestResult:
 def create_history_engine(url: str, **kwargs: Any) -> Engine:
     """An engine for the history database.
 
-    SQLite: the file's directory is created; WAL journal, synchronous=NORMAL and a busy timeout are set
-    on each connection, and SQLAlchemy emits BEGIN itself so reads and DDL are transactional too.
+    SQLite: the file's directory is created; WAL journal (64 MiB between checkpoints), synchronous=NORMAL
+    and a busy timeout are set on each connection, and SQLAlchemy emits BEGIN itself so reads and DDL
+    are transactional too.
     MariaDB/MySQL: connections are recycled hourly (the server drops idle ones)."""
     u = make_url(url)
     backend = u.get_backend_name()
@@ -128,6 +129,9 @@ def _sqlite_setup(engine: Engine) -> None:
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA busy_timeout=10000")
             cur.execute("PRAGMA cache_size=-65536")  # 64 MiB of page cache: the indexes stay in memory
+            # Checkpoint the WAL into the database every 16384 pages (64 MiB) instead of 1000: the hot
+            # index pages are copied once per checkpoint, not once per few transactions (ingest ~1.3x).
+            cur.execute("PRAGMA wal_autocheckpoint=16384")
         finally:
             cur.close()
 
@@ -569,6 +573,82 @@ class PostgresCopyWriter(BulkWriter):
             cur.execute(self._orders_merge)
 
 
+class MySQLValuesWriter(BulkWriter):
+    """MariaDB/MySQL through PyMySQL: the multi-row INSERT text is built here, a column at a time by
+    its type (integers as digits, strings escaped by the connection, NULL), and sent in statements of
+    about 1 MB. PyMySQL's executemany escapes every value through several Python calls and costs about
+    five times more client CPU."""
+
+    name = "values"
+    STATEMENT_BYTES = 1 << 20
+
+    def __init__(self, engine: Engine) -> None:
+        super().__init__(engine)
+        self._templates: dict[str, tuple[str, str]] = {}
+
+    def _template(self, key: str, stmt: Any, columns: tuple[str, ...]) -> tuple[str, str]:
+        """The statement's text before and after its VALUES row."""
+        entry = self._templates.get(key)
+        if entry is None:
+            sql, _ = self._compile(stmt, columns)
+            row = "(" + ", ".join(f"%({c})s" for c in columns) + ")"
+            head, found, tail = sql.partition(row)
+            if not found:
+                raise RuntimeError(f"unexpected statement text for {key}: {sql}")
+            entry = self._templates[key] = (head, tail)
+        return entry
+
+    def _write(
+        self, conn: Connection, table: Table, columns: tuple[str, ...], rows: list[Row], key: str, stmt: Any
+    ) -> None:
+        head, tail = self._template(key, stmt, columns)
+        raw = _driver(conn)
+        quote = _mysql_quote(raw)
+        text_cols = [i for i, c in enumerate(columns) if isinstance(table.c[c].type, String)]
+        bool_cols = [i for i, c in enumerate(columns) if isinstance(table.c[c].type, Boolean)]
+        with raw.cursor() as cur:
+            parts: list[str] = []
+            size = 0
+            for r in rows:
+                vals: list[Any] = list(r)
+                for i in text_cols:
+                    v = vals[i]
+                    if v is not None:
+                        vals[i] = quote(v)
+                for i in bool_cols:
+                    v = vals[i]
+                    if v is not None:
+                        vals[i] = 1 if v else 0
+                if None in vals:
+                    vals = ["NULL" if v is None else v for v in vals]
+                part = "(" + ",".join(map(str, vals)) + ")"
+                parts.append(part)
+                size += len(part) + 1
+                if size >= self.STATEMENT_BYTES:
+                    cur.execute(head + ",".join(parts) + tail)
+                    parts.clear()
+                    size = 0
+            if parts:
+                cur.execute(head + ",".join(parts) + tail)
+
+    def insert(self, conn: Connection, table: Table, columns: tuple[str, ...], rows: list[Row]) -> None:
+        self._write(conn, table, columns, rows, table.name, table.insert())
+
+    def upsert_orders(self, conn: Connection, rows: list[Row]) -> None:
+        self._write(conn, orders, ORDER_COLUMNS, rows, "orders upsert", _orders_upsert(self.dialect.name))
+
+
+def _mysql_quote(raw: Any) -> Callable[[str], str]:
+    """A string literal for this PyMySQL connection (as PyMySQL escapes it: backslash escapes unless
+    the server runs with NO_BACKSLASH_ESCAPES)."""
+    from pymysql.constants import SERVER_STATUS
+    from pymysql.converters import escape_string
+
+    if raw.server_status & SERVER_STATUS.SERVER_STATUS_NO_BACKSLASH_ESCAPES:
+        return lambda v: "'" + v.replace("'", "''") + "'"
+    return lambda v: "'" + escape_string(v) + "'"
+
+
 def _driver(conn: Connection) -> Any:
     raw = conn.connection.driver_connection
     assert raw is not None
@@ -578,6 +658,8 @@ def _driver(conn: Connection) -> Any:
 def bulk_writer(engine: Engine) -> BulkWriter:
     if engine.dialect.name == "postgresql" and engine.dialect.driver == "psycopg":
         return PostgresCopyWriter(engine)
+    if engine.dialect.name in ("mysql", "mariadb") and engine.dialect.driver == "pymysql":
+        return MySQLValuesWriter(engine)
     return BulkWriter(engine)
 
 

@@ -8,13 +8,18 @@ Like the real services they serve from `from_sequence` on and keep the stream op
 - fail_every: abort a stream with UNAVAILABLE after that many responses (an upstream restart);
 - end_every: end a stream normally after that many responses;
 - first_kept: answer OUT_OF_RANGE for an older from_sequence (events no longer retained);
-- per_response / delay_s / paused: response size and pacing.
+- per_response / delay_s / paused: response size and pacing;
+- raw: serve pre-serialized events (as the real services do, without re-encoding them per response);
+- release_s + started_at: replay at a recorded pace (event i is served once `release_s[i]` seconds have
+  passed since `started_at`, a time.monotonic() value).
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import threading
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +30,8 @@ from exchange.v1 import accounts_service_pb2_grpc as agrpc
 from exchange.v1 import matching_service_pb2 as mpb
 from exchange.v1 import matching_service_pb2_grpc as mgrpc
 
+from services.common.rpc import register_service
+from services.common.wire import repeated_messages
 from tests.history.sim import ACCOUNTS, Flow
 
 
@@ -40,9 +47,12 @@ class Feed:
     end_every: int = 0
     first_kept: int = 1
     paused: bool = False  # hold every stream (after nothing) until cleared
+    release_s: list[float] | None = None  # per event: seconds after started_at it may be served
+    started_at: float = 0.0
+    payloads: list[bytes] | None = None  # the events serialized (raw serving)
     requests: list[int] = field(default_factory=list)  # from_sequence of every stream opened
 
-    async def stream(self, from_sequence: int, context: Any) -> AsyncIterator[list[Any]]:
+    async def stream(self, from_sequence: int, context: Any) -> AsyncIterator[list[Any] | bytes]:
         start = from_sequence or 1
         self.requests.append(start)
         if start < self.first_kept:
@@ -53,11 +63,14 @@ class Feed:
         i = max(0, start - 1 - self.resend)
         sent = 0
         while True:
-            if self.paused or i >= len(self.events):
-                await asyncio.sleep(0.02)
+            if self.paused or i >= self.released():
+                await asyncio.sleep(0.02 if self.release_s is None else 0.002)
                 continue
-            j = min(len(self.events), i + self.per_response)
-            yield self.events[i:j]
+            j = min(self.released(), i + self.per_response)
+            if self.payloads is not None:
+                yield repeated_messages(1, self.payloads[i:j])  # a serialized *Response
+            else:
+                yield self.events[i:j]
             i = j
             sent += 1
             if self.fail_every and sent % self.fail_every == 0:
@@ -69,6 +82,12 @@ class Feed:
             else:
                 await asyncio.sleep(0)
 
+    def released(self) -> int:
+        """How many events may be served now."""
+        if self.release_s is None:
+            return len(self.events)
+        return bisect.bisect_right(self.release_s, time.monotonic() - self.started_at)
+
 
 class FakeMatching(mgrpc.MatchingServiceServicer):
     def __init__(self, feed: Feed) -> None:
@@ -78,7 +97,7 @@ class FakeMatching(mgrpc.MatchingServiceServicer):
         self, request: mpb.StreamEventsRequest, context: Any
     ) -> AsyncIterator[mpb.StreamEventsResponse]:
         async for chunk in self.feed.stream(request.from_sequence, context):
-            yield mpb.StreamEventsResponse(events=chunk)
+            yield chunk if isinstance(chunk, bytes) else mpb.StreamEventsResponse(events=chunk)
 
 
 class FakeAccounts(agrpc.AccountsServiceServicer):
@@ -89,17 +108,21 @@ class FakeAccounts(agrpc.AccountsServiceServicer):
         self, request: apb.StreamAccountEventsRequest, context: Any
     ) -> AsyncIterator[apb.StreamAccountEventsResponse]:
         async for chunk in self.feed.stream(request.from_sequence, context):
-            yield apb.StreamAccountEventsResponse(events=chunk)
+            yield chunk if isinstance(chunk, bytes) else apb.StreamAccountEventsResponse(events=chunk)
 
 
 class FakeUpstreams:
     """One aio server per source ("matching-0", "matching-1", "accounts-0"), in a background thread."""
 
-    def __init__(self, flow: Flow, **knobs: Any) -> None:
+    def __init__(self, flow: Flow, *, raw: bool = False, **knobs: Any) -> None:
         self.feeds: dict[str, Feed] = {
             name: Feed(list(events), **knobs) for name, events in flow.matching.items()
         }
         self.feeds[ACCOUNTS] = Feed(list(flow.accounts), **knobs)
+        self.raw = raw
+        if raw:
+            for feed in self.feeds.values():
+                feed.payloads = [e.SerializeToString() for e in feed.events]
         self.addresses: dict[str, str] = {}
         self._loop = asyncio.new_event_loop()
         self._servers: list[grpc.aio.Server] = []
@@ -117,9 +140,19 @@ class FakeUpstreams:
         for name, feed in self.feeds.items():
             server = grpc.aio.server()
             if name == ACCOUNTS:
-                agrpc.add_AccountsServiceServicer_to_server(FakeAccounts(feed), server)
+                if self.raw:
+                    service = apb.DESCRIPTOR.services_by_name["AccountsService"]
+                    register_service(
+                        server, service, FakeAccounts(feed), raw_responses=["StreamAccountEvents"]
+                    )
+                else:
+                    agrpc.add_AccountsServiceServicer_to_server(FakeAccounts(feed), server)
             else:
-                mgrpc.add_MatchingServiceServicer_to_server(FakeMatching(feed), server)
+                if self.raw:
+                    service = mpb.DESCRIPTOR.services_by_name["MatchingService"]
+                    register_service(server, service, FakeMatching(feed), raw_responses=["StreamEvents"])
+                else:
+                    mgrpc.add_MatchingServiceServicer_to_server(FakeMatching(feed), server)
             port = server.add_insecure_port("127.0.0.1:0")
             await server.start()
             self._servers.append(server)
@@ -142,23 +175,28 @@ class FakeUpstreams:
             for k, v in knobs.items():
                 setattr(feed, k, v)
 
-    def config_toml(self, history_listen: str, database_url: str, markets_toml: str) -> str:
-        """An exchange.toml whose shards and accounts are these fakes."""
+    def config_toml(
+        self,
+        history_listen: str,
+        database_url: str,
+        markets_toml: str,
+        shards: dict[str, list[str]] | None = None,
+        batch_size: int | None = 5000,
+    ) -> str:
+        """An exchange.toml whose shards (default: the simulation's) and accounts are these fakes."""
         from tests.history.sim import SHARDS
 
         lines = ['data_dir = "data"', "", "[accounts]", f'listen = "{self.addresses[ACCOUNTS]}"', ""]
-        for name, markets in SHARDS.items():
-            lines += [
-                f'[shards."{name}"]',
-                f'listen = "{self.addresses[name]}"',
-                "markets = [" + ", ".join(f'"{m}"' for m in markets) + "]",
-                "",
-            ]
+        for name, markets in (shards or SHARDS).items():
+            lines += [f'[shards."{name}"]', f'listen = "{self.addresses[name]}"']
+            if markets:  # none listed: the shard owns every market
+                lines.append("markets = [" + ", ".join(f'"{m}"' for m in markets) + "]")
+            lines.append("")
         lines += [
             "[history]",
             f'listen = "{history_listen}"',
             f"database_url = {_toml_str(database_url)}",
-            "batch_size = 5000",
+            "" if batch_size is None else f"batch_size = {batch_size}",  # None: the service's default
             "",
             "[assets]" + markets_toml,
         ]

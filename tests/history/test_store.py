@@ -164,3 +164,42 @@ def test_orders_keep_the_latest_state(engine: Engine, store: HistoryStore) -> No
         row = conn.execute(select(schema.orders)).one()
     assert (row.status, row.filled_lots, row.remaining_lots, row.finished_time_us) == (4, 10, 0, 1_005)
     assert row.client_order_id == "c-1" and row.user_id == 5 and row.created_time_us == 1_001
+
+
+# (No NUL: PostgreSQL text cannot hold it, and accounts admits ids of [A-Za-z0-9_.:#/-] only.)
+AWKWARD_TEXT = ["o'ne", 'two"', "back\\slash", "100%s %(x)s", "semi;--", "new\nline\r\t\x1a", "ü€🙂", ""]
+
+
+def test_text_round_trips_exactly(engine: Engine, store: HistoryStore) -> None:
+    """Quotes, backslashes, percent signs, control characters and non-ASCII text in client order ids
+    and business ids are stored as they are on every backend (the bulk writers build SQL text or COPY
+    data themselves)."""
+    events = []
+    for i, text in enumerate(AWKWARD_TEXT, start=1):
+        e = ev.AccountEvent(source=ACCOUNTS, sequence=2 * i - 1, time_us=1_000 + i, user_id=9)
+        b = e.balance_changed
+        b.asset = "USDT"
+        b.business = 1  # type: ignore[assignment]
+        b.business_id = text
+        b.available_delta = i
+        b.available = i
+        events.append(e)
+        o = ev.AccountEvent(source=ACCOUNTS, sequence=2 * i, time_us=1_000 + i, user_id=9)
+        s = o.order_updated
+        s.order_id = 500 + i
+        s.client_order_id = text
+        s.market = "BTC_USDT"
+        s.side = 1  # type: ignore[assignment]
+        s.type = 1  # type: ignore[assignment]
+        s.status = 2  # type: ignore[assignment]
+        events.append(o)
+    store.ingest_accounts(ACCOUNTS, events)
+    with engine.connect() as conn:
+        business_ids = conn.execute(
+            select(schema.balance_history.c.business_id).order_by(schema.balance_history.c.sequence)
+        ).scalars()
+        client_ids = conn.execute(
+            select(schema.orders.c.client_order_id).order_by(schema.orders.c.order_id)
+        ).scalars()
+        assert list(business_ids) == AWKWARD_TEXT
+        assert list(client_ids) == AWKWARD_TEXT
