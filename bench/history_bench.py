@@ -149,37 +149,17 @@ def store_run(backend: str, flow: Flow, size: int) -> dict[str, Any]:
 
 def process_run(backend: str, flow: Flow) -> dict[str, Any]:
     """`python -m services.history` against fake upstreams: first stored event -> last."""
-    import grpc
-    from exchange.v1 import history_service_pb2 as pb
-    from exchange.v1 import history_service_pb2_grpc as pbg
-
-    from tests.cluster import DEFAULT_MARKETS, free_port
     from tests.history.fake_upstream import FakeUpstreams
 
-    with database(backend) as url, tempfile.TemporaryDirectory(prefix="history-bench-") as d:
-        address = f"127.0.0.1:{free_port()}"
-        with FakeUpstreams(flow, per_response=2000, resend=0) as fakes:
-            config = Path(d) / "exchange.toml"
-            config.write_text(fakes.config_toml(address, url, DEFAULT_MARKETS))
-            fakes.set(paused=True)  # hold the streams until the process is up
-            with open(Path(d) / "history.log", "wb") as log:
-                proc = subprocess.Popen(
-                    [sys.executable, "-m", "services.history", "--config", str(config)],
-                    cwd=ROOT,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                )
-            try:
-                with grpc.insecure_channel(address) as ch:
-                    stub = pbg.HistoryServiceStub(ch)
-                    _wait_status(stub, pb, lambda cps: True, proc, d)
-                    t0 = time.perf_counter()
-                    fakes.set(paused=False)
-                    _wait_status(stub, pb, lambda cps: cps == flow.sources, proc, d)
-                    seconds = time.perf_counter() - t0
-            finally:
-                proc.send_signal(signal.SIGTERM)
-                proc.wait(30)
+    with (
+        database(backend) as url,
+        FakeUpstreams(flow, per_response=2000, resend=0) as fakes,
+        history_process(fakes, url) as (_, wait),
+    ):
+        t0 = time.perf_counter()
+        fakes.set(paused=False)
+        wait(lambda cps: cps == flow.sources)
+        seconds = time.perf_counter() - t0
     events = flow.event_count
     return {
         "backend": backend,
@@ -330,62 +310,37 @@ def replay_run(backend: str, flow: Flow, recorded: dict[str, Any]) -> dict[str, 
     released when its source time stamp comes round again); its lag sampled every 50 ms."""
     import bisect
 
-    import grpc
     from exchange.v1 import history_service_pb2 as pb
-    from exchange.v1 import history_service_pb2_grpc as pbg
 
-    from tests.cluster import DEFAULT_MARKETS, free_port
     from tests.history.fake_upstream import FakeUpstreams
 
     origin = min(events[0].time_us for events in [*flow.matching.values(), flow.accounts])
-    with database(backend) as url, tempfile.TemporaryDirectory(prefix="history-bench-") as d:
-        address = f"127.0.0.1:{free_port()}"
-        with FakeUpstreams(flow, raw=True, per_response=2000, resend=0) as fakes:
-            release = {
-                name: [(e.time_us - origin) / 1e6 for e in f.events] for name, f in fakes.feeds.items()
-            }
-            for name, feed in fakes.feeds.items():
-                feed.release_s = release[name]
-            config = Path(d) / "exchange.toml"
-            config.write_text(
-                fakes.config_toml(address, url, DEFAULT_MARKETS, {"matching-0": []}, batch_size=None)
-            )
-            fakes.set(paused=True)
-            with open(Path(d) / "history.log", "wb") as log:
-                proc = subprocess.Popen(
-                    [sys.executable, "-m", "services.history", "--config", str(config)],
-                    cwd=ROOT,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                )
-            try:
-                with grpc.insecure_channel(address) as ch:
-                    stub = pbg.HistoryServiceStub(ch)
-                    _wait_status(stub, pb, lambda cps: True, proc, d)
-                    t0 = time.monotonic()
-                    fakes.set(started_at=t0, paused=False)
-                    end = max(r[-1] for r in release.values())
-                    lag_by_second: dict[int, float] = {}
-                    while True:
-                        cps = dict(stub.GetHistoryStatus(pb.GetHistoryStatusRequest(), timeout=5).checkpoints)
-                        now = time.monotonic() - t0
-                        lag = 0.0
-                        for name, rel in release.items():
-                            stored = cps.get(name, 0)
-                            released = bisect.bisect_right(rel, now)
-                            if stored < released:  # the oldest event not stored yet: how long it waited
-                                lag = max(lag, now - rel[stored])
-                        second = int(now)
-                        lag_by_second[second] = max(lag_by_second.get(second, 0.0), lag)
-                        if now > end and cps == flow.sources:
-                            break
-                        if now > end + 300:
-                            raise TimeoutError("history did not catch up")
-                        time.sleep(0.05)
-                    caught_up_s = time.monotonic() - t0 - end
-            finally:
-                proc.send_signal(signal.SIGTERM)
-                proc.wait(30)
+    with database(backend) as url, FakeUpstreams(flow, raw=True, per_response=2000, resend=0) as fakes:
+        release = {name: [(e.time_us - origin) / 1e6 for e in f.events] for name, f in fakes.feeds.items()}
+        for name, feed in fakes.feeds.items():
+            feed.release_s = release[name]
+        with history_process(fakes, url, {"matching-0": []}, batch_size=None) as (stub, _):
+            t0 = time.monotonic()
+            fakes.set(started_at=t0, paused=False)
+            end = max(r[-1] for r in release.values())
+            lag_by_second: dict[int, float] = {}
+            while True:
+                cps = dict(stub.GetHistoryStatus(pb.GetHistoryStatusRequest(), timeout=5).checkpoints)
+                now = time.monotonic() - t0
+                lag = 0.0
+                for name, rel in release.items():
+                    stored = cps.get(name, 0)
+                    released = bisect.bisect_right(rel, now)
+                    if stored < released:  # the oldest event not stored yet: how long it waited
+                        lag = max(lag, now - rel[stored])
+                second = int(now)
+                lag_by_second[second] = max(lag_by_second.get(second, 0.0), lag)
+                if now > end and cps == flow.sources:
+                    break
+                if now > end + 300:
+                    raise TimeoutError("history did not catch up")
+                time.sleep(0.05)
+            caught_up_s = time.monotonic() - t0 - end
     # the load window: the seconds in which orders were accepted at the recorded pace
     accounts_per_s = _per_second(release["accounts-0"])
     matching_per_s = _per_second(release["matching-0"])
@@ -417,6 +372,45 @@ def _per_second(release: list[float]) -> dict[int, int]:
     for t in release:
         out[int(t)] = out.get(int(t), 0) + 1
     return out
+
+
+@contextmanager
+def history_process(
+    fakes: Any, url: str, shards: dict[str, list[str]] | None = None, **toml: Any
+) -> Iterator[tuple[Any, Any]]:
+    """`python -m services.history` against `fakes` (their streams held until the caller lets them go)
+    and `url`, started and answering; yields its stub and `wait(done)`, which polls its checkpoints until
+    done(checkpoints). Stopped with SIGTERM afterwards."""
+    import grpc
+    from exchange.v1 import history_service_pb2 as pb
+    from exchange.v1 import history_service_pb2_grpc as pbg
+
+    from tests.cluster import DEFAULT_MARKETS, free_port
+
+    with tempfile.TemporaryDirectory(prefix="history-bench-") as d:
+        address = f"127.0.0.1:{free_port()}"
+        config = Path(d) / "exchange.toml"
+        config.write_text(fakes.config_toml(address, url, DEFAULT_MARKETS, shards, **toml))
+        fakes.set(paused=True)  # hold the streams until the process is up
+        with open(Path(d) / "history.log", "wb") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "services.history", "--config", str(config)],
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            with grpc.insecure_channel(address) as ch:
+                stub = pbg.HistoryServiceStub(ch)
+
+                def wait(done: Any) -> dict[str, int]:
+                    return _wait_status(stub, pb, done, proc, d)
+
+                wait(lambda cps: True)
+                yield stub, wait
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(30)
 
 
 def _wait_status(stub: Any, pb: Any, done: Any, proc: subprocess.Popen[bytes], d: str) -> dict[str, int]:

@@ -584,10 +584,13 @@ class MySQLValuesWriter(BulkWriter):
 
     def __init__(self, engine: Engine) -> None:
         super().__init__(engine)
-        self._templates: dict[str, tuple[str, str]] = {}
+        self._templates: dict[str, tuple[str, str, list[int], list[int]]] = {}
 
-    def _template(self, key: str, stmt: Any, columns: tuple[str, ...]) -> tuple[str, str]:
-        """The statement's text before and after its VALUES row."""
+    def _template(
+        self, key: str, stmt: Any, table: Table, columns: tuple[str, ...]
+    ) -> tuple[str, str, list[int], list[int]]:
+        """The statement's text before and after its VALUES row, and which columns hold text and
+        booleans (the rest are integers)."""
         entry = self._templates.get(key)
         if entry is None:
             sql, _ = self._compile(stmt, columns)
@@ -595,17 +598,17 @@ class MySQLValuesWriter(BulkWriter):
             head, found, tail = sql.partition(row)
             if not found:
                 raise RuntimeError(f"unexpected statement text for {key}: {sql}")
-            entry = self._templates[key] = (head, tail)
+            text_cols = [i for i, c in enumerate(columns) if isinstance(table.c[c].type, String)]
+            bool_cols = [i for i, c in enumerate(columns) if isinstance(table.c[c].type, Boolean)]
+            entry = self._templates[key] = (head, tail, text_cols, bool_cols)
         return entry
 
     def _write(
         self, conn: Connection, table: Table, columns: tuple[str, ...], rows: list[Row], key: str, stmt: Any
     ) -> None:
-        head, tail = self._template(key, stmt, columns)
+        head, tail, text_cols, bool_cols = self._template(key, stmt, table, columns)
         raw = _driver(conn)
         quote = _mysql_quote(raw)
-        text_cols = [i for i, c in enumerate(columns) if isinstance(table.c[c].type, String)]
-        bool_cols = [i for i, c in enumerate(columns) if isinstance(table.c[c].type, Boolean)]
         with raw.cursor() as cur:
             parts: list[str] = []
             size = 0

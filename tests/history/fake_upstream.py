@@ -139,20 +139,14 @@ class FakeUpstreams:
     async def _start(self) -> None:
         for name, feed in self.feeds.items():
             server = grpc.aio.server()
+            servicer: Any
             if name == ACCOUNTS:
-                if self.raw:
-                    service = apb.DESCRIPTOR.services_by_name["AccountsService"]
-                    register_service(
-                        server, service, FakeAccounts(feed), raw_responses=["StreamAccountEvents"]
-                    )
-                else:
-                    agrpc.add_AccountsServiceServicer_to_server(FakeAccounts(feed), server)
+                service, method = apb.DESCRIPTOR.services_by_name["AccountsService"], "StreamAccountEvents"
+                servicer = FakeAccounts(feed)
             else:
-                if self.raw:
-                    service = mpb.DESCRIPTOR.services_by_name["MatchingService"]
-                    register_service(server, service, FakeMatching(feed), raw_responses=["StreamEvents"])
-                else:
-                    mgrpc.add_MatchingServiceServicer_to_server(FakeMatching(feed), server)
+                service, method = mpb.DESCRIPTOR.services_by_name["MatchingService"], "StreamEvents"
+                servicer = FakeMatching(feed)
+            register_service(server, service, servicer, raw_responses=[method] if self.raw else [])
             port = server.add_insecure_port("127.0.0.1:0")
             await server.start()
             self._servers.append(server)
