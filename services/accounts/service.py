@@ -26,7 +26,7 @@ from services.accounts.views import (
     place_command,
 )
 from services.common.config import AccountsConfig
-from services.common.errors import ExchangeError, InvalidArgument, NotFound, Unavailable
+from services.common.errors import ExchangeError, InvalidArgument, NotFound, Reason, Unavailable
 from services.common.host import StateMachineHost
 from services.common.markets import MarketCatalog
 from services.common.rpc import abort, error_code, handles_errors, to_exchange_error
@@ -249,8 +249,8 @@ class AccountsServicer:
         if isinstance(value, BaseException):
             err = to_exchange_error(value)
             if err is None:
-                return pb.OrderCommandResult(code=13, message="internal error")
-            return pb.OrderCommandResult(code=error_code(err), message=err.message)
+                return pb.OrderCommandResult(code=13, message="internal error", reason=Reason.INTERNAL)
+            return pb.OrderCommandResult(code=error_code(err), message=err.message, reason=err.reason)
         if isinstance(value, PlaceResult):
             order = order_message(value.order, self.catalog) if full else order_ack(value.order)
             return pb.OrderCommandResult(order=order, duplicate=value.duplicate)

@@ -14,7 +14,15 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
-from services.common.units import AmountError, decimals_of, format_units, parse_rate_ppm, parse_units
+from services.common.units import (
+    AmountError,
+    AmountNotOnLot,
+    PriceNotOnTick,
+    decimals_of,
+    format_units,
+    parse_rate_ppm,
+    parse_units,
+)
 
 FEE_SCALE = 1_000_000  # fee rates are integers in parts per million
 
@@ -133,7 +141,7 @@ class MarketSpec:
         units = parse_units(text, self.price_decimals, field=field)
         ticks, rest = divmod(units, self.tick_scaled)
         if rest:
-            raise AmountError(f"{field}: {text!r} is not a multiple of the price tick {self.price_tick}")
+            raise PriceNotOnTick(f"{field}: {text!r} is not a multiple of the price tick {self.price_tick}")
         return ticks
 
     def parse_amount(self, text: str, *, field: str = "amount") -> int:
@@ -141,7 +149,7 @@ class MarketSpec:
         units = parse_units(text, self.amount_decimals, field=field)
         lots, rest = divmod(units, self.lot_scaled)
         if rest:
-            raise AmountError(f"{field}: {text!r} is not a multiple of the lot size {self.lot_size}")
+            raise AmountNotOnLot(f"{field}: {text!r} is not a multiple of the lot size {self.lot_size}")
         return lots
 
     def parse_quote(self, text: str, *, field: str = "quote_amount") -> int:

@@ -20,8 +20,8 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 
-from services.common.errors import ExchangeError, InvalidArgument, Unavailable
-from services.common.units import AmountError
+from services.common.errors import ERROR_DOMAIN, ExchangeError, InvalidArgument, Reason, Unavailable
+from services.common.units import AmountError, AmountNotOnLot, PriceNotOnTick
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,8 @@ _CODES = {
     "FAILED_PRECONDITION": (grpc.StatusCode.FAILED_PRECONDITION, code_pb2.FAILED_PRECONDITION),
     "ALREADY_EXISTS": (grpc.StatusCode.ALREADY_EXISTS, code_pb2.ALREADY_EXISTS),
     "PERMISSION_DENIED": (grpc.StatusCode.PERMISSION_DENIED, code_pb2.PERMISSION_DENIED),
+    "UNAUTHENTICATED": (grpc.StatusCode.UNAUTHENTICATED, code_pb2.UNAUTHENTICATED),
+    "INTERNAL": (grpc.StatusCode.INTERNAL, code_pb2.INTERNAL),
     "OUT_OF_RANGE": (grpc.StatusCode.OUT_OF_RANGE, code_pb2.OUT_OF_RANGE),
     "UNAVAILABLE": (grpc.StatusCode.UNAVAILABLE, code_pb2.UNAVAILABLE),
     "RESOURCE_EXHAUSTED": (grpc.StatusCode.RESOURCE_EXHAUSTED, code_pb2.RESOURCE_EXHAUSTED),
@@ -47,14 +49,21 @@ def error_code(exc: ExchangeError) -> int:
 def to_exchange_error(exc: BaseException) -> ExchangeError | None:
     if isinstance(exc, ExchangeError):
         return exc
+    if isinstance(exc, PriceNotOnTick):
+        return InvalidArgument(str(exc), Reason.PRICE_NOT_ON_TICK)
+    if isinstance(exc, AmountNotOnLot):
+        return InvalidArgument(str(exc), Reason.AMOUNT_NOT_ON_LOT)
     if isinstance(exc, AmountError):
-        return InvalidArgument(str(exc))
+        return InvalidArgument(str(exc), Reason.INVALID_DECIMAL)
     return None
 
 
 def grpc_status_for(exc: ExchangeError) -> grpc.Status:
     code = _CODES.get(exc.code, (grpc.StatusCode.UNKNOWN, code_pb2.UNKNOWN))[1]
     status = status_pb2.Status(code=code, message=exc.message)
+    status.details.add().Pack(
+        error_details_pb2.ErrorInfo(reason=str(exc.reason), domain=ERROR_DOMAIN, metadata=exc.metadata)
+    )
     if isinstance(exc, Unavailable):
         info = error_details_pb2.RetryInfo(
             retry_delay=duration_pb2.Duration(nanos=exc.retry_after_ms * 1_000_000)
@@ -105,6 +114,19 @@ def handles_stream_errors(
             await abort(context, err)
 
     return wrapper
+
+
+def error_reason(err: grpc.RpcError) -> str:
+    """Client side: the ErrorInfo reason of a failed call ("" when it carries none)."""
+    status = rpc_status.from_call(err)  # type: ignore[arg-type]
+    if status is None:
+        return ""
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return str(info.reason)
+    return ""
 
 
 def retry_after_ms(err: grpc.aio.AioRpcError) -> int | None:

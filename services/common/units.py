@@ -17,6 +17,14 @@ class AmountError(ValueError):
     """A decimal string that cannot be turned into the integer it should denote."""
 
 
+class PriceNotOnTick(AmountError):
+    """A price that is not a multiple of the market's tick."""
+
+
+class AmountNotOnLot(AmountError):
+    """An amount that is not a multiple of the market's lot size."""
+
+
 def parse_units(text: str, decimals: int, *, field: str = "amount", allow_zero: bool = False) -> int:
     """Parse a decimal string into an integer count of 10**-decimals units.
 
