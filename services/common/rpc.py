@@ -118,7 +118,7 @@ def handles_stream_errors(
 
 def error_reason(err: grpc.RpcError) -> str:
     """Client side: the ErrorInfo reason of a failed call ("" when it carries none)."""
-    status = rpc_status.from_call(err)  # type: ignore[arg-type]
+    status = rpc_status.from_call(err)
     if status is None:
         return ""
     for detail in status.details:
