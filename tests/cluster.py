@@ -19,6 +19,10 @@ from exchange.v1 import matching_service_pb2 as mpb
 from exchange.v1 import matching_service_pb2_grpc as mgrpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.common.config import load_config
+from services.common.rpc import CHANNEL_OPTIONS
+from services.common.security import Security, process_security
+
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MARKETS = (ROOT / "deploy" / "exchange.toml").read_text().split("[assets]", 1)[1]
 
@@ -40,6 +44,7 @@ class Cluster:
         with_history: bool = False,
         with_market: bool = False,
         history_url: str | None = None,
+        transport: str = "local",
     ) -> None:
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -57,6 +62,8 @@ class Cluster:
             self.addresses["market"] = f"127.0.0.1:{free_port()}"
             self.services.append(("market", ["services.market"]))
         lines = ['data_dir = "data"', ""]
+        lines.append("[security]")
+        lines.append(f'transport = "{transport}"')
         lines.append("[accounts]")
         lines.append(f'listen = "{self.addresses["accounts-0"]}"')
         for k, v in (accounts_options or {}).items():
@@ -81,7 +88,17 @@ class Cluster:
         self.config_path = self.dir / "exchange.toml"
         self.config_path.write_text("\n".join(lines))
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        self._channels: dict[str, grpc.Channel] = {}
+        self._channels: dict[tuple[str, str], grpc.Channel] = {}
+        # The credentials (and TLS files) the processes will use, generated here first so the test can
+        # act as any principal; the processes find them in their data directory.
+        self.config = load_config(self.config_path)
+        self._security = process_security(self.config, "admin")
+
+    def security(self, principal: str = "admin") -> Security:
+        return self._security.as_principal(principal)
+
+    def token(self, principal: str = "admin") -> str:
+        return self._security.credentials.token(principal)
 
     # --- processes -----------------------------------------------------------------------------
 
@@ -118,9 +135,8 @@ class Cluster:
         proc = self.procs.pop(name)
         proc.send_signal(sig)
         proc.wait(30)
-        ch = self._channels.pop(name, None)
-        if ch is not None:
-            ch.close()
+        for key in [k for k in self._channels if k[0] == name]:
+            self._channels.pop(key).close()
 
     def restart(self, name: str) -> None:
         if name in self.procs:
@@ -144,11 +160,22 @@ class Cluster:
 
     # --- clients -------------------------------------------------------------------------------
 
-    def channel(self, name: str) -> grpc.Channel:
-        ch = self._channels.get(name)
+    def channel(self, name: str, principal: str = "admin") -> grpc.Channel:
+        """A blocking channel to service `name`, authenticated as `principal`."""
+        ch = self._channels.get((name, principal))
         if ch is None:
-            ch = self._channels[name] = grpc.insecure_channel(self.addresses[name])
+            creds = self.security(principal).channel_credentials()
+            ch = self._channels[(name, principal)] = grpc.secure_channel(self.addresses[name], creds)
         return ch
+
+    def aio_channel(self, name: str, principal: str = "admin") -> grpc.aio.Channel:
+        """A new asyncio channel to service `name`, authenticated as `principal` (caller closes it)."""
+        creds = self.security(principal).channel_credentials()
+        return grpc.aio.secure_channel(self.addresses[name], creds, options=CHANNEL_OPTIONS)
+
+    def anonymous_channel(self, name: str) -> grpc.Channel:
+        """A channel presenting no credentials at all (authentication tests)."""
+        return grpc.insecure_channel(self.addresses[name])
 
     @property
     def accounts(self) -> agrpc.AccountsServiceStub:

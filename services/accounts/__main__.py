@@ -15,7 +15,8 @@ from services.accounts.service import AccountsServicer, outbox_hook
 from services.common.config import load_config
 from services.common.host import HostOptions, StateMachineHost
 from services.common.logs import setup_logging
-from services.common.rpc import register_service, run_until_signal, start_metrics, start_server
+from services.common.rpc import configure, register_service, run_until_signal, start_metrics, start_server
+from services.common.security import process_security
 
 log = logging.getLogger("services.accounts")
 
@@ -30,6 +31,7 @@ def main() -> None:
     args = ap.parse_args()
     config = load_config(args.config)
     acfg = config.accounts
+    configure(process_security(config, acfg.source))
     setup_logging(acfg.source)
 
     async def run(stop: asyncio.Event) -> None:

@@ -66,6 +66,21 @@ class MarketDataConfig:
 
 
 @dataclass(frozen=True)
+class SecurityConfig:
+    # "local": plaintext, servers accept loopback peers only (the embedded default);
+    # "tls": TLS with the certificate below (across machines).
+    transport: str = "local"
+    # The credentials file every process of the exchange reads (generated on first run).
+    credentials: str = "{data_dir}/secrets/credentials.json"
+    # TLS: PEM files; when empty, a CA and a server certificate for tls_hosts are generated under
+    # {data_dir}/secrets/tls/ on first run.
+    tls_ca: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_hosts: tuple[str, ...] = ("127.0.0.1", "localhost")
+
+
+@dataclass(frozen=True)
 class ExchangeConfig:
     path: Path
     data_dir: Path
@@ -74,6 +89,7 @@ class ExchangeConfig:
     shards: Mapping[str, ShardConfig]
     history: HistoryConfig
     market: MarketDataConfig
+    security: SecurityConfig = field(default_factory=SecurityConfig)
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
     def shard(self, name: str) -> ShardConfig:
@@ -87,6 +103,18 @@ class ExchangeConfig:
 
     def history_url(self) -> str:
         return self.history.database_url.replace("{data_dir}", str(self.data_dir))
+
+    def path_of(self, template: str) -> Path:
+        """A configured path: {data_dir} substituted, relative paths taken from the config's folder."""
+        p = Path(template.replace("{data_dir}", str(self.data_dir)))
+        return p if p.is_absolute() else (self.path.parent / p).resolve()
+
+    def credentials_path(self) -> Path:
+        """EXCHANGE_CREDENTIALS overrides the configured file (clients run from anywhere)."""
+        import os
+
+        override = os.environ.get("EXCHANGE_CREDENTIALS")
+        return Path(override) if override else self.path_of(self.security.credentials)
 
 
 def load_config(path: str | Path) -> ExchangeConfig:
@@ -127,8 +155,18 @@ def config_from_dict(data: Mapping[str, Any], *, base_dir: Path, path: Path | No
         shards=shards,
         history=_build(HistoryConfig, data.get("history", {}), "history"),
         market=_build(MarketDataConfig, data.get("market", {}), "market"),
+        security=_security(data.get("security", {})),
         raw=data,
     )
+
+
+def _security(raw: Any) -> SecurityConfig:
+    cfg: SecurityConfig = _build(SecurityConfig, raw, "security")
+    if cfg.transport not in ("local", "tls"):
+        raise ConfigError(f'[security] transport must be "local" or "tls", not {cfg.transport!r}')
+    if isinstance(cfg.tls_hosts, list):
+        cfg = SecurityConfig(**{**cfg.__dict__, "tls_hosts": tuple(cfg.tls_hosts)})
+    return cfg
 
 
 def _build(cls: type[Any], raw: Any, section: str) -> Any:

@@ -20,7 +20,17 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 
-from services.common.errors import ERROR_DOMAIN, ExchangeError, InvalidArgument, Reason, Unavailable
+from services.common.auth import ACCESS, PUBLIC_PREFIXES, Principal, TokenVerifier
+from services.common.errors import (
+    ERROR_DOMAIN,
+    ExchangeError,
+    InvalidArgument,
+    PermissionDenied,
+    Reason,
+    Unauthenticated,
+    Unavailable,
+)
+from services.common.security import Security
 from services.common.units import AmountError, AmountNotOnLot, PriceNotOnTick
 
 log = logging.getLogger(__name__)
@@ -163,8 +173,106 @@ CHANNEL_OPTIONS = [
 ]
 
 
-def channel(address: str) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+# --- security: what this process's servers accept and what its clients present -----------------
+
+_security: Security | None = None
+
+
+def configure(security: Security) -> None:
+    """Set the process's transport and credentials (each service main calls it once, first)."""
+    global _security
+    _security = security
+
+
+def security() -> Security:
+    if _security is None:
+        raise RuntimeError("rpc.configure(...) was not called: no credentials for this process")
+    return _security
+
+
+def channel(address: str, *, token: str | None = None) -> grpc.aio.Channel:
+    """An aio channel to another service, presenting this process's token (or `token`)."""
+    return grpc.aio.secure_channel(address, security().channel_credentials(token), options=CHANNEL_OPTIONS)
+
+
+def sync_channel(address: str, *, token: str | None = None) -> grpc.Channel:
+    """A blocking channel (CLI, launcher, tools), presenting this process's token (or `token`)."""
+    return grpc.secure_channel(address, security().channel_credentials(token), options=CHANNEL_OPTIONS)
+
+
+def caller(context: grpc.aio.ServicerContext[Any, Any]) -> Principal | None:
+    """The authenticated principal of a call (handlers that need the identity, not only the role)."""
+    return security().verifier.from_metadata(context.invocation_metadata())
+
+
+class _AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Authenticates every call (bearer token) and checks its role against auth.ACCESS before the
+    handler runs. Health and reflection are public."""
+
+    def __init__(self, verifier: TokenVerifier) -> None:
+        self.verifier = verifier
+        self._denials: dict[tuple[str, str], grpc.RpcMethodHandler] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        method: str = details.method
+        if method.startswith(PUBLIC_PREFIXES):
+            return await continuation(details)
+        principal = self.verifier.from_metadata(details.invocation_metadata)
+        if principal is None:
+            return await self._deny(continuation, details, "unauthenticated")
+        allowed = ACCESS.get(method)
+        if allowed is None or principal.role not in allowed:
+            return await self._deny(continuation, details, str(principal.role))
+        return await continuation(details)
+
+    async def _deny(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+        who: str,
+    ) -> grpc.RpcMethodHandler:
+        method: str = details.method
+        key = (method, who)
+        cached = self._denials.get(key)
+        if cached is not None:
+            return cached
+        handler = await continuation(details)
+        if handler is None:
+            return handler
+        err: ExchangeError
+        if who == "unauthenticated":
+            err = Unauthenticated(
+                "no valid credentials: send 'authorization: Bearer <token>' with a token from the "
+                "exchange's credentials file"
+            )
+        else:
+            err = PermissionDenied(f"role {who} may not call {method}", Reason.ROLE_NOT_ALLOWED)
+        st = grpc_status_for(err)
+
+        async def deny_unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            await context.abort(st.code, st.details, st.trailing_metadata)
+
+        async def deny_stream(
+            request: Any, context: grpc.aio.ServicerContext[Any, Any]
+        ) -> AsyncIterator[Any]:
+            await context.abort(st.code, st.details, st.trailing_metadata)
+            yield None  # pragma: no cover - abort raises
+
+        if handler.request_streaming and handler.response_streaming:
+            denial = grpc.stream_stream_rpc_method_handler(deny_stream)
+        elif handler.request_streaming:
+            denial = grpc.stream_unary_rpc_method_handler(deny_unary)
+        elif handler.response_streaming:
+            denial = grpc.unary_stream_rpc_method_handler(deny_stream)
+        else:
+            denial = grpc.unary_unary_rpc_method_handler(deny_unary)
+        if len(self._denials) < 10_000:
+            self._denials[key] = denial
+        return denial
 
 
 class ServerHandle:
@@ -191,8 +299,10 @@ async def start_server(
     registrations: Iterable[tuple[Callable[[Any, grpc.aio.Server], None], Any]],
     service_names: list[str],
 ) -> ServerHandle:
-    """Start an aio server on `listen` ("host:port", port 0 = any) with health and reflection."""
-    server = grpc.aio.server(options=SERVER_OPTIONS)
+    """Start an aio server on `listen` ("host:port", port 0 = any) with health and reflection, on the
+    process's transport (rpc.configure), authenticating and authorizing every call."""
+    sec = security()
+    server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[_AuthInterceptor(sec.verifier)])
     for add, servicer in registrations:
         add(servicer, server)
     health = HealthServicer()
@@ -201,7 +311,7 @@ async def start_server(
         [*service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
         server,
     )
-    port = server.add_insecure_port(listen)
+    port = server.add_secure_port(listen, sec.server_credentials())
     if port == 0:
         raise RuntimeError(f"cannot listen on {listen}")
     await server.start()

@@ -11,7 +11,8 @@ import logging
 
 from services.common.config import load_config
 from services.common.logs import setup_logging
-from services.common.rpc import run_until_signal
+from services.common.rpc import configure, run_until_signal
+from services.common.security import process_security
 from services.history.app import HistoryApp
 
 log = logging.getLogger("services.history")
@@ -27,6 +28,7 @@ def main() -> None:
     args = ap.parse_args()
     setup_logging("history")
     config = load_config(args.config)
+    configure(process_security(config, "history"))
 
     async def run(stop: asyncio.Event) -> None:
         app = HistoryApp(config, database_url=args.database_url or None)

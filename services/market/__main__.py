@@ -8,7 +8,8 @@ import logging
 
 from services.common.config import load_config
 from services.common.logs import setup_logging
-from services.common.rpc import run_until_signal
+from services.common.rpc import configure, run_until_signal
+from services.common.security import process_security
 from services.market.app import MarketDataApp
 
 log = logging.getLogger("services.market")
@@ -23,6 +24,7 @@ def main() -> None:
     args = ap.parse_args()
     setup_logging("market")
     config = load_config(args.config)
+    configure(process_security(config, "market"))
 
     async def run(stop: asyncio.Event) -> None:
         app = MarketDataApp(config)

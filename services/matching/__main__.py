@@ -11,7 +11,8 @@ from exchange.v1 import matching_service_pb2
 from services.common.config import DEFAULT_SHARD, load_config
 from services.common.host import HostOptions, StateMachineHost
 from services.common.logs import setup_logging
-from services.common.rpc import register_service, run_until_signal, start_metrics, start_server
+from services.common.rpc import configure, register_service, run_until_signal, start_metrics, start_server
+from services.common.security import process_security
 from services.matching.machine import CODEC, MatchingMachine
 from services.matching.service import MatchingServicer
 
@@ -25,6 +26,7 @@ def main() -> None:
     args = ap.parse_args()
     setup_logging(args.shard)
     config = load_config(args.config)
+    configure(process_security(config, ""))
     shard_cfg = config.shard(args.shard)
     markets = {m.symbol: m for m in config.catalog.markets_of_shard(args.shard)}
 

@@ -14,10 +14,10 @@ from exchange.v1 import events_pb2 as ev
 from exchange.v1 import matching_service_pb2 as pb
 from exchange.v1 import types_pb2
 
-from services.common.errors import InvalidArgument, NotFound
+from services.common.errors import InvalidArgument, NotFound, PermissionDenied, Reason, quote
 from services.common.host import StateMachineHost
 from services.common.markets import MarketCatalog, MarketSpec
-from services.common.rpc import abort, handles_errors, to_exchange_error
+from services.common.rpc import abort, caller, handles_errors, to_exchange_error
 from services.common.wire import repeated_messages
 from services.matching.machine import MatchingMachine
 from services.matching.model import BUY, SELL
@@ -89,6 +89,18 @@ class MatchingServicer:
         source = first.source
         if not source or source.startswith(self.shard):
             await abort(context, InvalidArgument("the first request must name the source"))
+            return
+        principal = caller(context)
+        if principal is None or principal.name != source:
+            # Only accounts shard N submits as source N: anybody else could skip its sequence numbers
+            # or inject commands for orders accounts never placed.
+            who = principal.name if principal is not None else "nobody"
+            await abort(
+                context,
+                PermissionDenied(
+                    f"{who} may not submit commands as {quote(source)}", Reason.SOURCE_NOT_ALLOWED
+                ),
+            )
             return
         applied = self.engine.source_seqs.get(source, 0)
         start = max(applied, self._accepted.get(source, 0))
