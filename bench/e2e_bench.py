@@ -39,10 +39,18 @@ from exchange.v1 import matching_service_pb2 as mpb
 from exchange.v1 import matching_service_pb2_grpc as mgrpc
 from exchange.v1 import types_pb2
 
+from services.common import rpc
+from services.common.config import load_config
+from services.common.security import process_security
 from tests.cluster import Cluster
 
 MARKETS = {"BTC_USDT": 30000, "ETH_USDT": 2000, "SOL_USDT": 20}
 BUY, SELL = types_pb2.SIDE_BUY, types_pb2.SIDE_SELL
+
+
+def use_credentials(config_path: str) -> None:
+    """This process calls the cluster's services as "admin" (rpc.channel attaches the token)."""
+    rpc.configure(process_security(load_config(config_path), "admin", create=False))
 
 
 def percentile(xs: list[float], q: float) -> float:
@@ -106,15 +114,18 @@ async def fund(stub: agrpc.AccountsServiceStub, users: int) -> None:
 
 
 async def shard_counters(c: Cluster) -> tuple[int, int]:
-    async with grpc.aio.insecure_channel(c.addresses["matching-0"]) as ch:
+    async with rpc.channel(c.addresses["matching-0"]) as ch:
         st = await mgrpc.MatchingServiceStub(ch).GetMatchingStatus(mpb.GetMatchingStatusRequest())
         return sum(m.last_trade_id for m in st.markets), st.event_sequence
 
 
-def probe_process(accounts: str, matching: str, history: str, user: int, seconds: float, out: Any) -> None:
+def probe_process(
+    config_path: str, accounts: str, matching: str, history: str, user: int, seconds: float, out: Any
+) -> None:
     """Runs in its own process (so the load generator's busy event loop does not distort it):
     every 20 ms a crossing IOC buy by `user`, timed from PlaceOrder to the UserFill event on the
     user's stream; and once a second, the exchange's own counters (orders, fills, pipeline lag)."""
+    use_credentials(config_path)
     out.put(asyncio.run(_probe(accounts, matching, history, user, seconds)))
 
 
@@ -122,7 +133,7 @@ async def _probe(accounts: str, matching: str, history: str, user: int, seconds:
     sent: dict[int, float] = {}
     latencies: list[float] = []
     samples: list[dict[str, Any]] = []
-    async with grpc.aio.insecure_channel(accounts) as ach, grpc.aio.insecure_channel(matching) as mch:
+    async with rpc.channel(accounts) as ach, rpc.channel(matching) as mch:
         stub = agrpc.AccountsServiceStub(ach)
         mstub = mgrpc.MatchingServiceStub(mch)
 
@@ -159,7 +170,7 @@ async def _probe(accounts: str, matching: str, history: str, user: int, seconds:
                 ms = await mstub.GetMatchingStatus(mpb.GetMatchingStatusRequest())
                 extra: dict[str, Any] = {}
                 if history:
-                    async with grpc.aio.insecure_channel(history) as hch:
+                    async with rpc.channel(history) as hch:
                         hs = await hgrpc.HistoryServiceStub(hch).GetHistoryStatus(
                             hpb.GetHistoryStatusRequest()
                         )
@@ -198,7 +209,7 @@ async def drive_stream(
 ) -> None:
     """One SubmitOrders stream sending pre-serialized batches, at most `window` unanswered; with an
     interval, one batch per interval at most (a paced, open-loop-like rate instead of saturation)."""
-    async with grpc.aio.insecure_channel(c.addresses["accounts-0"]) as ch:
+    async with rpc.channel(c.addresses["accounts-0"]) as ch:
         call = ch.stream_stream(
             "/exchange.v1.AccountsService/SubmitOrders",
             request_serializer=lambda b: b,
@@ -230,10 +241,11 @@ async def drive_stream(
 
 
 def unary_client_process(
-    address: str, payloads: list[bytes], seconds: float, concurrency: int, out: Any
+    config_path: str, address: str, payloads: list[bytes], seconds: float, concurrency: int, out: Any
 ) -> None:
     """One unary client process (a Python gRPC client tops out near a thousand calls a second, so the
     unary load comes from several processes)."""
+    use_credentials(config_path)
     out.put(asyncio.run(_unary_client(address, payloads, seconds, concurrency)))
 
 
@@ -242,7 +254,7 @@ async def _unary_client(
 ) -> tuple[int, int]:
     counter = [0, 0]
     until = time.monotonic() + seconds
-    async with grpc.aio.insecure_channel(address) as ch:
+    async with rpc.channel(address) as ch:
         call = ch.unary_unary(
             "/exchange.v1.AccountsService/PlaceOrder",
             request_serializer=lambda b: b,
@@ -280,6 +292,7 @@ async def drive_unary(
         ctx.Process(
             target=unary_client_process,
             args=(
+                str(c.config_path),
                 c.addresses["accounts-0"],
                 payloads[k::processes],
                 seconds,
@@ -342,6 +355,7 @@ async def run_mode(
     probe = ctx.Process(
         target=probe_process,
         args=(
+            str(c.config_path),
             c.addresses["accounts-0"],
             c.addresses["matching-0"],
             c.addresses.get("history", ""),
@@ -431,11 +445,12 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 accounts_options={"max_outbox_lag": 1_000_000},
             )
             c.start()
+            use_credentials(str(c.config_path))
             try:
-                async with grpc.aio.insecure_channel(c.addresses["accounts-0"]) as ch:
+                async with rpc.channel(c.addresses["accounts-0"]) as ch:
                     await fund(agrpc.AccountsServiceStub(ch), args.users)
                 # Liquidity for the probes: a deep ask wall far from the flow's crossing prices.
-                async with grpc.aio.insecure_channel(c.addresses["accounts-0"]) as ch:
+                async with rpc.channel(c.addresses["accounts-0"]) as ch:
                     stub = agrpc.AccountsServiceStub(ch)
                     await stub.PlaceOrder(
                         apb.PlaceOrderRequest(

@@ -128,7 +128,10 @@ def handles_stream_errors(
 
 def error_reason(err: grpc.RpcError) -> str:
     """Client side: the ErrorInfo reason of a failed call ("" when it carries none)."""
-    status = rpc_status.from_call(err)
+    try:
+        status = rpc_status.from_call(err)
+    except ValueError:  # details that do not match the call's code (not from this exchange)
+        return ""
     if status is None:
         return ""
     for detail in status.details:

@@ -14,8 +14,10 @@ from exchange.v1 import events_pb2 as ev
 from exchange.v1 import matching_service_pb2 as pb
 from exchange.v1 import types_pb2
 
+from services.common import limits
 from services.common.errors import InvalidArgument, NotFound, PermissionDenied, Reason, quote
 from services.common.host import StateMachineHost
+from services.common.limits import MAX_DECIMAL, MAX_PAGE_TOKEN, MAX_SYMBOL, check_str, check_user
 from services.common.markets import MarketCatalog, MarketSpec
 from services.common.rpc import abort, caller, handles_errors, to_exchange_error
 from services.common.wire import repeated_messages
@@ -25,6 +27,7 @@ from services.matching.model import BUY, SELL
 log = logging.getLogger(__name__)
 
 MatchingHost = StateMachineHost[ev.MatchingCommand, MatchingMachine]
+MAX_DEPTH_LEVELS = 5000
 
 
 def same_command(last: bytes, nxt: bytes) -> bool:
@@ -66,11 +69,14 @@ class MatchingServicer:
         return self.host.machine.engine
 
     def _spec(self, market: str) -> MarketSpec:
+        check_str(market, "market", MAX_SYMBOL)
         book = self.engine.books.get(market)
         if book is None:
             if market in self.catalog.markets:
-                raise NotFound(f"market {market} is not owned by shard {self.shard}")
-            raise NotFound(f"unknown market {market!r}")
+                raise NotFound(
+                    f"market {market} is not owned by shard {self.shard}", Reason.MARKET_NOT_ON_SHARD
+                )
+            raise NotFound(f"unknown market {quote(market)}", Reason.UNKNOWN_MARKET)
         spec: MarketSpec = book.spec
         return spec
 
@@ -181,10 +187,11 @@ class MatchingServicer:
     @handles_errors
     async def GetDepth(self, request: pb.GetDepthRequest, context: Any) -> pb.GetDepthResponse:
         spec = self._spec(request.market)
+        check_str(request.merge, "merge", MAX_DECIMAL)
         merge = parse_merge(spec, request.merge)
         limit = request.limit or 20
-        if limit > 5000:
-            raise InvalidArgument("limit must be at most 5000")
+        if limit > MAX_DEPTH_LEVELS:
+            raise InvalidArgument(f"limit must be at most {MAX_DEPTH_LEVELS}", Reason.VALUE_OUT_OF_RANGE)
         bids, asks = self.engine.books[request.market].depth(limit, merge)
         return pb.GetDepthResponse(
             market=request.market,
@@ -200,9 +207,10 @@ class MatchingServicer:
         self._spec(request.market)
         if request.side not in (BUY, SELL):
             raise InvalidArgument("side must be SIDE_BUY or SIDE_SELL")
-        page_size = request.page_size or 100
-        if page_size > 1000:
-            raise InvalidArgument("page_size must be at most 1000")
+        if request.user_id:
+            check_user(request.user_id)
+        page_size = limits.page_size(request.page_size)
+        check_str(request.page_token, "page_token", MAX_PAGE_TOKEN)
         offset = 0
         if request.page_token:
             try:
@@ -210,7 +218,7 @@ class MatchingServicer:
                     base64.urlsafe_b64decode(request.page_token.encode()).decode().removeprefix("o:")
                 )
             except (ValueError, UnicodeDecodeError):
-                raise InvalidArgument("malformed page_token") from None
+                raise InvalidArgument("malformed page_token", Reason.INVALID_PAGE_TOKEN) from None
         book = self.engine.books[request.market]
         out: list[pb.BookOrder] = []
         index = 0
