@@ -68,9 +68,18 @@ def to_exchange_error(exc: BaseException) -> ExchangeError | None:
     return None
 
 
+MAX_MESSAGE = 512
+
+
+def bounded_message(message: str) -> str:
+    """The last guard against echoing input: no error message is longer than MAX_MESSAGE (the edge
+    validation already refuses long fields and quotes only short prefixes)."""
+    return message if len(message) <= MAX_MESSAGE else message[: MAX_MESSAGE - 1] + "…"
+
+
 def grpc_status_for(exc: ExchangeError) -> grpc.Status:
     code = _CODES.get(exc.code, (grpc.StatusCode.UNKNOWN, code_pb2.UNKNOWN))[1]
-    status = status_pb2.Status(code=code, message=exc.message)
+    status = status_pb2.Status(code=code, message=bounded_message(exc.message))
     status.details.add().Pack(
         error_details_pb2.ErrorInfo(reason=str(exc.reason), domain=ERROR_DOMAIN, metadata=exc.metadata)
     )
