@@ -172,6 +172,10 @@ SERVER_OPTIONS = [
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.keepalive_permit_without_calls", 1),
+    # Clients ping every 20 s (CHANNEL_OPTIONS): accept that on idle streams instead of answering
+    # GOAWAY too_many_pings (gRPC's default minimum is 5 minutes), which closed idle event streams.
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+    ("grpc.http2.max_ping_strikes", 0),
 ]
 
 CHANNEL_OPTIONS = [
