@@ -22,8 +22,10 @@ from services.common.journal import (
     RECORD,
     FileJournal,
     Journal,
+    JournalDamagedError,
     JournalError,
     JournalGapError,
+    quarantine_segments,
 )
 
 BIG = 1 << 40
@@ -449,6 +451,110 @@ def test_torn_unsynced_middle_segment_cuts_everything_after_it(tmp_path: Path) -
         assert j.append([b"after"]) == seq
     with FileJournal(crash) as j:
         assert read_all(j) == [*recs[: seq - 1], (seq, b"after")]
+
+
+# --- records known to be durable (durable_through) ----------------------------------------------
+
+
+def _files(d: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+def test_durable_through_refuses_to_cut_durable_records_and_changes_nothing(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    with FileJournal(src) as j:
+        recs = fill(j, 20)
+    last = segments(src)[-1]
+    offsets = record_offsets(last)
+    for seq, offset, length in offsets[-4:]:
+        variants: list[tuple[Path, bool]] = []  # (damaged copy, whether a damaged file is named)
+        # Cut at the record (a clean end), inside its header, inside its payload; a flipped bit.
+        for cut in (offset, offset + 1, offset + length - 1):
+            d = _clone(src, tmp_path / f"cut{cut}")
+            (d / last.name).write_bytes(last.read_bytes()[:cut])
+            variants.append((d, cut > offset))
+        flip = _clone(src, tmp_path / f"flip{seq}")
+        flip_bit(flip / last.name, offset + RECORD.size - 1)  # inside the sequence number
+        variants.append((flip, True))
+        for damaged, names_file in variants:
+            before = _files(damaged)
+            for needed in (seq, 20):
+                with pytest.raises(JournalDamagedError) as err:
+                    FileJournal(damaged, durable_through=needed)
+                e = err.value
+                assert (e.kept, e.needed) == (seq - 1, needed)
+                assert e.files == [damaged / last.name]
+                assert e.path == (damaged / last.name if names_file else None)
+                lost = f"record {needed}" if needed == seq else f"records {seq}..{needed}"
+                assert lost in str(e), str(e)
+                assert _files(damaged) == before, "nothing cut, nothing deleted"
+            with FileJournal(damaged, durable_through=seq - 1) as j:  # the cut loses nothing durable
+                assert read_all(j) == recs[: seq - 1]
+
+
+def test_durable_through_keeps_later_segments_of_a_torn_middle_segment(tmp_path: Path) -> None:
+    with FileJournal(tmp_path / "j", segment_bytes=400) as j:
+        fill(j, 30)
+        j.sync()
+        fill(j, 200)
+        crash = _crash_copy(j, tmp_path / "crash")
+    victim = [p for p in segments(crash) if int(p.stem) > 30][1]
+    seq, offset, _ = record_offsets(victim)[2]
+    with victim.open("r+b") as f:
+        f.truncate(offset + 5)
+    before = _files(crash)
+    with pytest.raises(JournalDamagedError) as err:
+        FileJournal(crash, segment_bytes=400, durable_through=seq)
+    assert err.value.path == victim and err.value.kept == seq - 1
+    assert _files(crash) == before  # the unsealed segments before it were not sealed either
+    with FileJournal(crash, segment_bytes=400, durable_through=seq - 1) as j:
+        assert j.last_seq == seq - 1
+
+
+def test_durable_through_a_journal_that_ends_early(tmp_path: Path) -> None:
+    """Whole segments gone at the end: no torn record anywhere, still refused; the stale seal of the
+    segment that would become the active one is not rewritten."""
+    d = tmp_path / "j"
+    with FileJournal(d, segment_bytes=200) as j:
+        recs = fill(j, 40, batch=1)
+    files = segments(d)
+    assert len(files) > 3
+    files[-1].unlink()
+    files[-2].unlink()
+    end = int(files[-2].stem) - 1
+    before = _files(d)
+    with pytest.raises(JournalDamagedError) as err:
+        FileJournal(d, segment_bytes=200, durable_through=40)
+    assert (err.value.kept, err.value.needed, err.value.path) == (end, 40, None)
+    assert f"the journal ends at record {end}" in str(err.value)
+    assert _files(d) == before
+    with FileJournal(d, segment_bytes=200, durable_through=end) as j:
+        assert read_all(j) == recs[:end]
+        assert not j.created
+
+
+def test_durable_through_on_a_new_journal(tmp_path: Path) -> None:
+    with FileJournal(tmp_path / "j", start_seq=8, durable_through=7) as j:
+        assert j.created and (j.first_seq, j.last_seq) == (8, 7)
+        assert j.append([b"x"]) == 8
+
+
+def test_quarantine_segments(tmp_path: Path) -> None:
+    d = tmp_path / "j"
+    with FileJournal(d, segment_bytes=200) as j:
+        fill(j, 30)
+    before = _files(d)
+    folder = quarantine_segments(d)
+    assert folder == d / "damaged-1"
+    assert segments(d) == []
+    assert {f"damaged-1/{k}": v for k, v in before.items()} == _files(d)
+    with FileJournal(d, start_seq=50) as j:  # the folder is not mistaken for segments
+        assert j.created and j.first_seq == 50
+        j.append([b"fifty"])
+    assert quarantine_segments(d) == d / "damaged-2"
+    assert [p.name for p in (d / "damaged-2").iterdir()] == [f"{50:020d}.seg"]
+    with FileJournal(d, start_seq=51) as j:
+        assert j.first_seq == 51 and read_all(j) == []
 
 
 # --- sync and durability -------------------------------------------------------------------------

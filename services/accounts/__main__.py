@@ -13,6 +13,7 @@ from services.accounts.links import Forwarder, SettlementFeed
 from services.accounts.machine import CODEC, AccountsMachine
 from services.accounts.service import AccountsServicer, outbox_hook
 from services.common.config import load_config
+from services.common.failstop import FailStop
 from services.common.host import HostOptions, StateMachineHost
 from services.common.logs import setup_logging
 from services.common.rpc import configure, register_service, run_until_signal, start_metrics, start_server
@@ -28,11 +29,17 @@ def settled_of(host: StateMachineHost[object, AccountsMachine], shard: str) -> i
 def main() -> None:
     ap = argparse.ArgumentParser(prog="python -m services.accounts", description="Run the accounts service.")
     ap.add_argument("--config", default="deploy/exchange.toml")
+    ap.add_argument(
+        "--accept-snapshot-beyond-journal",
+        action="store_true",
+        help="after journal damage: take the latest snapshot as the truth and continue after it",
+    )
     args = ap.parse_args()
     config = load_config(args.config)
     acfg = config.accounts
     configure(process_security(config, acfg.source))
     setup_logging(acfg.source)
+    failstop = FailStop(acfg.source)
 
     async def run(stop: asyncio.Event) -> None:
         forwarders: dict[str, Forwarder] = {}
@@ -42,11 +49,15 @@ def main() -> None:
             restore=lambda data: AccountsMachine.restore(config.catalog, acfg.source, data),
             codec=CODEC,  # type: ignore[arg-type]
             options=HostOptions(
-                snapshot_every=acfg.snapshot_every, max_queue=acfg.max_queue, max_batch=acfg.max_batch
+                snapshot_every=acfg.snapshot_every,
+                max_queue=acfg.max_queue,
+                max_batch=acfg.max_batch,
+                accept_snapshot_beyond_journal=args.accept_snapshot_beyond_journal,
             ),
             retention_floor=lambda: min((f.acked for f in forwarders.values()), default=0),
         )
         await host.start()
+        failstop.arm(host, stop)
         for name, shard in config.shards.items():
             forwarders[name] = Forwarder(name, shard.listen, host, acfg.source, config.catalog)
         host.on_effects.append(outbox_hook(forwarders))
@@ -68,6 +79,7 @@ def main() -> None:
             ],
             [service.full_name],
         )
+        failstop.set_server(server)
         start_metrics(acfg.metrics_listen)
         tasks = [asyncio.create_task(f.run()) for f in forwarders.values()]
         tasks += [asyncio.create_task(f.run()) for f in feeds]
@@ -85,6 +97,7 @@ def main() -> None:
         log.info("stopped", extra={"applied_seq": host.machine.applied_seq})
 
     run_until_signal(run)
+    failstop.exit_if_failed()
 
 
 if __name__ == "__main__":

@@ -27,6 +27,13 @@ right before the first partial, corrupt or out-of-sequence record (its bytes wer
 so they were never acknowledged), with a warning; segments after a cut are deleted. Corruption in the
 trusted part raises JournalError on open (a damaged header) or on read (a damaged record), never skipped.
 
+A caller that knows records up to some sequence were durable (the host: a snapshot covers them) says
+so with `durable_through`. A tail repair that would cut any of those records - they were acknowledged,
+so this is damage, not a torn write - and a journal that simply ends before them both raise
+JournalDamagedError on open, and the files are left exactly as they were: nothing is cut or deleted.
+What to do then is the caller's decision (refuse to start; or, on an operator's explicit order, move
+the damaged segments aside with `quarantine_segments` and start a new journal after the snapshot).
+
 Reads use a sparse per-segment index of (seq, offset) entries (one every INDEX_RECORDS records or
 INDEX_BYTES bytes), maintained while appending and scanning and extended lazily for older segments,
 so a read seeks close to the requested record instead of scanning the segment.
@@ -85,6 +92,53 @@ class JournalError(Exception):
 
 class JournalGapError(JournalError):
     """The requested sequence was pruned (it is older than first_seq)."""
+
+
+class JournalDamagedError(JournalError):
+    """Opening would lose records known to be durable (see `durable_through`): the journal holds good
+    records only up to `kept` where records up to `needed` were durable. Nothing was changed on disk."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        directory: Path,
+        kept: int,
+        needed: int,
+        problem: str,
+        path: Path | None,
+        files: Sequence[Path],
+    ) -> None:
+        super().__init__(message)
+        self.directory = directory
+        self.kept = kept  # last good record (first_seq - 1 when none)
+        self.needed = needed  # records up to here were durable (acknowledged)
+        self.problem = problem  # what is wrong, for people
+        self.path = path  # the damaged segment file, when there is one
+        self.files = list(files)  # every segment file of the journal, untouched
+
+
+DAMAGED_PREFIX = "damaged-"
+
+
+def quarantine_segments(directory: str | os.PathLike[str]) -> Path:
+    """Move every segment file of the (closed) journal in `directory` into a new sub-folder
+    `damaged-<n>` (n one more than any such folder already there), durably; returns the folder. The
+    journal directory is then empty: a FileJournal opened on it starts at its `start_seq`."""
+    base = Path(directory)
+    taken = [
+        int(e.name[len(DAMAGED_PREFIX) :])
+        for e in os.scandir(base)
+        if e.is_dir() and e.name.startswith(DAMAGED_PREFIX) and e.name[len(DAMAGED_PREFIX) :].isdigit()
+    ]
+    folder = base / f"{DAMAGED_PREFIX}{max(taken, default=0) + 1}"
+    folder.mkdir()
+    for entry in sorted(os.scandir(base), key=lambda e: e.name):
+        if entry.name.endswith(SUFFIX) and entry.name[: -len(SUFFIX)].isdigit() and entry.is_file():
+            os.rename(entry.path, folder / entry.name)
+    _fsync_dir(folder)
+    _fsync_dir(base)
+    return folder
 
 
 class Journal(Protocol):
@@ -278,8 +332,16 @@ class FileJournal:
     """Journal on local segment files. See the module docstring for format, recovery and threads."""
 
     def __init__(
-        self, directory: str | os.PathLike[str], *, segment_bytes: int = 64 << 20, start_seq: int = 1
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        segment_bytes: int = 64 << 20,
+        start_seq: int = 1,
+        durable_through: int = 0,
     ) -> None:
+        """Open (verifying and repairing the tail) or create the journal in `directory`; a new one
+        numbers its first record `start_seq`. Records up to `durable_through` are known to have been
+        durable: JournalDamagedError (and no change on disk) if opening would lose any of them."""
         if segment_bytes < 1:
             raise ValueError(f"segment_bytes must be positive, not {segment_bytes}")
         if start_seq < 1:
@@ -296,7 +358,14 @@ class FileJournal:
         self._dir_dirty = False  # segment files created or deleted since the last sync
         self._failed: BaseException | None = None
         self._closed = False
-        self._open(start_seq)
+        self.created = False  # True when this open created the journal (no segment was there)
+        try:
+            self._open(start_seq, durable_through)
+        except BaseException:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+            raise
         self._last = self._segments[-1].last
         self._durable = self._last  # _open made everything it kept durable
 
@@ -305,7 +374,23 @@ class FileJournal:
     def _path(self, first: int) -> Path:
         return self._dir / f"{first:020d}{SUFFIX}"
 
-    def _open(self, start_seq: int) -> None:
+    def _damaged(
+        self, kept: int, needed: int, problem: str, path: Path | None, files: Sequence[Path]
+    ) -> JournalDamagedError:
+        where = f"{path}: " if path is not None else f"{self._dir}: "
+        lost = f"record {needed}" if kept + 1 == needed else f"records {kept + 1}..{needed}"
+        return JournalDamagedError(
+            f"{where}{problem}: the journal holds good records only up to {kept}, but {lost} "
+            f"had been made durable; the files were left unchanged",
+            directory=self._dir,
+            kept=kept,
+            needed=needed,
+            problem=problem,
+            path=path,
+            files=files,
+        )
+
+    def _open(self, start_seq: int, durable_through: int = 0) -> None:
         found: dict[int, Path] = {}
         for entry in os.scandir(self._dir):
             stem = entry.name[: -len(SUFFIX)]
@@ -319,6 +404,7 @@ class FileJournal:
             self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
             _fsync_dir(self._dir)
             self._install([_Segment(path, start_seq, start_seq - 1, 0)])
+            self.created = True
             return
         firsts = sorted(found)
         paths = [found[f] for f in firsts]
@@ -350,19 +436,38 @@ class FileJournal:
             if last < firsts[i]:
                 raise JournalError(f"{paths[i]}: an older segment without records")
             segments.append(_Segment(paths[i], firsts[i], last, sizes[i]))
-        # The tail: verify record by record, cut at the first bad record.
+        # The tail: verify record by record (reading only), decide where to cut, check that the cut
+        # keeps every record known to be durable, and only then change files.
+        plan: list[tuple[int, _Scan]] = []  # the tail segments kept; the last one becomes active
         for i in range(trusted + 1, n):
+            path, first, size = paths[i], firsts[i], sizes[i]
+            stop_after = None if i == n - 1 else firsts[i + 1] - 1
+            if states[i] == "ok":
+                fd = os.open(path, os.O_RDONLY)
+                try:
+                    scan = _scan(fd, first, size, stop_after)
+                finally:
+                    os.close(fd)
+            else:
+                problem = "torn segment header" if states[i] == "torn" else None
+                scan = _Scan(first - 1, 0, array("Q"), array("Q"), problem)
+            plan.append((i, scan))
+            if stop_after is None or scan.last != stop_after:
+                break  # the last segment, or one that ends early: everything after it goes
+        k, final = plan[-1]
+        cut = final.end != sizes[k] or k != n - 1
+        why = final.problem or f"records missing before the next segment (after offset {final.end})"
+        if final.last < durable_through:
+            if cut:
+                raise self._damaged(final.last, durable_through, why, paths[k], paths)
+            raise self._damaged(
+                final.last, durable_through, f"the journal ends at record {final.last}", None, paths
+            )
+        for i, scan in plan:
             path, first, size = paths[i], firsts[i], sizes[i]
             fd = os.open(path, os.O_RDWR)
             try:
-                is_last = i == n - 1
-                stop_after = None if is_last else firsts[i + 1] - 1
-                if states[i] == "ok":
-                    scan = _scan(fd, first, size, stop_after)
-                else:
-                    problem = "torn segment header" if states[i] == "torn" else None
-                    scan = _Scan(first - 1, 0, array("Q"), array("Q"), problem)
-                if not is_last and scan.last == stop_after:
+                if i != k:
                     # A complete rolled-over segment whose sync never finished: make it durable, seal it.
                     if scan.end != size:
                         log.warning(
@@ -378,7 +483,7 @@ class FileJournal:
                     os.close(fd)
                     segments.append(self._scanned(path, first, scan))
                     continue
-                if scan.end != size or not is_last:
+                if cut:
                     dropped = paths[i + 1 :]
                     log.warning(
                         "journal tail repaired: %s cut at offset %d (%d bytes dropped: %s); "
@@ -386,7 +491,7 @@ class FileJournal:
                         path,
                         scan.end,
                         size - scan.end,
-                        scan.problem or "records missing before the next segment",
+                        why,
                         len(dropped),
                         extra={"file": str(path), "offset": scan.end, "dropped_bytes": size - scan.end},
                     )
@@ -398,7 +503,6 @@ class FileJournal:
                 _datasync(fd)  # what a crashed process left in the page cache is durable from now on
                 segments.append(self._scanned(path, first, scan))
                 self._fd = fd
-                break
             except BaseException:
                 if self._fd != fd:
                     os.close(fd)

@@ -1,0 +1,569 @@
+"""StateMachineHost recovery: the journals and the restored machine never disagree on numbering.
+
+A small deterministic machine records, for every command it applies, the sequence it applied it as,
+and numbers its events itself; the tests damage the command journal and the event log (a flipped
+byte in a payload or a record header, a cut inside a record, a cut at a record boundary) at every one
+of the last records, with a snapshot before, inside or after the damaged range, and check after the
+restart and after new commands that record n of the journal is the command the machine applied as n
+and event n of the log is the machine's event n. A snapshot covering lost records must refuse to
+start (naming the lost sequences, changing nothing on disk) unless the operator accepts the snapshot.
+
+Also: the event-stream range check (from_sequence past the end + 1), against the host and against
+real accounts and matching processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import shutil
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+import pytest
+from exchange.v1 import accounts_service_pb2 as apb
+from exchange.v1 import matching_service_pb2 as mpb
+
+from services.common.errors import FailedPrecondition, OutOfRange, Reason
+from services.common.host import HostOptions, RecoveryError, StateMachineHost
+from services.common.journal import DATA_START, RECORD, FileJournal
+from services.common.rpc import error_reason
+from services.common.statemachine import CodecSpec, Outcome
+from tests.cluster import Cluster
+
+T = TypeVar("T")
+
+
+class Tally:
+    """Command = an int v: refused when negative, ignored (not journaled) when 0, else adds v to
+    the total and emits v % 3 events `e<n>:c<seq>:v<v>` (n = its own event number)."""
+
+    def __init__(self, applied_seq: int = 0, event_seq: int = 0, log: list[list[int]] | None = None) -> None:
+        self._applied_seq = applied_seq
+        self._event_seq = event_seq
+        self.log: list[list[int]] = log or []  # [seq, value] of every command applied
+
+    @property
+    def applied_seq(self) -> int:
+        return self._applied_seq
+
+    @property
+    def event_seq(self) -> int:
+        return self._event_seq
+
+    def apply(self, seq: int, time_us: int, command: int) -> Outcome:
+        if command < 0:
+            raise FailedPrecondition("negative", Reason.INVALID_FIELD)
+        if command == 0:
+            return Outcome(result=0, journal=False)
+        events = []
+        for _ in range(command % 3):
+            self._event_seq += 1
+            events.append(f"e{self._event_seq}:c{seq}:v{command}".encode())
+        self._applied_seq = seq
+        self.log.append([seq, command])
+        return Outcome(result=seq, events=events)
+
+    def snapshot(self) -> bytes:
+        return json.dumps([self._applied_seq, self._event_seq, self.log]).encode()
+
+    @classmethod
+    def restore(cls, data: bytes | None) -> Tally:
+        if data is None:
+            return cls()
+        applied, events, log = json.loads(data)
+        return cls(applied, events, log)
+
+    def state_hash(self) -> str:
+        return str(self.snapshot())
+
+
+CODEC: CodecSpec[int] = CodecSpec(
+    encode=lambda c, t: f"{c},{t}".encode(),
+    decode=lambda r: (int(r.split(b",")[0]), int(r.split(b",")[1])),
+)
+
+
+def run(coro: Awaitable[T]) -> T:
+    async def main() -> T:
+        return await asyncio.wait_for(coro, 60)  # a hang fails the test instead of blocking it
+
+    return asyncio.run(main())
+
+
+def make_host(
+    d: Path, retention_floor: Callable[[], int] | None = None, **options: Any
+) -> StateMachineHost[int, Tally]:
+    opts = {"snapshot_every": 0, "fork_snapshots": False, **options}
+    return StateMachineHost(
+        "tally",
+        d,
+        restore=Tally.restore,
+        codec=CODEC,
+        options=HostOptions(**opts),
+        retention_floor=retention_floor,
+    )
+
+
+async def started(
+    d: Path, retention_floor: Callable[[], int] | None = None, **options: Any
+) -> StateMachineHost[int, Tally]:
+    host = make_host(d, retention_floor, **options)
+    await host.start()
+    return host
+
+
+def read_all(j: FileJournal) -> list[tuple[int, bytes]]:
+    out: list[tuple[int, bytes]] = []
+    seq = j.first_seq
+    while seq <= j.last_seq:
+        recs = j.read(seq, max_records=1000)
+        out.extend(recs)
+        seq = recs[-1][0] + 1
+    return out
+
+
+def assert_consistent(host: StateMachineHost[int, Tally]) -> None:
+    """Record n of the command journal is what the machine applied as n; event n of the event log is
+    the machine's event n; both journals end where the machine is."""
+    m = host.machine
+    assert host.commands.last_seq == m.applied_seq
+    assert host.events.last_seq == m.event_seq
+    assert host.durable_event_seq == m.event_seq
+    applied = {seq: value for seq, value in m.log}
+    for seq, payload in read_all(host.commands):  # type: ignore[arg-type]
+        assert applied.get(seq) == CODEC.decode(payload)[0], f"journal record {seq}"
+    for seq, payload in read_all(host.events):  # type: ignore[arg-type]
+        n, c, v = payload.decode().split(":")
+        assert n == f"e{seq}", f"event {seq} holds {payload!r}"
+        assert applied.get(int(c[1:])) == int(v[1:]), f"event {seq} names command {c}"
+
+
+VALUES = [4, 5, 7, 8, 10, 11, 13, 14, 16, 17, 19, 20]  # each one or two events: none without
+
+
+async def build(d: Path, snapshot_after: int | None) -> None:
+    """Journal VALUES (one command per batch), snapshot after command `snapshot_after`, stop
+    without a final snapshot (as a crash would leave it)."""
+    host = await started(d)
+    for i, v in enumerate(VALUES, 1):
+        assert await host.submit(v) == i
+        if i == snapshot_after:
+            assert await host.snapshot_now() == i
+    await host.stop(snapshot=False)
+
+
+def segment(d: Path, log: str = "commands") -> Path:
+    (seg,) = sorted((d / log).glob("*.seg"))
+    return seg
+
+
+def records(path: Path) -> list[tuple[int, int, int]]:
+    data = path.read_bytes()
+    out, pos = [], DATA_START
+    while pos < len(data):
+        length, _, seq = RECORD.unpack_from(data, pos)
+        out.append((seq, pos, RECORD.size + length))
+        pos += RECORD.size + length
+    return out
+
+
+def damage(path: Path, seq: int, how: str) -> None:
+    data = bytearray(path.read_bytes())
+    _, off, length = next(r for r in records(path) if r[0] == seq)
+    if how == "flip_payload":
+        data[off + RECORD.size] ^= 0x01
+    elif how == "flip_header":
+        data[off + 4] ^= 0x80  # the CRC
+    elif how == "cut_inside":
+        del data[off + length // 2 :]
+    elif how == "cut_before":  # a clean end: the file just stops before this record
+        del data[off:]
+    path.write_bytes(bytes(data))
+
+
+def tree(d: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+DAMAGES = ["flip_payload", "flip_header", "cut_inside", "cut_before"]
+N = len(VALUES)
+LAST = range(N - 4, N + 1)  # the damaged record: each of the last five
+
+
+async def cut_tail_case(d: Path, bad: int) -> None:
+    """A damaged record after the snapshot: it is cut as a torn tail and numbering stays intact."""
+    host = await started(d)
+    assert host.machine.applied_seq == bad - 1
+    assert_consistent(host)
+    assert await host.submit(99) == bad  # the next record is numbered as the machine applies it
+    assert_consistent(host)
+    await host.stop()
+    host = await started(d)
+    assert host.machine.applied_seq == bad
+    assert_consistent(host)
+    await host.stop()
+
+
+async def accepted_case(d: Path, snap: int, **options: Any) -> None:
+    """After accepting the snapshot: numbering continues after it, and stays so on later restarts."""
+    host = await started(d, accept_snapshot_beyond_journal=True, **options)
+    assert host.machine.applied_seq == snap
+    assert (host.commands.first_seq, host.commands.last_seq) == (snap + 1, snap)
+    assert_consistent(host)
+    assert await host.submit(99) == snap + 1
+    assert await host.submit(22) == snap + 2
+    assert_consistent(host)
+    await host.stop(snapshot=False)
+    host = await started(d, **options)  # and from then on without the option: nothing is missing
+    assert host.machine.applied_seq == snap + 2
+    assert_consistent(host)
+    await host.stop()
+
+
+def critical_lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.levelno >= logging.CRITICAL]
+
+
+@pytest.mark.parametrize("snapshot_after", [None, N - 5, N - 2, N])
+@pytest.mark.parametrize("how", DAMAGES)
+def test_damaged_command_journal_tail(
+    tmp_path: Path, how: str, snapshot_after: int | None, caplog: pytest.LogCaptureFixture
+) -> None:
+    src = tmp_path / "src"
+    run(build(src, snapshot_after))
+    snap = snapshot_after or 0
+    name = segment(src).name
+    for bad in LAST:
+        d = _copy(src, tmp_path / f"bad{bad}")
+        damage(segment(d), bad, how)
+        if bad > snap:
+            run(cut_tail_case(d, bad))
+            continue
+        # The snapshot holds commands bad..snap that the journal lost: refuse, name them, touch nothing.
+        before = tree(d)
+        caplog.clear()
+        with (
+            caplog.at_level(logging.CRITICAL, logger="services.common.host"),
+            pytest.raises(RecoveryError) as err,
+        ):
+            run(started(d))
+        lost = f"{bad}..{snap}" if bad < snap else f"{snap}"
+        message = str(err.value)
+        assert f"command{'s' if bad < snap else ''} {lost}" in message, message
+        assert "--accept-snapshot-beyond-journal" in message and "backup" in message
+        assert str(segment(d)) in message
+        assert tree(d) == before, "a refused start changes nothing on disk"
+        (line,) = critical_lines(caplog)
+        assert lost in line.getMessage()
+        assert (line.__dict__["lost_first"], line.__dict__["lost_last"]) == (bad, snap)
+        # The operator accepts the snapshot: the journal continues after it, the damage is kept aside.
+        caplog.clear()
+        with caplog.at_level(logging.CRITICAL, logger="services.common.host"):
+            run(accepted_case(d, snap))
+        assert any("damaged-1" in r.getMessage() for r in critical_lines(caplog))
+        kept = d / "commands" / "damaged-1" / name
+        assert kept.read_bytes() == before[f"commands/{name}"], "the damaged segment, as it was"
+
+
+@pytest.mark.parametrize("snapshot_after", [N - 5, N])
+def test_every_byte_of_the_last_records(tmp_path: Path, snapshot_after: int) -> None:
+    """A flipped byte at every offset of the last three records, and a cut at every offset: with
+    the snapshot after them a refusal naming exactly the lost commands, before them a torn tail cut
+    with the numbering intact."""
+    src = tmp_path / "src"
+    run(build(src, snapshot_after))
+    name = segment(src).name
+    original = (src / "commands" / name).read_bytes()
+    spans = [r for r in records(src / "commands" / name) if r[0] > N - 3]
+    d = tmp_path / "d"
+    for seq, off, length in spans:
+        for pos in range(off, off + length):
+            for how in ("flip", "cut"):
+                data = bytearray(original)
+                if how == "flip":
+                    data[pos] ^= 0xFF
+                else:
+                    del data[pos:]
+                _copy(src, d)
+                (d / "commands" / name).write_bytes(bytes(data))
+                if snapshot_after >= seq:
+                    with pytest.raises(RecoveryError) as err:
+                        run(started(d))
+                    lost = f"{seq}..{N}" if seq < N else f"{N}"
+                    assert f"lost acknowledged command{'s' if seq < N else ''} {lost}:" in str(err.value)
+                    assert (d / "commands" / name).read_bytes() == bytes(data)
+                else:
+                    run(cut_tail_case(d, seq))
+                shutil.rmtree(d)
+
+
+async def regenerated_case(d: Path, original: dict[int, bytes]) -> None:
+    host = await started(d)
+    assert host.machine.applied_seq == N
+    assert_consistent(host)
+    assert dict(read_all(host.events)) == original  # type: ignore[arg-type]
+    assert await host.submit(5) == N + 1
+    assert_consistent(host)
+    await host.stop()
+
+
+async def accepted_events_case(d: Path, covered: int) -> None:
+    host = await started(d, accept_snapshot_beyond_journal=True)
+    assert host.events.first_seq == covered + 1
+    assert host.machine.applied_seq == N
+    assert_consistent(host)
+    assert await host.submit(5) == N + 1
+    assert_consistent(host)
+    await host.stop(snapshot=False)
+    host = await started(d)
+    assert_consistent(host)
+    await host.stop()
+
+
+async def event_log_of(d: Path) -> tuple[dict[int, bytes], int]:
+    host = await started(d)
+    events = dict(read_all(host.events))  # type: ignore[arg-type]
+    await host.stop(snapshot=False)
+    return events, host.machine.event_seq
+
+
+@pytest.mark.parametrize("how", DAMAGES)
+def test_damaged_event_log_tail(tmp_path: Path, how: str) -> None:
+    """Events the snapshot covers are needed (their commands are not replayed); later ones are
+    regenerated by the replay."""
+    src = tmp_path / "src"
+    snap = N - 3
+    run(build(src, snap))
+    original, last_event = run(event_log_of(_copy(src, tmp_path / "probe")))
+    covered = max(s for s, p in original.items() if int(p.decode().split(":")[1][1:]) <= snap)
+    assert covered < last_event - 1
+    for bad in range(last_event - 5, last_event + 1):
+        d = _copy(src, tmp_path / f"bad{bad}")
+        damage(segment(d, "events"), bad, how)
+        if bad > covered:
+            run(regenerated_case(d, original))
+            continue
+        before = tree(d)
+        with pytest.raises(RecoveryError) as err:
+            run(started(d))
+        lost = f"{bad}..{covered}" if bad < covered else f"{covered}"
+        assert f"event{'s' if bad < covered else ''} {lost}" in str(err.value), str(err.value)
+        assert tree(d) == before
+        run(accepted_events_case(d, covered))
+        assert (d / "events" / "damaged-1" / segment(src, "events").name).exists()
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_journal_lost_whole_segments_under_the_snapshot(tmp_path: Path) -> None:
+    """Several segments; the newest ones vanish (no torn record at all): still a refusal."""
+    d = tmp_path / "d"
+
+    async def build_many() -> None:
+        host = await started(d, lambda: 0, segment_bytes=64)  # keeps every segment
+        for v in VALUES:
+            await host.submit(v)
+        await host.snapshot_now()
+        await host.stop(snapshot=False)
+
+    run(build_many())
+    segs = sorted((d / "commands").glob("*.seg"))
+    assert len(segs) > 3
+    segs[-1].unlink()
+    segs[-2].unlink()
+    first_missing = int(segs[-2].stem)
+    before = tree(d)
+    with pytest.raises(RecoveryError) as err:
+        run(started(d, segment_bytes=64))
+    assert f"commands {first_missing}..{N}" in str(err.value)
+    assert tree(d) == before, "not even a seal is rewritten"
+    run(accepted_case(d, N, segment_bytes=64))
+    assert len(list((d / "commands" / "damaged-1").glob("*.seg"))) == len(segs) - 2
+
+
+def test_second_accept_uses_a_new_damaged_folder(tmp_path: Path) -> None:
+    d = tmp_path / "d"
+    run(build(d, N))
+
+    async def damaged_again(k: int) -> int:
+        host = await started(d, accept_snapshot_beyond_journal=True)
+        seq = await host.submit(8)
+        await host.snapshot_now()
+        await host.stop(snapshot=False)
+        return seq
+
+    for k in (1, 2):
+        damage(segment(d), max(s for s, _, _ in records(segment(d))), "flip_payload")
+        assert run(damaged_again(k)) == N + k
+        assert (d / "commands" / f"damaged-{k}").is_dir()
+
+    async def final() -> None:
+        host = await started(d)
+        assert host.machine.applied_seq == N + 2
+        assert_consistent(host)
+        await host.stop()
+
+    run(final())
+
+
+def test_clean_restarts_keep_numbering(tmp_path: Path) -> None:
+    """No damage: stop with and without the final snapshot; refused and ignored commands take no
+    number."""
+    d = tmp_path / "d"
+    run(build(d, 5))
+
+    async def once(final: bool) -> None:
+        host = await started(d)
+        assert_consistent(host)
+        with pytest.raises(FailedPrecondition):
+            await host.submit(-1)
+        assert await host.submit(0) == 0  # not journaled
+        nxt = host.machine.applied_seq + 1
+        assert await host.submit(4) == nxt
+        assert_consistent(host)
+        await host.stop(snapshot=final)
+
+    for final in (False, True, False):
+        run(once(final))
+
+
+# --- event streams: from_sequence past the end ---------------------------------------------------
+
+
+async def _first_chunk(host: StateMachineHost[int, Tally], from_seq: int) -> list[tuple[int, bytes]]:
+    async for chunk in host.follow_events(from_seq):
+        return chunk
+    raise AssertionError("stream ended")
+
+
+def test_follow_events_past_the_end_is_out_of_range(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        host = await started(tmp_path / "d")
+        for v in (4, 5, 7):  # events 1..4
+            await host.submit(v)
+        last = host.durable_event_seq
+        assert last == 4
+        for bad in (last + 2, last + 1000, 2**64 - 1):
+            with pytest.raises(OutOfRange) as err:
+                await _first_chunk(host, bad)
+            assert err.value.reason == Reason.SEQUENCE_OUT_OF_RANGE
+            assert str(last) in err.value.message
+            with pytest.raises(OutOfRange):
+                host.check_event_from(bad)
+        host.check_event_from(last + 1)
+        assert (await _first_chunk(host, last))[0][0] == last
+        # last + 1 is valid: it waits for the next event.
+        waiter = asyncio.ensure_future(_first_chunk(host, last + 1))
+        await asyncio.sleep(0.05)
+        assert not waiter.done()
+        await host.submit(4)
+        chunk = await waiter
+        assert chunk[0][0] == last + 1
+        await host.stop()
+
+    run(scenario())
+
+
+def _stream_error(call: Callable[[], Any]) -> grpc.RpcError:
+    started_at = time.monotonic()
+    with pytest.raises(grpc.RpcError) as err:
+        for _ in call():
+            pass
+    assert time.monotonic() - started_at < 20, "answered at the deadline, not at once"
+    return err.value
+
+
+@pytest.mark.slow
+def test_streams_refuse_from_sequence_past_the_end(tmp_path: Path) -> None:
+    c = Cluster(tmp_path)
+    c.start()
+    try:
+        c.accounts.Deposit(
+            apb.DepositRequest(user_id=1, asset="USDT", amount="100", business="d", business_id="1")
+        )
+        st = c.accounts.GetAccountsStatus(apb.GetAccountsStatusRequest())
+        a_last = st.event_sequence
+        assert a_last >= 1
+        m_last = c.matching().GetMatchingStatus(mpb.GetMatchingStatusRequest()).event_sequence
+        for forged in (a_last + 2, 2**64 - 1):
+            for call in (
+                lambda f=forged: c.accounts.StreamAccountEvents(
+                    apb.StreamAccountEventsRequest(from_sequence=f), timeout=30
+                ),
+                lambda f=forged: c.accounts.StreamUserEvents(
+                    apb.StreamUserEventsRequest(user_id=1, from_sequence=f), timeout=30
+                ),
+            ):
+                e = _stream_error(call)
+                assert e.code() == grpc.StatusCode.OUT_OF_RANGE, e
+                assert error_reason(e) == "SEQUENCE_OUT_OF_RANGE"
+        for forged in (m_last + 2, 2**64 - 1):
+            e = _stream_error(
+                lambda f=forged: c.matching().StreamEvents(
+                    mpb.StreamEventsRequest(from_sequence=f), timeout=30
+                )
+            )
+            assert e.code() == grpc.StatusCode.OUT_OF_RANGE, e
+            assert error_reason(e) == "SEQUENCE_OUT_OF_RANGE"
+        # last + 1 is valid: the stream waits (here until its deadline) instead of refusing.
+        for call in (
+            lambda: c.accounts.StreamAccountEvents(
+                apb.StreamAccountEventsRequest(from_sequence=a_last + 1), timeout=1
+            ),
+            lambda: c.accounts.StreamUserEvents(
+                apb.StreamUserEventsRequest(user_id=1, from_sequence=a_last + 1), timeout=1
+            ),
+            lambda: c.matching().StreamEvents(mpb.StreamEventsRequest(from_sequence=m_last + 1), timeout=1),
+        ):
+            with pytest.raises(grpc.RpcError) as err:
+                for _ in call():
+                    pass
+            assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    finally:
+        c.stop()
+
+
+# --- the field case, end to end: a real accounts process --------------------------------------
+
+
+@pytest.mark.slow
+def test_accounts_refuses_a_snapshot_beyond_its_journal_and_accepts_it_on_request(tmp_path: Path) -> None:
+    c = Cluster(tmp_path, accounts_options={"snapshot_every": 5})
+    c.start(["accounts-0"])
+    try:
+        for i in range(5):  # the fifth command triggers a snapshot at 5
+            c.accounts.Deposit(
+                apb.DepositRequest(user_id=1, asset="USDT", amount="1", business="d", business_id=str(i))
+            )
+        c.kill("accounts-0", signal.SIGTERM)  # a clean stop: final snapshot at 5 as well
+        data = tmp_path / "data" / "accounts-0"
+        seg = segment(data)
+        assert records(seg)[-1][0] == 5
+        damage(seg, 5, "flip_payload")  # "CRC mismatch in record 5", under the snapshot at 5
+        with pytest.raises(RuntimeError, match="exited"):
+            c.start(["accounts-0"], timeout=60)
+        log = c.log("accounts-0")
+        assert "lost acknowledged command 5" in log and "--accept-snapshot-beyond-journal" in log
+        c.procs.pop("accounts-0", None)
+        c.services = [
+            (n, [*a, "--accept-snapshot-beyond-journal"] if n == "accounts-0" else a) for n, a in c.services
+        ]
+        c.start(["accounts-0"])
+        resp = c.accounts.Deposit(
+            apb.DepositRequest(user_id=1, asset="USDT", amount="1", business="d", business_id="next")
+        )
+        assert resp.sequence == 6  # the journal's next record is the snapshot's next command
+        assert (data / "commands" / "damaged-1" / seg.name).exists()
+        bal = c.accounts.GetBalances(apb.GetBalancesRequest(user_id=1, assets=["USDT"])).balances[0]
+        assert bal.available.startswith("6")
+    finally:
+        c.stop()
