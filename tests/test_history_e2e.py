@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import stat
 import time
 from decimal import Decimal
 from pathlib import Path
 
+import grpc
 import pytest
 from exchange.v1 import accounts_service_pb2 as apb
 from exchange.v1 import history_service_pb2 as hpb
 from exchange.v1 import history_service_pb2_grpc as hgrpc
 from exchange.v1 import matching_service_pb2 as mpb
 from exchange.v1 import types_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.common.rpc import error_reason
+from services.history.service import SERVICE_NAME
 from tests.cluster import Cluster, assert_invariants
 
 pytestmark = pytest.mark.slow
@@ -114,5 +119,42 @@ def test_history_records_the_exchange(tmp_path: Path) -> None:
         bal = {b.asset: b for b in c.accounts.GetBalances(apb.GetBalancesRequest(user_id=1)).balances}
         assert Decimal(bal["USDT"].available) == avail and Decimal(bal["USDT"].frozen) == frozen
         assert entries[0].business == "deposit" and entries[0].business_id == "tx1"
+
+        # Healthy: SERVING, nothing listed as unstorable.
+        hs = history.GetHistoryStatus(hpb.GetHistoryStatusRequest())
+        assert not hs.failed_sequences and not hs.failure_reasons
+        health = health_pb2_grpc.HealthStub(c.channel("history"))
+        check = health_pb2.HealthCheckRequest(service=SERVICE_NAME)
+        assert health.Check(check).status == health_pb2.HealthCheckResponse.SERVING
+
+        # Page tokens are signed with the exchange's generated key (0600), which survives a restart;
+        # an altered token is refused.
+        key_file = c.dir / "data" / "secrets" / "credentials.json"
+        assert len(c.security().credentials.page_token_key) == 32
+        assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+        request = hpb.ListBalanceHistoryRequest(user_id=1, asset="USDT", page_size=2)
+        first = history.ListBalanceHistory(request)
+        second = history.ListBalanceHistory(
+            hpb.ListBalanceHistoryRequest(
+                user_id=1, asset="USDT", page_size=2, page_token=first.next_page_token
+            )
+        )
+        assert first.next_page_token and second.entries
+        c.restart("history")
+        history = hgrpc.HistoryServiceStub(c.channel("history"))
+        again = history.ListBalanceHistory(
+            hpb.ListBalanceHistoryRequest(
+                user_id=1, asset="USDT", page_size=2, page_token=first.next_page_token
+            )
+        )
+        assert list(again.entries) == list(second.entries)
+        token = first.next_page_token
+        altered = token[:-3] + ("AAA" if token[-3:] != "AAA" else "BBB")
+        with pytest.raises(grpc.RpcError) as info:
+            history.ListBalanceHistory(
+                hpb.ListBalanceHistoryRequest(user_id=1, asset="USDT", page_size=2, page_token=altered)
+            )
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+        assert error_reason(info.value) == "INVALID_PAGE_TOKEN"  # type: ignore[arg-type]
     finally:
         c.stop()

@@ -31,6 +31,15 @@ MAX_TEXT = 256  # any other free text
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 
+# --- market data: the `limit` of a K-line, recent-trade or depth request (not paged): 0 means the
+# default; above the maximum it is refused (VALUE_OUT_OF_RANGE).
+DEFAULT_KLINES = 500
+MAX_KLINES = 1500
+DEFAULT_RECENT_TRADES = 100
+MAX_RECENT_TRADES = 1000
+DEFAULT_DEPTH_LEVELS = 20
+MAX_DEPTH_LEVELS = 5000
+
 
 def page_size(requested: int) -> int:
     """The page size a list call uses: 0 means the default; above the maximum it is clamped to

@@ -1,7 +1,8 @@
 """python -m services.history --config deploy/exchange.toml
 
 Runs the migrations to head, follows every matching shard and accounts, serves HistoryService (with
-health and reflection) on [history] listen; SIGINT/SIGTERM stop it cleanly."""
+health and reflection) on [history] listen; SIGINT/SIGTERM stop it cleanly. Page tokens are signed
+with the key of services.history.keys.page_token_key (the exchange's generated secrets)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from services.common.logs import setup_logging
 from services.common.rpc import configure, run_until_signal
 from services.common.security import process_security
 from services.history.app import HistoryApp
+from services.history.keys import page_token_key
 
 log = logging.getLogger("services.history")
 
@@ -29,9 +31,14 @@ def main() -> None:
     setup_logging("history")
     config = load_config(args.config)
     configure(process_security(config, "history"))
+    try:
+        key = page_token_key(config)
+    except (OSError, ValueError) as exc:
+        log.error("history cannot start: no page-token key", extra={"error": f"{type(exc).__name__}: {exc}"})
+        raise SystemExit(1) from None
 
     async def run(stop: asyncio.Event) -> None:
-        app = HistoryApp(config, database_url=args.database_url or None)
+        app = HistoryApp(config, page_token_key=key, database_url=args.database_url or None)
         try:
             await app.start()
         except Exception as exc:

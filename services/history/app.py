@@ -1,12 +1,16 @@
 """The history process: migrate, consume, serve.
 
-    app = HistoryApp(config)        # engine from config.history_url()
+    app = HistoryApp(config, page_token_key=key)  # engine from config.history_url()
     await app.start()               # alembic upgrade head, gRPC server, one consumer per source
     ...
     await app.stop()
 
 Sources: every shard in config.shards (name -> its listen address, MatchingService.StreamEvents) and
 accounts (config.accounts.source at config.accounts.listen, AccountsService.StreamAccountEvents).
+
+Health: HistoryService is SERVING while every source stores its events; while a source's next event
+cannot be stored (StreamConsumer.failure) it is NOT_SERVING, and GetHistoryStatus names the source, the
+event and why. Queries keep being answered either way.
 """
 
 from __future__ import annotations
@@ -15,10 +19,11 @@ import asyncio
 import logging
 
 from exchange.v1 import history_service_pb2_grpc
+from grpc_health.v1 import health_pb2
 
 from services.common.config import ExchangeConfig
 from services.common.rpc import ServerHandle, start_metrics, start_server
-from services.history.consumer import DbWorker, StreamConsumer
+from services.history.consumer import DbWorker, StoreFailure, StreamConsumer
 from services.history.queries import HistoryQueries
 from services.history.service import SERVICE_NAME, HistoryServicer
 from services.history.store import HistoryStore, create_history_engine, describe_url, migrate
@@ -27,19 +32,33 @@ log = logging.getLogger("services.history")
 
 
 class HistoryApp:
-    def __init__(self, config: ExchangeConfig, *, database_url: str | None = None) -> None:
+    def __init__(
+        self, config: ExchangeConfig, *, page_token_key: bytes, database_url: str | None = None
+    ) -> None:
         self.config = config
         self.engine = create_history_engine(database_url or config.history_url())
         self.database = describe_url(self.engine)
         self.store = HistoryStore(self.engine)
-        self.queries = HistoryQueries(self.engine, config.catalog)
+        self.queries = HistoryQueries(self.engine, config.catalog, page_token_key=page_token_key)
         self.servicer = HistoryServicer(
-            self.queries, config.catalog, checkpoints=self.store.checkpoints, database=self.database
+            self.queries,
+            config.catalog,
+            checkpoints=self.store.checkpoints,
+            database=self.database,
+            failures=self.failures,
         )
         self.worker = DbWorker()
         batch = config.history.batch_size
         self.consumers = [
-            StreamConsumer(name, "matching", shard.listen, self.store, self.worker, batch_events=batch)
+            StreamConsumer(
+                name,
+                "matching",
+                shard.listen,
+                self.store,
+                self.worker,
+                batch_events=batch,
+                on_failure_change=self._update_health,
+            )
             for name, shard in sorted(config.shards.items())
         ]
         self.consumers.append(
@@ -50,10 +69,26 @@ class HistoryApp:
                 self.store,
                 self.worker,
                 batch_events=batch,
+                on_failure_change=self._update_health,
             )
         )
         self.server: ServerHandle | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+
+    def failures(self) -> dict[str, StoreFailure]:
+        """The sources whose next event cannot be stored."""
+        return {c.source: c.failure for c in self.consumers if c.failure is not None}
+
+    async def _update_health(self) -> None:
+        if self.server is None or self._stopping:
+            return
+        status = (
+            health_pb2.HealthCheckResponse.NOT_SERVING
+            if self.failures()
+            else health_pb2.HealthCheckResponse.SERVING
+        )
+        await self.server.health.set(SERVICE_NAME, status)
 
     async def start(self) -> None:
         await asyncio.to_thread(migrate, self.engine)
@@ -68,6 +103,7 @@ class HistoryApp:
         ]
 
     async def stop(self) -> None:
+        self._stopping = True
         if self.server is not None:
             await self.server.set_serving(False)
         for t in self._tasks:

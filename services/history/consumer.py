@@ -8,8 +8,21 @@ the event rate, and a full queue pushes back on the stream (gRPC flow control).
 
 Failures: a stream that ends or fails (UNAVAILABLE while the upstream restarts) reconnects with
 exponential backoff. OUT_OF_RANGE (the upstream no longer keeps the events after our checkpoint) is
-logged as an error and retried slowly: it needs an operator, and skipping would lose rows. A database
-error or a gap in the sequences drops the session; the next one resumes from the stored checkpoint.
+logged as an error and retried slowly: it needs an operator, and skipping would lose rows. A transient
+database error (connection lost, lock timeout: HistoryStore.is_transient) drops the session, is logged
+and retried with the same backoff; the next session resumes from the stored checkpoint.
+
+An event that cannot be stored (a value out of range for its column, a constraint the data breaks, a
+gap or an event of another source: anything else an ingest raises) fails the same way on every retry,
+so it is not retried fast: the consumer stores the events before it (the failing batch is split until
+the first event that fails is found), then the source is in `failure` (StoreFailure: the sequence, a
+one-line reason). That is logged once as one line, then as a short reminder at most every
+`reminder_s`; exchange_history_store_failed{source} is 1 and `on_failure_change` is awaited (the app
+then reports NOT_SERVING). The consumer keeps retrying every `store_failed_retry_s` from the stored
+checkpoint, so it resumes by itself once the event can be stored (database or code fixed, upstream
+corrected): then the failure is cleared, logged, and the gauge is 0 again. An unexpected error outside
+an ingest (a bug) is handled the same way, its traceback logged once, and cleared by the next event
+stored. Retries while failing log nothing more (DEBUG only).
 """
 
 from __future__ import annotations
@@ -17,8 +30,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 import grpc
@@ -27,10 +41,10 @@ from exchange.v1 import accounts_service_pb2_grpc as agrpc
 from exchange.v1 import matching_service_pb2 as mpb
 from exchange.v1 import matching_service_pb2_grpc as mgrpc
 from prometheus_client import Gauge
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError
 
 from services.common.rpc import channel
-from services.history.store import GapError, HistoryStore, IngestResult, SourceMismatch
+from services.history.store import HistoryStore, IngestRefused, IngestResult
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +58,16 @@ QUEUED = Gauge("exchange_history_queued_responses", "Responses received and not 
 LAG = Gauge(
     "exchange_history_lag_events", "Events the upstream has published that are not stored yet", ["source"]
 )
+STORE_FAILED = Gauge(
+    "exchange_history_store_failed",
+    "1 while the source's next event cannot be stored (see GetHistoryStatus and the log)",
+    ["source"],
+)
+FAILED_SEQUENCE = Gauge(
+    "exchange_history_store_failed_sequence",
+    "The sequence of the event that cannot be stored (0 when none)",
+    ["source"],
+)
 
 Kind = Literal["matching", "accounts"]
 
@@ -51,6 +75,39 @@ BACKOFF_START_S = 0.05
 BACKOFF_MAX_S = 2.0
 OUT_OF_RANGE_RETRY_S = 10.0
 STATUS_POLL_S = 5.0
+STORE_FAILED_RETRY_S = 5.0
+REMINDER_S = 60.0
+REASON_CHARS = 300
+
+
+@dataclass(frozen=True)
+class StoreFailure:
+    """A source whose next event history cannot store."""
+
+    source: str
+    sequence: int  # the first event not stored
+    reason: str  # one line
+    since: float  # time.time() when it was first seen
+
+
+class StoreFailed(Exception):
+    """Raised out of a session: the event `sequence` cannot be stored (the events before it are)."""
+
+    def __init__(self, sequence: int, reason: str) -> None:
+        super().__init__(f"event {sequence}: {reason}")
+        self.sequence = sequence
+        self.reason = reason
+
+
+def describe(exc: BaseException) -> str:
+    """One line naming what went wrong: the driver's error without SQLAlchemy's statement and
+    parameters, cut to REASON_CHARS characters."""
+    base: BaseException = exc
+    if isinstance(exc, DBAPIError) and exc.orig is not None:
+        base = exc.orig
+    text = " ".join(str(base).split())
+    line = f"{type(base).__name__}: {text}" if text else type(base).__name__
+    return line if len(line) <= REASON_CHARS else line[: REASON_CHARS - 1] + "…"
 
 
 class DbWorker:
@@ -90,6 +147,9 @@ class StreamConsumer:
         queue_responses: int = 64,
         out_of_range_retry_s: float = OUT_OF_RANGE_RETRY_S,
         status_poll_s: float = STATUS_POLL_S,
+        store_failed_retry_s: float = STORE_FAILED_RETRY_S,
+        reminder_s: float = REMINDER_S,
+        on_failure_change: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.source = source
         self.kind = kind
@@ -101,6 +161,11 @@ class StreamConsumer:
         self.queue_responses = queue_responses
         self.out_of_range_retry_s = out_of_range_retry_s
         self.status_poll_s = status_poll_s
+        self.store_failed_retry_s = store_failed_retry_s
+        self.reminder_s = reminder_s
+        self.on_failure_change = on_failure_change
+        self.failure: StoreFailure | None = None  # the event that cannot be stored, while it cannot
+        self._reminded = 0.0  # time.monotonic() of the last log line about `failure`
         self.upstream_sequence = 0  # the upstream's latest event, as last polled (0 = unknown)
         self.checkpoint = 0  # last stored (for status and tests; resumption reads the database)
         self.batches = 0
@@ -111,6 +176,8 @@ class StreamConsumer:
         )
         self._backoff = BACKOFF_START_S
         self._quiet = False  # a stream failure was logged; repeats go to debug until events flow again
+        STORE_FAILED.labels(source).set(0)
+        FAILED_SEQUENCE.labels(source).set(0)
 
     async def run(self) -> None:
         """Consume until cancelled."""
@@ -163,22 +230,20 @@ class StreamConsumer:
                         },
                     )
                 self._quiet = True
-            except (GapError, SourceMismatch) as exc:
-                log.error(
-                    "bad event sequence; reconnecting", extra={"source": self.source, "error": str(exc)}
-                )
-            except SQLAlchemyError as exc:
-                error = str(getattr(exc, "orig", None) or exc)
-                log.error(
-                    "history database error; retrying",
-                    extra={
-                        "source": self.source,
-                        "error": f"{type(exc).__name__}: {error[:500]}",
-                        "retry_s": delay,
-                    },
-                )
-            except Exception:
-                log.exception("unexpected consumer error; retrying", extra={"source": self.source})
+            except StoreFailed as exc:
+                delay = self.store_failed_retry_s
+                await self._failed(exc)
+                self._quiet = True
+            except Exception as exc:
+                if self.store.is_transient(exc):
+                    log.error(
+                        "history database error; retrying",
+                        extra={"source": self.source, "error": describe(exc), "retry_s": delay},
+                    )
+                else:  # outside an ingest (reading the checkpoint, a bug): no fast retries either
+                    delay = self.store_failed_retry_s
+                    await self._failed(StoreFailed(self.checkpoint + 1, describe(exc)), exc)
+                    self._quiet = True
             connected.set(0)
             QUEUED.labels(self.source).set(0)
             await asyncio.sleep(delay)
@@ -279,21 +344,115 @@ class StreamConsumer:
                     break
                 batch.extend(more)
             QUEUED.labels(self.source).set(queue.qsize())
-            result = await self.worker.run(self._ingest, self.source, batch)
-            self._stored(result, batch)
+            await self._store(batch)
             if end is not None:
                 if end.error is not None:
                     raise end.error
                 return True
 
-    def _stored(self, result: IngestResult, batch: Sequence[Any]) -> None:
+    async def _store(self, batch: Sequence[Any]) -> None:
+        """Store `batch` in one transaction. When that fails for a reason a retry does not fix, store
+        what can be stored before the first event that cannot (splitting the batch: at the event the
+        error names, else in halves), then raise StoreFailed for that event. Transient database errors
+        propagate as they are."""
+        parts: list[Sequence[Any]] = [batch]  # a stack: the next part to store is the last
+        while parts:
+            part = parts.pop()
+            try:
+                result = await self.worker.run(self._ingest, self.source, part)
+            except Exception as exc:
+                if self.store.is_transient(exc):
+                    raise
+                cut = _cut(part, exc)
+                if cut is None:
+                    if isinstance(exc, IngestRefused):
+                        sequence = exc.sequence
+                    else:
+                        sequence = max(int(part[0].sequence), self.checkpoint + 1)
+                    raise StoreFailed(sequence, describe(exc)) from exc
+                parts.append(part[cut:])
+                parts.append(part[:cut])
+                continue
+            await self._stored(result, part)
+
+    async def _failed(self, exc: StoreFailed, cause: BaseException | None = None) -> None:
+        """Record (and log once) that event `exc.sequence` cannot be stored; a repeat of the same
+        failure only logs a short reminder, at most every reminder_s."""
+        now = time.monotonic()
+        old = self.failure
+        if old is not None and (old.sequence, old.reason) == (exc.sequence, exc.reason):
+            if now - self._reminded >= self.reminder_s:
+                self._reminded = now
+                log.warning(
+                    "still cannot store an event",
+                    extra={
+                        "source": self.source,
+                        "sequence": exc.sequence,
+                        "failing_s": round(time.time() - old.since),
+                    },
+                )
+            return
+        self.failure = StoreFailure(self.source, exc.sequence, exc.reason, time.time())
+        self._reminded = now
+        STORE_FAILED.labels(self.source).set(1)
+        FAILED_SEQUENCE.labels(self.source).set(exc.sequence)
+        log.error(
+            "cannot store an event: this source's ingest stops at it (history reports NOT_SERVING) "
+            "and retries until it can be stored",
+            extra={
+                "source": self.source,
+                "sequence": exc.sequence,
+                "checkpoint": self.checkpoint,
+                "reason": exc.reason,
+                "retry_s": self.store_failed_retry_s,
+            },
+            exc_info=cause if cause is not None and not isinstance(cause, IngestRefused) else None,
+        )
+        if old is None and self.on_failure_change is not None:
+            await self.on_failure_change()
+
+    async def _stored(self, result: IngestResult, batch: Sequence[Any]) -> None:
         self.checkpoint = result.checkpoint
         self.batches += 1
         self.events += result.events
         self.max_batch_seen = max(self.max_batch_seen, len(batch))
+        if not result.events:
+            return  # only a resend of what is stored: nothing flows yet
         self._backoff = BACKOFF_START_S
         if self._quiet:
             log.info("event stream back", extra={"source": self.source, "checkpoint": result.checkpoint})
             self._quiet = False
         if batch:
             EVENT_AGE.labels(self.source).set(max(0.0, time.time() - batch[-1].time_us / 1e6))
+        failure = self.failure
+        if failure is not None and result.checkpoint >= failure.sequence:
+            self.failure = None
+            STORE_FAILED.labels(self.source).set(0)
+            FAILED_SEQUENCE.labels(self.source).set(0)
+            log.info(
+                "stored the event that could not be stored; ingest goes on",
+                extra={
+                    "source": self.source,
+                    "sequence": failure.sequence,
+                    "checkpoint": result.checkpoint,
+                    "failed_s": round(time.time() - failure.since),
+                },
+            )
+            if self.on_failure_change is not None:
+                await self.on_failure_change()
+
+
+def _cut(part: Sequence[Any], exc: BaseException) -> int | None:
+    """Where to split a part that failed with `exc`: before the event the error names (None when that
+    is the part's first event), else in half (None for a single event)."""
+    if isinstance(exc, IngestRefused):
+        i = 0
+        while i < len(part) and part[i].sequence < exc.sequence:
+            i += 1
+        if i == 0:
+            return None
+        if i < len(part):
+            return i
+    if len(part) <= 1:
+        return None
+    return len(part) // 2

@@ -4,15 +4,22 @@ worker thread).
 Every list is newest first and uses keyset pagination: a page is `... WHERE <filters> AND (time, id) <
 (last time, last id) ORDER BY time DESC, id DESC LIMIT n + 1` on an index that starts with the filter
 columns and ends with (time, id), so page 1000 costs what page 1 costs. The page token is opaque:
-url-safe base64 of the last row's key plus a keyed BLAKE2b tag over the key and the request's filters,
-so a malformed or tampered token, or one passed with other filters than the request that produced it,
-is InvalidArgument.
+url-safe base64 of the last row's key plus a BLAKE2b tag keyed with the exchange's page-token key (a
+secret every HistoryQueries is given) over the key and the request's filters, so a malformed or
+tampered token, one made with another key, or one passed with other filters than the request that
+produced it, is InvalidArgument (INVALID_PAGE_TOKEN).
 
 A user's trades come from two index range scans (as taker, as maker) merged by (time, id, role); a
 self-trade (the user on both sides) yields both sides, taker first.
 
-Errors: InvalidArgument for a bad token, an inverted or negative time range, an unknown side or
-business, out-of-range ids; NotFound for an unknown market or asset, or an order history never saw.
+Request fields are checked against services.common.limits before any database work, each error with
+its Reason: user ids 1..INT64_MAX (ListBalanceHistory also takes 0, the fee account) and order ids
+1..INT64_MAX (VALUE_OUT_OF_RANGE; an order id of 0 is a missing field, INVALID_FIELD), times
+0..INT64_MAX with start before end (VALUE_OUT_OF_RANGE), market and asset at most MAX_SYMBOL characters,
+business at most MAX_BUSINESS and page_token at most MAX_PAGE_TOKEN (FIELD_TOO_LONG); an unknown side
+or business is INVALID_FIELD, an unknown market or asset NotFound (UNKNOWN_MARKET, UNKNOWN_ASSET), an
+order history never saw NotFound (ORDER_NOT_FOUND). page_size follows limits.page_size (0 = 100, more
+than 1000 is 1000). Messages quote input through errors.quote() only.
 """
 
 from __future__ import annotations
@@ -28,15 +35,13 @@ from typing import Any, Generic, TypeVar
 
 from sqlalchemy import ColumnElement, Connection, Engine, Select, and_, or_, select
 
-from services.common.errors import InvalidArgument, NotFound
+from services.common import limits
+from services.common.errors import InvalidArgument, NotFound, Reason, quote
 from services.common.markets import MarketCatalog
 from services.common.units import INT64_MAX
 from services.history.schema import balance_history, orders, trades
 
 T = TypeVar("T")
-
-DEFAULT_PAGE_SIZE = 100
-MAX_PAGE_SIZE = 1000
 
 BUY, SELL = 1, 2
 TAKER, MAKER = "taker", "maker"
@@ -130,81 +135,81 @@ class Page(Generic[T]):
 
 # --- page tokens -----------------------------------------------------------------------------------
 
-_TOKEN_KEY = b"exchange.history.page-token.v1"
+MIN_KEY_BYTES = 16
+MAX_KEY_BYTES = 64  # BLAKE2b's largest key
 _TOKEN_TAG = 10
-_TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{1,400}")
+_TOKEN_RE = re.compile(r"[A-Za-z0-9_-]+")
 _BAD_TOKEN = "invalid page_token (malformed, altered, or from a request with other filters)"
 
 
-def _tag(body: bytes, scope: str) -> bytes:
-    h = hashlib.blake2b(body, key=_TOKEN_KEY, digest_size=_TOKEN_TAG, person=b"history-page")
-    h.update(b"\x00" + scope.encode())
-    return h.digest()
+class PageTokens:
+    """Makes and checks page tokens with one secret key (the exchange's page-token key)."""
 
+    def __init__(self, key: bytes) -> None:
+        if not isinstance(key, bytes) or not MIN_KEY_BYTES <= len(key) <= MAX_KEY_BYTES:
+            raise ValueError(f"the page-token key must be {MIN_KEY_BYTES}..{MAX_KEY_BYTES} bytes")
+        self._key = key
 
-def encode_page_token(scope: str, key: Sequence[int]) -> str:
-    """An opaque token for the page after the row whose sort key is `key`, valid for `scope` only."""
-    body = json.dumps([int(k) for k in key], separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(body + _tag(body, scope)).rstrip(b"=").decode()
+    def _tag(self, body: bytes, scope: str) -> bytes:
+        h = hashlib.blake2b(body, key=self._key, digest_size=_TOKEN_TAG, person=b"history-page")
+        h.update(b"\x00" + scope.encode())
+        return h.digest()
 
+    def encode(self, scope: str, key: Sequence[int]) -> str:
+        """An opaque token for the page after the row whose sort key is `key`, valid for `scope` only."""
+        body = json.dumps([int(k) for k in key], separators=(",", ":")).encode()
+        return base64.urlsafe_b64encode(body + self._tag(body, scope)).rstrip(b"=").decode()
 
-def decode_page_token(token: str, scope: str, length: int) -> tuple[int, ...]:
-    """The sort key in `token`; InvalidArgument unless it was made by encode_page_token for `scope`."""
-    if not _TOKEN_RE.fullmatch(token):
-        raise InvalidArgument(_BAD_TOKEN)
-    try:
-        raw = base64.b64decode(token + "=" * (-len(token) % 4), altchars=b"-_", validate=True)
-    except ValueError:
-        raise InvalidArgument(_BAD_TOKEN) from None
-    body, tag = raw[:-_TOKEN_TAG], raw[-_TOKEN_TAG:]
-    if len(raw) <= _TOKEN_TAG or not hmac.compare_digest(tag, _tag(body, scope)):
-        raise InvalidArgument(_BAD_TOKEN)
-    try:
-        key = json.loads(body)
-    except ValueError:
-        raise InvalidArgument(_BAD_TOKEN) from None
-    if (
-        not isinstance(key, list)
-        or len(key) != length
-        or not all(type(k) is int and 0 <= k <= INT64_MAX for k in key)
-    ):
-        raise InvalidArgument(_BAD_TOKEN)
-    return tuple(key)
+    def decode(self, token: str, scope: str, length: int) -> tuple[int, ...]:
+        """The sort key in `token`; InvalidArgument unless this key's encode made it for `scope`."""
+        limits.check_str(token, "page_token", limits.MAX_PAGE_TOKEN)
+        if not _TOKEN_RE.fullmatch(token):
+            raise InvalidArgument(_BAD_TOKEN, Reason.INVALID_PAGE_TOKEN)
+        try:
+            raw = base64.b64decode(token + "=" * (-len(token) % 4), altchars=b"-_", validate=True)
+        except ValueError:
+            raise InvalidArgument(_BAD_TOKEN, Reason.INVALID_PAGE_TOKEN) from None
+        body, tag = raw[:-_TOKEN_TAG], raw[-_TOKEN_TAG:]
+        if len(raw) <= _TOKEN_TAG or not hmac.compare_digest(tag, self._tag(body, scope)):
+            raise InvalidArgument(_BAD_TOKEN, Reason.INVALID_PAGE_TOKEN)
+        try:
+            key = json.loads(body)
+        except ValueError:
+            raise InvalidArgument(_BAD_TOKEN, Reason.INVALID_PAGE_TOKEN) from None
+        if (
+            not isinstance(key, list)
+            or len(key) != length
+            or not all(type(k) is int and 0 <= k <= INT64_MAX for k in key)
+        ):
+            raise InvalidArgument(_BAD_TOKEN, Reason.INVALID_PAGE_TOKEN)
+        return tuple(key)
 
 
 # --- validation ------------------------------------------------------------------------------------
 
 
-def page_size_of(requested: int) -> int:
-    if requested < 0:
-        raise InvalidArgument("page_size must not be negative")
-    if requested == 0:
-        return DEFAULT_PAGE_SIZE
-    return min(requested, MAX_PAGE_SIZE)
-
-
 def check_time_range(start_time_us: int, end_time_us: int) -> None:
-    if start_time_us < 0 or end_time_us < 0:
-        raise InvalidArgument("start_time_us and end_time_us must not be negative")
+    limits.check_time(start_time_us, "start_time_us")
+    limits.check_time(end_time_us, "end_time_us")
     if end_time_us and start_time_us >= end_time_us:
         raise InvalidArgument(
             f"empty or inverted time range: start_time_us {start_time_us} is not before "
-            f"end_time_us {end_time_us}"
+            f"end_time_us {end_time_us}",
+            Reason.VALUE_OUT_OF_RANGE,
         )
 
 
 def check_side(side: int) -> int:
     if side not in (0, BUY, SELL):
-        raise InvalidArgument(f"unknown side {side}")
+        raise InvalidArgument(f"unknown side {side}: 0 (any), 1 (buy) or 2 (sell)", Reason.INVALID_FIELD)
     return side
 
 
-def check_id(value: int, name: str, *, required: bool = True) -> int:
-    if value > INT64_MAX or value < 0:
-        raise InvalidArgument(f"{name} out of range")
-    if required and value == 0:
-        raise InvalidArgument(f"{name} is required")
-    return value
+def check_order_id(order_id: int) -> int:
+    """A required order id: 1..MAX_ORDER_ID."""
+    if order_id == 0:
+        raise InvalidArgument("order_id is required", Reason.INVALID_FIELD)
+    return limits.check_order_id(order_id)
 
 
 def _key_before(
@@ -221,30 +226,39 @@ _BALANCE_FIELDS = [f.name for f in fields(BalanceRecord)]
 
 
 class HistoryQueries:
-    def __init__(self, engine: Engine, catalog: MarketCatalog) -> None:
+    def __init__(self, engine: Engine, catalog: MarketCatalog, *, page_token_key: bytes) -> None:
         self.engine = engine
         self.catalog = catalog
+        self.tokens = PageTokens(page_token_key)
 
     # validation against the catalog
 
     def check_market(self, market: str) -> str:
+        limits.check_str(market, "market", limits.MAX_SYMBOL)
         if market and market not in self.catalog.markets:
-            raise NotFound(f"unknown market {market!r}")
+            raise NotFound(f"unknown market {quote(market)}", Reason.UNKNOWN_MARKET)
         return market
 
     def check_asset(self, asset: str) -> str:
+        limits.check_str(asset, "asset", limits.MAX_SYMBOL)
         if asset and asset not in self.catalog.assets:
-            raise NotFound(f"unknown asset {asset!r}")
+            raise NotFound(f"unknown asset {quote(asset)}", Reason.UNKNOWN_ASSET)
         return asset
+
+    def _page(self, items: list[T], n: int, scope: str, key: Callable[[T], Sequence[int]]) -> Page[T]:
+        if len(items) <= n:
+            return Page(items, "")
+        items = items[:n]
+        return Page(items, self.tokens.encode(scope, key(items[-1])))
 
     # orders
 
     def get_order(self, order_id: int) -> OrderRecord:
-        check_id(order_id, "order_id")
+        check_order_id(order_id)
         with self.engine.connect() as conn:
             row = conn.execute(select(orders).where(orders.c.order_id == order_id)).first()
         if row is None:
-            raise NotFound(f"order {order_id} not found")
+            raise NotFound(f"order {order_id} not found", Reason.ORDER_NOT_FOUND)
         return _order(row)
 
     def list_finished_orders(
@@ -258,11 +272,11 @@ class HistoryQueries:
         page_size: int = 0,
         page_token: str = "",
     ) -> Page[OrderRecord]:
-        check_id(user_id, "user_id", required=False)
+        limits.check_user(user_id)
         self.check_market(market)
         check_side(side)
         check_time_range(start_time_us, end_time_us)
-        n = page_size_of(page_size)
+        n = limits.page_size(page_size)
         scope = f"orders|{user_id}|{market}|{side}|{start_time_us}|{end_time_us}"
         c = orders.c
         q = select(orders).where(c.user_id == user_id, c.finished_time_us >= start_time_us)
@@ -273,22 +287,22 @@ class HistoryQueries:
         if end_time_us:
             q = q.where(c.finished_time_us < end_time_us)
         if page_token:
-            t, i = decode_page_token(page_token, scope, 2)
+            t, i = self.tokens.decode(page_token, scope, 2)
             q = q.where(_key_before(c.finished_time_us, c.order_id, t, i))
         q = q.order_by(c.finished_time_us.desc(), c.order_id.desc()).limit(n + 1)
         with self.engine.connect() as conn:
             items = [_order(r) for r in conn.execute(q)]
-        return _page(items, n, scope, lambda o: (o.finished_time_us or 0, o.order_id))
+        return self._page(items, n, scope, lambda o: (o.finished_time_us or 0, o.order_id))
 
     # trades
 
     def list_order_trades(
         self, *, order_id: int, page_size: int = 0, page_token: str = ""
     ) -> Page[UserTradeRecord]:
-        check_id(order_id, "order_id")
-        n = page_size_of(page_size)
+        check_order_id(order_id)
+        n = limits.page_size(page_size)
         scope = f"order-trades|{order_id}"
-        cursor = decode_page_token(page_token, scope, 3) if page_token else None
+        cursor = self.tokens.decode(page_token, scope, 3) if page_token else None
         c = trades.c
         with self.engine.connect() as conn:
             items = self._sides(
@@ -297,8 +311,8 @@ class HistoryQueries:
             if not items and cursor is None:
                 known = conn.execute(select(orders.c.order_id).where(orders.c.order_id == order_id)).first()
                 if known is None:
-                    raise NotFound(f"order {order_id} not found")
-        return _page(items, n, scope, _trade_key)
+                    raise NotFound(f"order {order_id} not found", Reason.ORDER_NOT_FOUND)
+        return self._page(items, n, scope, _trade_key)
 
     def list_user_trades(
         self,
@@ -311,13 +325,13 @@ class HistoryQueries:
         page_size: int = 0,
         page_token: str = "",
     ) -> Page[UserTradeRecord]:
-        check_id(user_id, "user_id", required=False)
+        limits.check_user(user_id)
         self.check_market(market)
         check_side(side)
         check_time_range(start_time_us, end_time_us)
-        n = page_size_of(page_size)
+        n = limits.page_size(page_size)
         scope = f"user-trades|{user_id}|{market}|{side}|{start_time_us}|{end_time_us}"
-        cursor = decode_page_token(page_token, scope, 3) if page_token else None
+        cursor = self.tokens.decode(page_token, scope, 3) if page_token else None
         c = trades.c
         common: list[ColumnElement[bool]] = []
         if market:
@@ -333,7 +347,7 @@ class HistoryQueries:
             maker.append(c.taker_side == (SELL if side == BUY else BUY))
         with self.engine.connect() as conn:
             items = self._sides(conn, n, cursor, taker, maker)
-        return _page(items, n, scope, _trade_key)
+        return self._page(items, n, scope, _trade_key)
 
     def _sides(
         self,
@@ -372,15 +386,19 @@ class HistoryQueries:
         page_size: int = 0,
         page_token: str = "",
     ) -> Page[BalanceRecord]:
-        check_id(user_id, "user_id", required=False)
+        limits.check_user(user_id, allow_fee_account=True)
         self.check_asset(asset)
+        limits.check_str(business, "business", limits.MAX_BUSINESS)
         code = 0
         if business:
             code = BUSINESS_CODES.get(business, 0)
             if not code:
-                raise InvalidArgument(f"unknown business {business!r}; one of {sorted(BUSINESS_CODES)}")
+                raise InvalidArgument(
+                    f"unknown business {quote(business)}; one of {', '.join(sorted(BUSINESS_CODES))}",
+                    Reason.INVALID_FIELD,
+                )
         check_time_range(start_time_us, end_time_us)
-        n = page_size_of(page_size)
+        n = limits.page_size(page_size)
         scope = f"balances|{user_id}|{asset}|{business}|{start_time_us}|{end_time_us}"
         c = balance_history.c
         q = select(*(c[f] for f in _BALANCE_FIELDS)).where(c.user_id == user_id)
@@ -393,19 +411,12 @@ class HistoryQueries:
         if end_time_us:
             q = q.where(c.time_us < end_time_us)
         if page_token:
-            t, i = decode_page_token(page_token, scope, 2)
+            t, i = self.tokens.decode(page_token, scope, 2)
             q = q.where(_key_before(c.time_us, c.id, t, i))
         q = q.order_by(c.time_us.desc(), c.id.desc()).limit(n + 1)
         with self.engine.connect() as conn:
             items = [BalanceRecord(*r) for r in conn.execute(q)]
-        return _page(items, n, scope, lambda b: (b.time_us, b.id))
-
-
-def _page(items: list[T], n: int, scope: str, key: Callable[[T], Sequence[int]]) -> Page[T]:
-    if len(items) <= n:
-        return Page(items, "")
-    items = items[:n]
-    return Page(items, encode_page_token(scope, key(items[-1])))
+        return self._page(items, n, scope, lambda b: (b.time_us, b.id))
 
 
 def _order(row: Any) -> OrderRecord:

@@ -1,5 +1,10 @@
 """HistoryService: the gRPC adapter over HistoryQueries. Queries run in worker threads (the database
-calls block); integers become decimal strings here, with the market's and asset's scales."""
+calls block); integers become decimal strings here, with the market's and asset's scales.
+
+Every request field is checked by HistoryQueries against services.common.limits before any database
+work; a database that cannot be reached answers UNAVAILABLE (reason STORE_FAILED) with a retry delay.
+GetHistoryStatus also lists the sources whose next event cannot be stored (failed_sequences,
+failure_reasons)."""
 
 from __future__ import annotations
 
@@ -12,12 +17,14 @@ from typing import Any, TypeVar
 from exchange.v1 import history_service_pb2 as pb
 from exchange.v1 import history_service_pb2_grpc as pbg
 from exchange.v1 import types_pb2
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.exc import DBAPIError
 
-from services.common.errors import Unavailable
+from services.common.errors import Reason, Unavailable
 from services.common.markets import MarketCatalog, MarketSpec
 from services.common.rpc import handles_errors
 from services.common.units import format_units
+from services.history.consumer import StoreFailure, describe
 from services.history.queries import (
     BUSINESS_NAMES,
     BUY,
@@ -48,18 +55,22 @@ class HistoryServicer(pbg.HistoryServiceServicer):
         *,
         checkpoints: Callable[[], Mapping[str, int]],
         database: str,
+        failures: Callable[[], Mapping[str, StoreFailure]] = dict,
     ) -> None:
         self.queries = queries
         self.catalog = catalog
         self._checkpoints = checkpoints
+        self._failures = failures
         self.database = database
 
     async def _run(self, fn: Callable[..., T], /, **kwargs: Any) -> T:
         try:
             return await asyncio.to_thread(fn, **kwargs)
-        except DBAPIError as exc:
-            log.warning("history query failed", extra={"error": f"{type(exc).__name__}: {exc}"})
-            raise Unavailable("the history database is not available", retry_after_ms=1000) from None
+        except (DBAPIError, sa_exc.TimeoutError, sa_exc.DisconnectionError) as exc:
+            log.warning("history query failed", extra={"error": describe(exc)})
+            raise Unavailable(
+                "the history database is not available", retry_after_ms=1000, reason=Reason.STORE_FAILED
+            ) from None
 
     # --- RPCs ------------------------------------------------------------------------------------
 
@@ -143,7 +154,13 @@ class HistoryServicer(pbg.HistoryServiceServicer):
         self, request: pb.GetHistoryStatusRequest, context: Any
     ) -> pb.GetHistoryStatusResponse:
         checkpoints = await self._run(self._checkpoints)
-        return pb.GetHistoryStatusResponse(checkpoints=dict(checkpoints), database=self.database)
+        failures = self._failures()
+        return pb.GetHistoryStatusResponse(
+            checkpoints=dict(checkpoints),
+            database=self.database,
+            failed_sequences={s: f.sequence for s, f in failures.items()},
+            failure_reasons={s: f.reason for s, f in failures.items()},
+        )
 
     # --- conversions -----------------------------------------------------------------------------
 

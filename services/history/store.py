@@ -14,6 +14,14 @@ moves the checkpoint to the last event, all in one transaction. A crash before t
 batch, and the consumer asks again from the stored checkpoint; a replay of anything already stored is
 ignored.
 
+Nothing is stored that a column cannot hold exactly: before any insert every value is checked against
+its column (signed 64-bit BIGINT, 16-bit SMALLINT, VARCHAR length, no NUL character, which PostgreSQL
+text cannot hold), so SQLite, PostgreSQL and MariaDB all refuse such an event the same way: with
+UnstorableEvent naming the event's sequence, the column and the value, and nothing written. GapError,
+SourceMismatch and UnstorableEvent are IngestRefused: retrying the same events cannot succeed.
+`is_transient` tells the database errors a retry can fix by itself (connection lost, lock timeout)
+from the rest.
+
 Calls are blocking: the consumers run them in one worker thread (see services.history.consumer).
 """
 
@@ -23,6 +31,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -33,6 +42,7 @@ from sqlalchemy import (
     Boolean,
     Connection,
     Engine,
+    Integer,
     SmallInteger,
     String,
     Table,
@@ -41,8 +51,10 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 
+from services.common.errors import quote
 from services.history.schema import VERSION_TABLE, balance_history, checkpoints, orders, trades
 
 log = logging.getLogger(__name__)
@@ -74,12 +86,27 @@ E = TypeVar("E", ev.MatchingEvent, ev.AccountEvent)
 FINAL_STATUSES = frozenset({4, 5, 6, 7})  # FILLED, CANCELED, EXPIRED, REJECTED
 
 
-class GapError(Exception):
-    """Events do not follow the stored checkpoint (a sequence is missing or out of order)."""
+class IngestRefused(Exception):
+    """The batch cannot be stored as it is, however often it is retried; nothing of it was written.
+    `sequence` is the first event that cannot be stored (the events before it can)."""
+
+    def __init__(self, message: str, sequence: int) -> None:
+        super().__init__(message)
+        self.sequence = sequence
 
 
-class SourceMismatch(Exception):
+class GapError(IngestRefused):
+    """Events do not follow the stored checkpoint (a sequence is missing or out of order); `sequence`
+    is the one expected."""
+
+
+class SourceMismatch(IngestRefused):
     """An event carries another source than the stream it was read from."""
+
+
+class UnstorableEvent(IngestRefused):
+    """An event holds a value its column cannot hold (out of the column's integer range, text longer
+    than the column or with a NUL character)."""
 
 
 @dataclass(frozen=True)
@@ -340,6 +367,29 @@ class HistoryStore:
         self.engine = engine
         self.dialect = engine.dialect.name
         self.writer = bulk_writer(engine)
+        self.checker = RowChecker()
+        dbapi = engine.dialect.loaded_dbapi
+        self._transient_driver_errors: tuple[type[BaseException], ...] = tuple(
+            getattr(dbapi, name)
+            for name in ("OperationalError", "InterfaceError", "InternalError")
+            if isinstance(getattr(dbapi, name, None), type)
+        )
+
+    def is_transient(self, exc: BaseException) -> bool:
+        """A database error that retrying can fix without anybody's help: the connection was lost or
+        refused, a lock wait timed out, the pool was exhausted (DB-API OperationalError, InterfaceError,
+        InternalError, as SQLAlchemy wraps them or as the bulk writers get them from the driver).
+        Anything else an ingest raises (a value out of range, a broken constraint, a malformed event,
+        IngestRefused) fails again on every retry."""
+        if isinstance(exc, IngestRefused):
+            return False
+        if isinstance(exc, sa_exc.DBAPIError):
+            return bool(exc.connection_invalidated) or isinstance(
+                exc, (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.InternalError)
+            )
+        if isinstance(exc, (sa_exc.DisconnectionError, sa_exc.TimeoutError, ConnectionError, TimeoutError)):
+            return True
+        return isinstance(exc, self._transient_driver_errors)
 
     # checkpoints
 
@@ -367,6 +417,9 @@ class HistoryStore:
                 return IngestResult(source, cp, 0, len(events))
             rows = [trade_row(e, source) for e in new if e.WhichOneof("event") == "trade_executed"]
             if rows:
+                bad = self.checker.first_bad(trades, TRADE_COLUMNS, rows)
+                if bad is not None:
+                    raise bad
                 self.writer.insert(conn, trades, TRADE_COLUMNS, rows)
             last = new[-1].sequence
             self._write_checkpoint(conn, source, cp, last)
@@ -390,10 +443,17 @@ class HistoryStore:
                     add_balance(balance_row(e, source))
                 elif kind == "order_updated":
                     latest[e.order_updated.order_id] = e
+            order_rows = [order_row(e) for e in latest.values()]
+            bad = _lowest(
+                self.checker.first_bad(balance_history, BALANCE_COLUMNS, balances),
+                self.checker.first_bad(orders, ORDER_COLUMNS, order_rows),
+            )
+            if bad is not None:
+                raise bad
             if balances:
                 self.writer.insert(conn, balance_history, BALANCE_COLUMNS, balances)
-            if latest:
-                self.writer.upsert_orders(conn, [order_row(e) for e in latest.values()])
+            if order_rows:
+                self.writer.upsert_orders(conn, order_rows)
             last = new[-1].sequence
             self._write_checkpoint(conn, source, cp, last)
         self._observe(
@@ -449,6 +509,11 @@ class HistoryStore:
                 ROWS.labels(table).inc(n)
 
 
+def _lowest(*errors: UnstorableEvent | None) -> UnstorableEvent | None:
+    found = [e for e in errors if e is not None]
+    return min(found, key=lambda e: e.sequence) if found else None
+
+
 def _new_events(source: str, checkpoint: int, events: Sequence[E]) -> Sequence[E]:
     """The events after `checkpoint` (-1 = none stored yet), checked to follow it without a gap and to
     come from `source`."""
@@ -467,12 +532,169 @@ def _new_events(source: str, checkpoint: int, events: Sequence[E]) -> Sequence[E
             if q != expected:
                 break
             expected += 1
-        raise GapError(f"{source}: expected event {expected}, got {q} (checkpoint {floor})")
+        raise GapError(f"{source}: expected event {expected}, got {q} (checkpoint {floor})", expected)
+    if len(source) > SOURCE_CHARS or "\x00" in source:
+        raise UnstorableEvent(
+            f"the source name {quote(source)} is not a text of at most {SOURCE_CHARS} characters",
+            new[0].sequence,
+        )
+    if new[-1].sequence > INT64[1]:
+        first = next(e for e in new if e.sequence > INT64[1])
+        raise UnstorableEvent(
+            f"event {first.sequence}: the sequence is out of the checkpoint's range 0..{INT64[1]}",
+            first.sequence,
+        )
     sources = {e.source for e in new}
     sources.discard("")
     if sources - {source}:
-        raise SourceMismatch(f"events from {sorted(sources - {source})} in the stream of {source!r}")
+        first = next(e for e in new if e.source not in ("", source))
+        raise SourceMismatch(
+            f"event {first.sequence} of the stream of {source!r} comes from {quote(first.source)}",
+            first.sequence,
+        )
     return new
+
+
+# --- column checks ---------------------------------------------------------------------------------
+
+SOURCE_CHARS = int(getattr(checkpoints.c.source.type, "length", 0) or 0)  # of every "source" column
+INT16 = (-(1 << 15), (1 << 15) - 1)
+INT32 = (-(1 << 31), (1 << 31) - 1)
+INT64 = (-(1 << 63), (1 << 63) - 1)
+
+
+@dataclass(frozen=True, slots=True)
+class _Check:
+    index: int  # in the row tuple
+    column: str
+    kind: str  # "int" or "str"
+    low: int  # int: the range; str: 0..max length (0 = unbounded)
+    high: int
+    nullable: bool
+
+
+def _checks(table: Table, columns: tuple[str, ...]) -> tuple[tuple[_Check, ...], int]:
+    """What each column of `columns` can hold, and the index of the "sequence" column."""
+    out: list[_Check] = []
+    for i, name in enumerate(columns):
+        col = table.c[name]
+        t = col.type
+        nullable = bool(col.nullable)
+        if isinstance(t, Boolean):
+            continue
+        if isinstance(t, SmallInteger):
+            out.append(_Check(i, name, "int", *INT16, nullable))
+        elif isinstance(t, BigInteger):  # also the Id variant (SQLite INTEGER is 64-bit too)
+            out.append(_Check(i, name, "int", *INT64, nullable))
+        elif isinstance(t, Integer):
+            out.append(_Check(i, name, "int", *INT32, nullable))
+        elif isinstance(t, String):
+            out.append(_Check(i, name, "str", 0, t.length or 0, nullable))
+        else:  # pragma: no cover - a column type this module does not know
+            raise NotImplementedError(f"no range check for {table.name}.{name} ({t})")
+    return tuple(out), columns.index("sequence")
+
+
+# The columns whose values can be out of their column's range: ids and sequences come from uint64
+# fields (up to 2**64-1; the columns are signed 64-bit), enums from int32 fields (SMALLINT columns), text
+# from strings of any length. Every other integer column comes from an int64 field, which fits BIGINT
+# by construction, so it is not checked again (tests/history/test_store.py checks this list against the
+# protobuf descriptors). The "source" columns hold the stream's name and "sequence" the event's,
+# both checked once per batch (_new_events: one source, sequences following the checkpoint up to
+# INT64_MAX).
+CHECKED_COLUMNS: dict[str, frozenset[str]] = {
+    "trades": frozenset(
+        (
+            "market",
+            "trade_id",
+            "taker_side",
+            "taker_order_id",
+            "taker_user_id",
+            "maker_order_id",
+            "maker_user_id",
+        )
+    ),
+    "orders": frozenset(
+        (
+            "order_id",
+            "user_id",
+            "client_order_id",
+            "market",
+            "side",
+            "type",
+            "time_in_force",
+            "self_trade_prevention",
+            "status",
+            "done_detail",
+        )
+    ),
+    "balance_history": frozenset(("user_id", "asset", "business", "business_id")),
+}
+
+
+class RowChecker:
+    """Checks rows against their table's columns before they are written (the CHECKED_COLUMNS of the
+    table), a column at a time over the whole batch (min/max/len, in C); only a batch with a bad value
+    is searched row by row for the event holding it."""
+
+    def __init__(self) -> None:
+        self._plans: dict[tuple[str, tuple[str, ...]], tuple[tuple[_Check, ...], int]] = {}
+
+    def first_bad(
+        self, table: Table, columns: tuple[str, ...], rows: Sequence[Row]
+    ) -> UnstorableEvent | None:
+        """The bad value of the lowest event sequence in `rows` (None when every value fits)."""
+        if not rows:
+            return None
+        key = (table.name, columns)
+        plan = self._plans.get(key)
+        if plan is None:
+            checks, seq_index = _checks(table, columns)
+            wanted = CHECKED_COLUMNS[table.name]
+            plan = self._plans[key] = (tuple(c for c in checks if c.column in wanted), seq_index)
+        checks, seq_index = plan
+        worst: UnstorableEvent | None = None
+        for c in checks:
+            values: list[Any] = list(map(itemgetter(c.index), rows))
+            if c.nullable:
+                values = [v for v in values if v is not None]
+                if not values:
+                    continue
+            try:
+                if c.kind == "int":
+                    if min(values) >= c.low and max(values) <= c.high:
+                        continue
+                elif (not c.high or max(map(len, values)) <= c.high) and "\x00" not in "".join(values):
+                    continue
+            except TypeError:  # not all of one type: looked at row by row
+                pass
+            found = _find_bad(table, c, rows, seq_index)
+            if found is not None and (worst is None or found.sequence < worst.sequence):
+                worst = found
+        return worst
+
+
+def _find_bad(table: Table, c: _Check, rows: Sequence[Row], seq_index: int) -> UnstorableEvent | None:
+    bad: tuple[int, str] | None = None
+    for r in rows:
+        v = r[c.index]
+        if v is None:
+            continue
+        if c.kind == "int":
+            if type(v) is int and c.low <= v <= c.high:
+                continue
+            shown = v if type(v) is int else quote(v)
+            why = f"{table.name}.{c.column} = {shown} is out of the column's range {c.low}..{c.high}"
+        elif c.high and len(v) > c.high:
+            why = f"{table.name}.{c.column} is {len(v)} characters long, more than its {c.high}: {quote(v)}"
+        elif "\x00" in v:
+            why = f"{table.name}.{c.column} holds a NUL character: {quote(v)}"
+        else:
+            continue
+        seq = int(r[seq_index])
+        if bad is None or seq < bad[0]:
+            bad = (seq, why)
+    return None if bad is None else UnstorableEvent(f"event {bad[0]}: {bad[1]}", bad[0])
 
 
 # --- bulk writes per dialect ---------------------------------------------------------------------

@@ -4,6 +4,10 @@ State = the latest snapshot under <data_dir>/market/ + the replay of every shard
 snapshot's checkpoints. Snapshots are taken every `snapshot_every` applied events (counted over all
 shards) and on shutdown; each holds the checkpoints, so a restart (even after kill -9) resumes exactly
 where the snapshot was taken and ignores events it already holds.
+
+Health: MarketService is SERVING while every shard's events apply; while a shard's next event cannot be
+applied (ShardConsumer.failure) it is NOT_SERVING (queries keep being answered, from the state as it
+was before that event).
 """
 
 from __future__ import annotations
@@ -14,11 +18,12 @@ import time
 from pathlib import Path
 
 from exchange.v1 import market_service_pb2, market_service_pb2_grpc
+from grpc_health.v1 import health_pb2
 
 from services.common.config import ExchangeConfig
 from services.common.rpc import ServerHandle, start_metrics, start_server
 from services.common.snapshots import SnapshotStore
-from services.market.consumer import ShardConsumer
+from services.market.consumer import ApplyFailure, ShardConsumer
 from services.market.service import Hub, MarketServicer
 from services.market.state import Changes, MarketDataState
 
@@ -84,11 +89,28 @@ class MarketDataApp:
         self.servicer = MarketServicer(self.state, self.hub)
         self.snapshotter = Snapshotter(self.store, self.state, config.market.snapshot_every)
         self.consumers = [
-            ShardConsumer(name, shard.listen, self.state, self._on_batch)
+            ShardConsumer(
+                name, shard.listen, self.state, self._on_batch, on_failure_change=self._update_health
+            )
             for name, shard in sorted(config.shards.items())
         ]
         self.server: ServerHandle | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+
+    def failures(self) -> dict[str, ApplyFailure]:
+        """The shards whose next event cannot be applied."""
+        return {c.shard: c.failure for c in self.consumers if c.failure is not None}
+
+    async def _update_health(self) -> None:
+        if self.server is None or self._stopping:
+            return
+        status = (
+            health_pb2.HealthCheckResponse.NOT_SERVING
+            if self.failures()
+            else health_pb2.HealthCheckResponse.SERVING
+        )
+        await self.server.health.set(SERVICE_NAME, status)
 
     def _on_batch(self, changes: Changes) -> None:
         self.servicer.on_changes(changes)
@@ -104,6 +126,7 @@ class MarketDataApp:
         self._tasks = [asyncio.create_task(c.run(), name=f"consume-{c.shard}") for c in self.consumers]
 
     async def stop(self) -> None:
+        self._stopping = True
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -66,9 +66,6 @@ RETENTION_US: Final[dict[int, int | None]] = {
 
 NO_TIME: Final = -(1 << 63)
 
-DEFAULT_LIMIT: Final = 500
-MAX_LIMIT: Final = 1500
-
 
 def origin_of(interval: int) -> int:
     return WEEK_ORIGIN_US if interval == W1 else 0

@@ -4,7 +4,17 @@ Subscriptions first send the current value, then each change. Ingestion never wa
 after each applied batch the Hub only sets a per-subscriber wake flag; each subscription's own task then
 reads the latest state and sends it. So a slow subscriber sees changes coalesced (the latest depth,
 ticker or K-line values; every K-line that changed), except for trades, which are sent in full from the
-last 1000 kept per market: a subscriber that falls further behind is dropped with RESOURCE_EXHAUSTED.
+last 1000 kept per market: a subscriber that falls further behind is dropped with RESOURCE_EXHAUSTED
+(reason SLOW_CONSUMER). So a subscriber that stops reading costs one blocked task and a bounded amount
+of memory, never a growing queue. The Hub holds at most `max_subscriptions` subscriptions in all;
+past that a new one is refused with UNAVAILABLE (reason BUSY, retry after a second).
+
+Every request field is checked before anything is computed, with services.common.limits: market at
+most MAX_SYMBOL characters and configured (NotFound UNKNOWN_MARKET), interval one of KlineInterval
+(INVALID_FIELD), times 0..INT64_MAX with start before end (VALUE_OUT_OF_RANGE), merge at most
+MAX_DECIMAL characters and a positive multiple of the tick (INVALID_DECIMAL, PRICE_NOT_ON_TICK), limit 0
+(the default) up to MAX_KLINES, MAX_RECENT_TRADES or MAX_DEPTH_LEVELS (beyond: VALUE_OUT_OF_RANGE).
+Messages quote input through errors.quote() only.
 """
 
 from __future__ import annotations
@@ -19,13 +29,14 @@ from exchange.v1 import market_service_pb2 as pb
 from exchange.v1 import types_pb2
 from prometheus_client import Counter, Gauge
 
-from services.common.errors import ExchangeError, InvalidArgument, NotFound
+from services.common import limits
+from services.common.errors import ExchangeError, InvalidArgument, NotFound, Reason, Unavailable, quote
 from services.common.markets import MarketSpec
 from services.common.rpc import handles_errors, handles_stream_errors
-from services.common.units import AmountError
+from services.common.units import AmountError, PriceNotOnTick
 from services.market.depth import Level
-from services.market.klines import DEFAULT_LIMIT, LENGTH_US, MAX_LIMIT, Bar
-from services.market.state import Changes, MarketData, MarketDataState, RecentTrade
+from services.market.klines import LENGTH_US, Bar
+from services.market.state import RECENT_TRADES, Changes, MarketData, MarketDataState, RecentTrade
 from services.market.ticker import change_ratio, rolling_24h
 
 SUBSCRIBERS = Gauge("exchange_market_subscribers", "Open market-data subscriptions", ["kind"])
@@ -33,14 +44,15 @@ DROPPED = Counter(
     "exchange_market_subscribers_dropped_total", "Subscriptions dropped for falling behind", ["kind"]
 )
 
-DEFAULT_TRADES = 100
-MAX_TRADES = 1000
-DEFAULT_DEPTH = 20
-MAX_DEPTH = 5000
+# Subscriptions open at once, over every market and kind (each costs a task and its buffers).
+MAX_SUBSCRIPTIONS = 10_000
+# Trades a new trade subscription starts with.
+INITIAL_TRADES = 100
 
 
 class ResourceExhausted(ExchangeError):
     code = "RESOURCE_EXHAUSTED"
+    default_reason = Reason.SLOW_CONSUMER
 
 
 def now_us() -> int:
@@ -75,16 +87,27 @@ class Subscription:
 class Hub:
     """Per-market subscriber sets; `publish` wakes the subscribers a batch of changes concerns."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_subscriptions: int = MAX_SUBSCRIPTIONS) -> None:
         self._subs: dict[str, set[Subscription]] = defaultdict(set)
         self.closed = False
+        self.max_subscriptions = max_subscriptions
+        self._count = 0
 
     def subscribe(self, market: str, kind: str, *, book: bool, trades: bool) -> Subscription:
+        """A new subscription (to a market the caller has checked exists); UNAVAILABLE (BUSY) when
+        max_subscriptions are open."""
+        if self._count >= self.max_subscriptions:
+            raise Unavailable(
+                f"too many market-data subscriptions open (at most {self.max_subscriptions}); retry later",
+                retry_after_ms=1000,
+                reason=Reason.BUSY,
+            )
         sub = Subscription(self, market, kind, book=book, trades=trades)
         if self.closed:
             sub.closed = True
             sub.wake.set()
         self._subs[market].add(sub)
+        self._count += 1
         SUBSCRIBERS.labels(kind).inc()
         return sub
 
@@ -92,12 +115,13 @@ class Hub:
         subs = self._subs.get(sub.market)
         if subs is not None and sub in subs:
             subs.discard(sub)
+            self._count -= 1
             SUBSCRIBERS.labels(sub.kind).dec()
 
     def count(self, market: str | None = None) -> int:
         if market is not None:
             return len(self._subs.get(market, ()))
-        return sum(len(s) for s in self._subs.values())
+        return self._count
 
     def publish(self, changes: Changes) -> None:
         for market in changes.book:
@@ -192,12 +216,37 @@ def parse_merge(spec: MarketSpec, merge: str) -> int:
     """Merge size in ticks (1 = none); InvalidArgument unless a positive multiple of the tick."""
     if not merge:
         return 1
+    limits.check_str(merge, "merge", limits.MAX_DECIMAL)
     try:
         return spec.parse_price(merge, field="merge")
-    except AmountError as exc:
+    except PriceNotOnTick:
         raise InvalidArgument(
-            f"merge {merge!r} must be a positive multiple of the price tick {spec.price_tick} ({exc})"
+            f"merge {quote(merge)} is not a multiple of the price tick {spec.price_tick}",
+            Reason.PRICE_NOT_ON_TICK,
         ) from None
+    except AmountError:
+        raise InvalidArgument(
+            f"merge {quote(merge)} must be a positive decimal price, a multiple of the price tick "
+            f"{spec.price_tick}",
+            Reason.INVALID_DECIMAL,
+        ) from None
+
+
+def check_limit(limit: int, default: int, maximum: int) -> int:
+    """A market-data `limit`: 0 is `default`; above `maximum` it is refused."""
+    if limit > maximum:
+        raise InvalidArgument(f"limit must be at most {maximum} (0 = {default})", Reason.VALUE_OUT_OF_RANGE)
+    return limit or default
+
+
+def check_time_range(start: int, end: int) -> None:
+    limits.check_time(start, "start_time_us")
+    limits.check_time(end, "end_time_us")
+    if end and start >= end:
+        raise InvalidArgument(
+            f"inverted time range: start_time_us {start} must be before end_time_us {end}",
+            Reason.VALUE_OUT_OF_RANGE,
+        )
 
 
 # --- the servicer -------------------------------------------------------------------------------
@@ -220,24 +269,25 @@ class MarketServicer:
 
     def _market(self, market: str) -> MarketData:
         if not market:
-            raise InvalidArgument("market is required")
+            raise InvalidArgument("market is required", Reason.INVALID_FIELD)
+        limits.check_str(market, "market", limits.MAX_SYMBOL)
         md = self.state.markets.get(market)
         if md is None:
-            raise NotFound(f"unknown market {market!r}")
+            raise NotFound(f"unknown market {quote(market)}", Reason.UNKNOWN_MARKET)
         return md
 
     @staticmethod
     def _interval(interval: int) -> int:
         if interval not in LENGTH_US:
             valid = ", ".join(pb.KlineInterval.Name(i) for i in LENGTH_US)
-            raise InvalidArgument(f"interval {interval} is not supported; use one of {valid}")
+            raise InvalidArgument(
+                f"interval {interval} is not supported; use one of {valid}", Reason.INVALID_FIELD
+            )
         return interval
 
     @staticmethod
     def _depth_args(spec: MarketSpec, limit: int, merge: str) -> tuple[int, int]:
-        limit = limit or DEFAULT_DEPTH
-        if limit > MAX_DEPTH:
-            raise InvalidArgument(f"limit must be at most {MAX_DEPTH}")
+        limit = check_limit(limit, limits.DEFAULT_DEPTH_LEVELS, limits.MAX_DEPTH_LEVELS)
         return limit, parse_merge(spec, merge)
 
     def _subscribe(self, context: Any, market: str, kind: str, *, book: bool, trades: bool) -> Subscription:
@@ -258,15 +308,8 @@ class MarketServicer:
         md = self._market(request.market)
         interval = self._interval(request.interval)
         start, end = request.start_time_us, request.end_time_us
-        if start < 0 or end < 0:
-            raise InvalidArgument("start_time_us and end_time_us must not be negative (0 = open)")
-        if end and start >= end:
-            raise InvalidArgument(
-                f"inverted time range: start_time_us {start} must be before end_time_us {end}"
-            )
-        limit = request.limit or DEFAULT_LIMIT
-        if limit > MAX_LIMIT:
-            raise InvalidArgument(f"limit must be at most {MAX_LIMIT}")
+        check_time_range(start, end)
+        limit = check_limit(request.limit, limits.DEFAULT_KLINES, limits.MAX_KLINES)
         bars = md.klines[interval].query(start, end, limit, self.clock())
         return pb.GetKlinesResponse(klines=[kline_pb(md.spec, interval, b) for b in bars])
 
@@ -287,9 +330,7 @@ class MarketServicer:
     ) -> pb.ListRecentTradesResponse:
         """The most recent trades, newest first."""
         md = self._market(request.market)
-        limit = request.limit or DEFAULT_TRADES
-        if limit > MAX_TRADES:
-            raise InvalidArgument(f"limit must be at most {MAX_TRADES}")
+        limit = check_limit(request.limit, limits.DEFAULT_RECENT_TRADES, limits.MAX_RECENT_TRADES)
         recent = md.recent
         n = min(limit, len(recent))
         return pb.ListRecentTradesResponse(trades=[trade_pb(md.spec, recent[-1 - i]) for i in range(n)])
@@ -404,7 +445,7 @@ class MarketServicer:
         spec = md.spec
         sub = self._subscribe(context, spec.symbol, "trades", book=False, trades=True)
         try:
-            recent = list(md.recent)[-DEFAULT_TRADES:]
+            recent = list(md.recent)[-INITIAL_TRADES:]
             cursor = md.trade_seq
             yield pb.SubscribeTradesResponse(trades=[trade_pb(spec, t) for t in recent])
             while await sub.next():
@@ -412,7 +453,8 @@ class MarketServicer:
                 if new is None:
                     DROPPED.labels("trades").inc()
                     raise ResourceExhausted(
-                        f"subscriber fell more than {MAX_TRADES} trades behind on {spec.symbol}; resubscribe"
+                        f"subscriber fell more than {RECENT_TRADES} trades behind on {spec.symbol}; "
+                        "resubscribe"
                     )
                 if new:
                     cursor = new[-1][0]

@@ -5,6 +5,12 @@ it includes the checkpoint (last applied event sequence) of every shard, so the 
 the latest snapshot and replays each shard's stream from checkpoint + 1; a replayed event (sequence not
 above the checkpoint) is ignored, so nothing is counted twice.
 
+An event the state cannot apply raises BadEvent and changes nothing: a gap in the sequences (GapError,
+raised before anything of the batch is applied), an event of another source than the shard's stream, a
+trade without a positive price and amount (checked before the event changes anything). The events of
+the batch before it stay applied (the checkpoint is the last of them; BadEvent.changes says what they
+changed), so the consumer resumes exactly at the event that failed.
+
 Per market:
 - an L3 mirror of the book (services.market.depth), giving L2 depth equal to the shard's after each
   whole command;
@@ -23,6 +29,7 @@ from typing import Any, Final
 
 from exchange.v1 import events_pb2 as ev
 
+from services.common.errors import quote
 from services.common.markets import MarketSpec
 from services.common.snapshot_codec import dumps_plain, loads_plain
 from services.market.depth import DepthMirror
@@ -36,8 +43,19 @@ LIMIT_ORDER: Final = 1  # ORDER_TYPE_LIMIT
 RecentTrade = tuple[int, int, int, int, int, int, int]
 
 
-class GapError(Exception):
-    """An event stream skipped a sequence: the events cannot be applied."""
+class BadEvent(ValueError):
+    """Event `sequence` cannot be applied; it changed nothing. `changes` holds what the events of its
+    batch before it changed (they are applied)."""
+
+    def __init__(self, message: str, sequence: int, changes: Changes | None = None) -> None:
+        super().__init__(message)
+        self.sequence = sequence
+        self.changes = changes if changes is not None else Changes()
+
+
+class GapError(BadEvent):
+    """An event stream skipped a sequence: the events cannot be applied (`sequence` is the one
+    expected; nothing of the batch was applied)."""
 
 
 @dataclass(slots=True)
@@ -131,24 +149,38 @@ class MarketDataState:
             if e.sequence <= expect:
                 continue
             if e.sequence != expect + 1:
-                raise GapError(f"{shard}: event {e.sequence} follows {expect}")
+                raise GapError(f"{shard}: event {e.sequence} follows {expect}", expect + 1)
             expect = e.sequence
         if expect == cp:
             return changes
         checkpoints = self.checkpoints
-        for e in events:
-            if e.sequence > cp:
-                cp = e.sequence
-                checkpoints[shard] = cp
-                self._apply(e, changes)
-        self.event_times[shard] = events[-1].time_us
+        last_time = 0
+        try:
+            for e in events:
+                if e.sequence > cp:
+                    if e.source and e.source != shard:
+                        raise BadEvent(
+                            f"event {e.sequence} of the stream of {shard} comes from {quote(e.source)}",
+                            e.sequence,
+                        )
+                    self._apply(e, changes)
+                    changes.events += 1
+                    cp = e.sequence
+                    checkpoints[shard] = cp
+                    last_time = e.time_us
+        except BaseException as exc:  # a bad event, or a bug: what was applied stays, and is told
+            if changes.events:
+                self.event_times[shard] = last_time
+            if isinstance(exc, BadEvent):
+                exc.changes = changes
+            raise
+        self.event_times[shard] = last_time
         return changes
 
     def apply(self, shard: str, event: ev.MatchingEvent) -> Changes:
         return self.apply_batch(shard, [event])
 
     def _apply(self, e: ev.MatchingEvent, changes: Changes) -> None:
-        changes.events += 1
         md = self.markets.get(e.market)
         if md is None:
             return  # a market not configured here (or a shard-wide rejection)
@@ -156,6 +188,16 @@ class MarketDataState:
         depth = md.depth
         if kind == "trade_executed":
             t = e.trade_executed
+            if t.price_ticks <= 0 or t.amount_lots <= 0 or t.quote_units < 0:
+                spec = md.spec
+                raise BadEvent(
+                    f"event {e.sequence}: trade {t.trade_id} on {e.market} at price "
+                    f"{spec.format_price(t.price_ticks)} {spec.quote.symbol}, amount "
+                    f"{spec.format_amount(t.amount_lots)} {spec.base.symbol}, quote amount "
+                    f"{spec.format_quote(t.quote_units)} {spec.quote.symbol}: price and amount must be "
+                    "positive",
+                    e.sequence,
+                )
             depth.set_remaining(t.maker_order_id, t.maker_remaining_lots)
             if t.taker_order_id in depth:
                 depth.set_remaining(t.taker_order_id, t.taker_remaining_lots)

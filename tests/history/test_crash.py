@@ -24,6 +24,8 @@ from exchange.v1 import history_service_pb2_grpc as pbg
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sqlalchemy import Engine, func, select
 
+from services.common.config import load_config
+from services.common.security import process_security
 from services.history import schema
 from services.history.store import create_history_engine
 from tests.cluster import DEFAULT_MARKETS, ROOT, free_port
@@ -85,6 +87,11 @@ class HistoryProcess:
                         return
                 time.sleep(0.05)
         raise TimeoutError(self.log()[-3000:])
+
+    def channel(self) -> grpc.Channel:
+        """A channel authenticated as admin with the credentials of the process's data directory."""
+        creds = process_security(load_config(self.config), "admin").channel_credentials()
+        return grpc.secure_channel(self.address, creds)
 
     def signal(self, sig: int) -> int:
         assert self.proc is not None
@@ -174,7 +181,7 @@ def test_kill_9_mid_ingest_keeps_every_row_exactly_once(
             proc.wait_ready()
             ready = [e for e in proc.log_entries() if e.get("msg") == "history ready"]
             assert ready and ready[-1]["port"] == int(address.rsplit(":", 1)[1])
-            with grpc.insecure_channel(address) as ch:
+            with proc.channel() as ch:
                 stub = pbg.HistoryServiceStub(ch)
                 deadline = time.monotonic() + 90
                 while True:

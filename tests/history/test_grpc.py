@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 import tomllib
 from pathlib import Path
@@ -18,6 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sqlalchemy import Engine
 
 from services.common.config import ExchangeConfig, config_from_dict
+from services.common.rpc import channel, error_reason
 from services.history import schema
 from services.history.app import HistoryApp
 from services.history.service import SERVICE_NAME
@@ -64,11 +66,11 @@ def test_consume_and_serve(tmp_path: Path, db_url: str, engine: Engine, small_fl
         want = sources_of(fakes.feeds)
 
         async def body() -> None:
-            app = HistoryApp(config)
+            app = HistoryApp(config, page_token_key=os.urandom(32))
             await app.start()
             assert app.server is not None
             try:
-                async with grpc.aio.insecure_channel(f"127.0.0.1:{app.server.port}") as ch:
+                async with channel(f"127.0.0.1:{app.server.port}") as ch:
                     stub = pbg.HistoryServiceStub(ch)
                     health = health_pb2_grpc.HealthStub(ch)
                     resp = await health.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=5)
@@ -180,6 +182,40 @@ async def check_answers(stub: pbg.HistoryServiceStub, flow: Flow) -> None:
         grpc.StatusCode.NOT_FOUND, stub.GetOrderHistory(pb.GetOrderHistoryRequest(order_id=10**12))
     )
     await expect_code(grpc.StatusCode.INVALID_ARGUMENT, stub.GetOrderHistory(pb.GetOrderHistoryRequest()))
+    # API-edge bounds, with their reasons (ErrorInfo)
+    for big in (2**63, 2**64 - 1):
+        for call in (
+            stub.ListFinishedOrders(pb.ListFinishedOrdersRequest(user_id=big)),
+            stub.ListUserTrades(pb.ListUserTradesRequest(user_id=big)),
+            stub.ListBalanceHistory(pb.ListBalanceHistoryRequest(user_id=big)),
+            stub.GetOrderHistory(pb.GetOrderHistoryRequest(order_id=big)),
+            stub.ListOrderTrades(pb.ListOrderTradesRequest(order_id=big)),
+        ):
+            assert await expect_reason(grpc.StatusCode.INVALID_ARGUMENT, call) == "VALUE_OUT_OF_RANGE"
+    reason = await expect_reason(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        stub.ListBalanceHistory(
+            pb.ListBalanceHistoryRequest(user_id=user, asset="USDT", page_token=bad_token)
+        ),
+    )
+    assert reason == "INVALID_PAGE_TOKEN"
+    long_market = pb.ListUserTradesRequest(user_id=user, market="X" * 100_000)
+    assert await expect_reason(grpc.StatusCode.INVALID_ARGUMENT, stub.ListUserTrades(long_market)) == (
+        "FIELD_TOO_LONG"
+    )
+    unknown = stub.ListUserTrades(pb.ListUserTradesRequest(user_id=user, market="NOPE_USDT"))
+    assert await expect_reason(grpc.StatusCode.NOT_FOUND, unknown) == "UNKNOWN_MARKET"
+    big_page = await stub.ListBalanceHistory(pb.ListBalanceHistoryRequest(user_id=user, page_size=100_000))
+    assert 0 < len(big_page.entries) <= 1000
+
+
+async def expect_reason(code: grpc.StatusCode, call: Any) -> str:
+    """The ErrorInfo reason of a call that fails with `code`; its message is short."""
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await call
+    assert info.value.code() == code, info.value.details()
+    assert len(info.value.details() or "") < 200
+    return error_reason(info.value)
 
 
 def format_usdt(units: int) -> str:
@@ -197,7 +233,7 @@ def test_out_of_range_is_an_error_and_retried(
         config = make_config(fakes, tmp_path, db_url)
 
         async def body() -> None:
-            app = HistoryApp(config)
+            app = HistoryApp(config, page_token_key=os.urandom(32))
             for c in app.consumers:
                 c.out_of_range_retry_s = 0.2
             with caplog.at_level(logging.ERROR, logger="services.history.consumer"):
@@ -229,7 +265,7 @@ def test_stop_during_ingest_keeps_a_consistent_checkpoint(tmp_path: Path, small_
         config = make_config(fakes, tmp_path, db_url)
 
         async def run_for(seconds: float | None) -> dict[str, int]:
-            app = HistoryApp(config)
+            app = HistoryApp(config, page_token_key=os.urandom(32))
             await app.start()
             try:
                 if seconds is None:

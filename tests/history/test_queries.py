@@ -3,6 +3,7 @@ filters, an order's trades, orders by id, and the errors for bad requests."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -10,15 +11,14 @@ import pytest
 from exchange.v1 import events_pb2 as ev
 from sqlalchemy import Engine
 
-from services.common.errors import InvalidArgument, NotFound
+from services.common.errors import InvalidArgument, NotFound, Reason
+from services.common.limits import MAX_PAGE_SIZE
 from services.history.queries import (
     BUSINESS_NAMES,
-    MAX_PAGE_SIZE,
     HistoryQueries,
     Page,
+    PageTokens,
     UserTradeRecord,
-    decode_page_token,
-    encode_page_token,
 )
 from services.history.store import FINAL_STATUSES, HistoryStore
 from tests.accounts.sim import default_catalog
@@ -31,7 +31,7 @@ PAGE_SIZES = [1, 7, 100, 1000]
 @pytest.fixture
 def loaded(engine: Engine, store: HistoryStore, small_flow: Flow) -> HistoryQueries:
     load(store, small_flow)
-    return HistoryQueries(engine, default_catalog(SHARDS))
+    return HistoryQueries(engine, default_catalog(SHARDS), page_token_key=os.urandom(32))
 
 
 def all_pages(fetch: Callable[..., Page[T]], page_size: int, **kw: Any) -> list[T]:
@@ -243,7 +243,7 @@ def test_self_trade_sides_and_time_ties(engine: Engine, store: HistoryStore) -> 
         t.taker_fee, t.maker_fee = 6, 3
         events.append(e)
     store.ingest_matching("matching-0", events)
-    q = HistoryQueries(engine, default_catalog(SHARDS))
+    q = HistoryQueries(engine, default_catalog(SHARDS), page_token_key=os.urandom(32))
     for size in (1, 2, 3, 100):
         got = all_pages(q.list_user_trades, size, user_id=9)
         assert [(t.trade_id, t.role) for t in got] == [
@@ -316,12 +316,126 @@ def test_bad_requests(loaded: HistoryQueries, small_flow: Flow) -> None:
 
 
 def test_page_token_round_trip() -> None:
-    token = encode_page_token("scope", (1_700_000_000_000_000, 42, 1))
-    assert decode_page_token(token, "scope", 3) == (1_700_000_000_000_000, 42, 1)
+    tokens = PageTokens(os.urandom(32))
+    token = tokens.encode("scope", (1_700_000_000_000_000, 42, 1))
+    assert tokens.decode(token, "scope", 3) == (1_700_000_000_000_000, 42, 1)
     assert all(c.isalnum() or c in "-_" for c in token)
     with pytest.raises(InvalidArgument):
-        decode_page_token(token, "other scope", 3)
+        tokens.decode(token, "other scope", 3)
     with pytest.raises(InvalidArgument):
-        decode_page_token(token, "scope", 2)
+        tokens.decode(token, "scope", 2)
     with pytest.raises(InvalidArgument):
-        decode_page_token(encode_page_token("scope", (-5, 1)), "scope", 2)
+        tokens.decode(tokens.encode("scope", (-5, 1)), "scope", 2)
+
+
+# --- request bounds, reasons, page-token keys ------------------------------------------------------
+
+
+@pytest.fixture
+def empty_sqlite(tmp_path: Any) -> Any:
+    from services.history.store import create_history_engine, migrate
+
+    engine = create_history_engine(f"sqlite:///{tmp_path / 'history.sqlite'}")
+    migrate(engine)
+    yield engine
+    engine.dispose()
+
+
+def refused(call: Callable[[], Any], reason: Reason, error: type[Exception] = InvalidArgument) -> str:
+    with pytest.raises(error) as info:
+        call()
+    assert getattr(info.value, "reason", None) == reason, (info.value, reason)
+    message = str(info.value)
+    assert len(message) < 160, message  # quotes a short prefix of the input at most
+    return message
+
+
+def test_every_request_field_is_bounded_with_a_precise_reason(empty_sqlite: Engine) -> None:
+    q = HistoryQueries(empty_sqlite, default_catalog(SHARDS), page_token_key=os.urandom(32))
+    lists = (q.list_finished_orders, q.list_user_trades, q.list_balance_history)
+    OUT, LONG, BAD = Reason.VALUE_OUT_OF_RANGE, Reason.FIELD_TOO_LONG, Reason.INVALID_FIELD
+    for fetch in lists:
+        for user in (2**63, 2**64 - 1, -1):
+            refused(lambda f=fetch, u=user: f(user_id=u), OUT)  # type: ignore[misc]
+        for start, end in ((-1, 0), (0, -1), (10, 10), (11, 10)):
+            refused(lambda f=fetch, s=start, e=end: f(user_id=1, start_time_us=s, end_time_us=e), OUT)  # type: ignore[misc]
+        refused(lambda f=fetch: f(user_id=1, page_token="A" * 513), LONG)  # type: ignore[misc]
+        refused(lambda f=fetch: f(user_id=1, page_token="%%%"), Reason.INVALID_PAGE_TOKEN)  # type: ignore[misc]
+        refused(lambda f=fetch: f(user_id=1, page_token="A" * 400), Reason.INVALID_PAGE_TOKEN)  # type: ignore[misc]
+        refused(lambda f=fetch: f(user_id=1, page_size=-1), OUT)  # type: ignore[misc]
+    # user 0 (the fee account) has a balance history, no orders or trades of its own
+    refused(lambda: q.list_finished_orders(user_id=0), OUT)
+    refused(lambda: q.list_user_trades(user_id=0), OUT)
+    assert q.list_balance_history(user_id=0).items == []
+    # order ids
+    for call in (q.get_order, lambda order_id: q.list_order_trades(order_id=order_id)):
+        refused(lambda c=call: c(0), BAD)  # type: ignore[misc]
+        for oid in (2**63, 2**64 - 1):
+            refused(lambda c=call, o=oid: c(o), OUT)  # type: ignore[misc]
+        refused(lambda c=call: c(10**12), Reason.ORDER_NOT_FOUND, NotFound)  # type: ignore[misc]
+    refused(lambda: q.list_order_trades(order_id=5, page_token="B" * 600), LONG)
+    # strings: bounded first, then looked up
+    message = refused(lambda: q.list_user_trades(user_id=1, market="M" * 5000), LONG)
+    assert "5000 characters" in message
+    refused(lambda: q.list_finished_orders(user_id=1, market="NOPE_USDT"), Reason.UNKNOWN_MARKET, NotFound)
+    refused(lambda: q.list_balance_history(user_id=1, asset="A" * 33), LONG)
+    refused(lambda: q.list_balance_history(user_id=1, asset="NOPE"), Reason.UNKNOWN_ASSET, NotFound)
+    refused(lambda: q.list_balance_history(user_id=1, business="b" * 65), LONG)
+    message = refused(lambda: q.list_balance_history(user_id=1, business="lottery" * 9), BAD)
+    assert "deposit" in message
+    refused(lambda: q.list_user_trades(user_id=1, side=3), BAD)
+    refused(lambda: q.list_finished_orders(user_id=1, side=-7), BAD)
+
+
+def test_one_paging_rule(empty_sqlite: Engine) -> None:
+    """limits.page_size everywhere: 0 is 100, more than 1000 is 1000 (the rest on the next pages)."""
+    store = HistoryStore(empty_sqlite)
+    events = []
+    for seq in range(1, 1501):
+        e = ev.AccountEvent(source="accounts-0", sequence=seq, time_us=seq, user_id=7)
+        b = e.balance_changed
+        b.asset, b.business, b.business_id = "USDT", 1, f"tx{seq}"  # type: ignore[assignment]
+        b.available_delta = b.available = 1
+        events.append(e)
+    store.ingest_accounts("accounts-0", events)
+    q = HistoryQueries(empty_sqlite, default_catalog(SHARDS), page_token_key=os.urandom(32))
+    assert len(q.list_balance_history(user_id=7).items) == 100
+    first = q.list_balance_history(user_id=7, page_size=100_000)
+    assert len(first.items) == MAX_PAGE_SIZE == 1000 and first.next_page_token
+    rest = q.list_balance_history(user_id=7, page_size=2**32 - 1, page_token=first.next_page_token)
+    assert len(rest.items) == 500 and not rest.next_page_token
+
+
+def test_page_tokens_are_signed_with_the_key_they_are_given(empty_sqlite: Engine) -> None:
+    """A token made with one key is refused with another (the key is the exchange's secret, not a
+    constant of the source)."""
+    store = HistoryStore(empty_sqlite)
+    store.ingest_accounts(
+        "accounts-0",
+        [
+            ev.AccountEvent(
+                source="accounts-0",
+                sequence=s,
+                time_us=s,
+                user_id=3,
+                balance_changed=ev.BalanceChanged(asset="BTC", business_id=f"t{s}", available_delta=1),
+            )
+            for s in range(1, 6)
+        ],
+    )
+    catalog = default_catalog(SHARDS)
+    key = os.urandom(32)
+    mine = HistoryQueries(empty_sqlite, catalog, page_token_key=key)
+    token = mine.list_balance_history(user_id=3, page_size=2).next_page_token
+    assert token
+    same_key = HistoryQueries(empty_sqlite, catalog, page_token_key=bytes(key))
+    assert len(same_key.list_balance_history(user_id=3, page_size=2, page_token=token).items) == 2
+    other = HistoryQueries(empty_sqlite, catalog, page_token_key=os.urandom(32))
+    refused(
+        lambda: other.list_balance_history(user_id=3, page_size=2, page_token=token),
+        Reason.INVALID_PAGE_TOKEN,
+    )
+    assert PageTokens(key).encode("s", (1, 2)) != PageTokens(os.urandom(32)).encode("s", (1, 2))
+    for bad in (b"", b"short", b"x" * 65):
+        with pytest.raises(ValueError):
+            PageTokens(bad)

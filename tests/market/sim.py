@@ -96,6 +96,7 @@ class Generator:
         elif r < 0.5:
             self.time_us += self.rng.randrange(0, self.max_step_us)
         proto = command_to_proto("accounts-0", self.seq, self.time_us, cmd)
+        proto.previous_sequence = self.seq - 1  # the forward chain: every command goes to this shard
         outcome = self.machine.apply(self.seq, self.time_us, proto)
         events = [ev.MatchingEvent.FromString(b) for b in outcome.events]
         self.events.extend(events)

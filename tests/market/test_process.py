@@ -24,6 +24,8 @@ from exchange.v1 import matching_service_pb2 as mpb
 from exchange.v1 import matching_service_pb2_grpc as mgrpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.common.config import load_config
+from services.common.security import process_security
 from services.market.klines import INTERVALS
 from tests.cluster import DEFAULT_MARKETS, ROOT, free_port
 from tests.market.sim import Generator, kiv, reference_klines, trades_of
@@ -86,7 +88,9 @@ class MarketProcess:
         )
         self.log_path = directory / "market.log"
         self.proc: subprocess.Popen[bytes] | None = None
-        self.channel = grpc.insecure_channel(self.address)
+        # authenticated as admin with the credentials of the process's data directory
+        creds = process_security(load_config(self.config), "admin").channel_credentials()
+        self.channel = grpc.secure_channel(self.address, creds)
         self.stub = pbg.MarketServiceStub(self.channel)
 
     def start(self, timeout: float = 30.0) -> None:

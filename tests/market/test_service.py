@@ -13,7 +13,7 @@ from exchange.v1 import events_pb2 as ev
 from exchange.v1 import market_service_pb2 as pb
 from exchange.v1 import market_service_pb2_grpc as pbg
 
-from services.common.rpc import start_server
+from services.common.rpc import channel, error_reason, start_server
 from services.market.klines import D1, H1, INTERVALS, M1
 from services.market.service import MarketServicer
 from services.market.state import MarketDataState
@@ -51,7 +51,7 @@ class Harness:
         self.server = await start_server(
             "127.0.0.1:0", [(pbg.add_MarketServiceServicer_to_server, self.servicer)], [name]
         )
-        self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{self.server.port}")
+        self.channel = channel(f"127.0.0.1:{self.server.port}")
         return pbg.MarketServiceStub(self.channel)
 
     async def __aexit__(self, *exc: object) -> None:
@@ -374,3 +374,232 @@ def test_kline_subscription_sends_late_updates_of_the_previous_interval() -> Non
         await stream.aclose()  # type: ignore[attr-defined]
 
     asyncio.run(body())
+
+
+async def expect_reason(code: grpc.StatusCode, reason: str, call: Awaitable[Any]) -> str:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await call
+    assert info.value.code() == code, info.value.details()
+    assert error_reason(info.value) == reason, info.value.details()
+    return str(info.value.details())
+
+
+async def first_message_reason(code: grpc.StatusCode, reason: str, call: Any) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await call.read()
+    assert info.value.code() == code, info.value.details()
+    assert error_reason(info.value) == reason, info.value.details()
+
+
+def test_every_request_field_is_bounded_with_a_precise_reason() -> None:
+    long_market = "BTC_USDT" * 500  # 4000 characters
+    INVALID, NOT_FOUND = CODE.INVALID_ARGUMENT, CODE.NOT_FOUND
+
+    async def body(h: Harness, stub: pbg.MarketServiceStub) -> None:
+        K, D, T = pb.GetKlinesRequest, pb.GetMarketDepthRequest, pb.ListRecentTradesRequest
+        m1 = kiv(M1)
+        # market: required, bounded, known; the message quotes a short prefix only
+        for call in (
+            stub.GetKlines(K(market=long_market, interval=m1)),
+            stub.GetTicker(pb.GetTickerRequest(market=long_market)),
+            stub.ListRecentTrades(T(market=long_market)),
+            stub.GetMarketDepth(D(market=long_market)),
+        ):
+            details = await expect_reason(INVALID, "FIELD_TOO_LONG", call)
+            assert len(details) < 200 and "4000 characters" in details
+        await expect_reason(INVALID, "INVALID_FIELD", stub.GetTicker(pb.GetTickerRequest()))
+        details = await expect_reason(
+            NOT_FOUND, "UNKNOWN_MARKET", stub.GetTicker(pb.GetTickerRequest(market="X" * 32))
+        )
+        assert len(details) < 100
+        # interval, times, limits
+        await expect_reason(INVALID, "INVALID_FIELD", stub.GetKlines(K(market=MARKET, interval=kiv(99))))
+        for start, end in ((-1, 0), (0, -1), (-(2**63), 0)):
+            await expect_reason(
+                INVALID,
+                "VALUE_OUT_OF_RANGE",
+                stub.GetKlines(K(market=MARKET, interval=m1, start_time_us=start, end_time_us=end)),
+            )
+        await expect_reason(
+            INVALID,
+            "VALUE_OUT_OF_RANGE",
+            stub.GetKlines(K(market=MARKET, interval=m1, start_time_us=5, end_time_us=5)),
+        )
+        for limit in (1501, 2**32 - 1):
+            await expect_reason(
+                INVALID, "VALUE_OUT_OF_RANGE", stub.GetKlines(K(market=MARKET, interval=m1, limit=limit))
+            )
+        assert len((await stub.GetKlines(K(market=MARKET, interval=m1, limit=1500))).klines) == 1500
+        await expect_reason(
+            INVALID, "VALUE_OUT_OF_RANGE", stub.ListRecentTrades(T(market=MARKET, limit=1001))
+        )
+        await expect_reason(INVALID, "VALUE_OUT_OF_RANGE", stub.GetMarketDepth(D(market=MARKET, limit=5001)))
+        assert await stub.GetMarketDepth(D(market=MARKET, limit=5000))
+        # merge
+        details = await expect_reason(
+            INVALID, "FIELD_TOO_LONG", stub.GetMarketDepth(D(market=MARKET, merge="1" * 10_000))
+        )
+        assert len(details) < 200
+        for merge in ("0.015", "abc", "0", "-1", "1e3", "9" * 40):  # "0.015": more decimals than the tick
+            await expect_reason(
+                INVALID, "INVALID_DECIMAL", stub.GetMarketDepth(D(market=MARKET, merge=merge))
+            )
+        # the same checks on the streams, before anything is sent
+        await first_message_reason(
+            INVALID, "FIELD_TOO_LONG", stub.SubscribeTicker(pb.SubscribeTickerRequest(market=long_market))
+        )
+        await first_message_reason(
+            INVALID, "FIELD_TOO_LONG", stub.SubscribeTrades(pb.SubscribeTradesRequest(market=long_market))
+        )
+        await first_message_reason(
+            INVALID,
+            "FIELD_TOO_LONG",
+            stub.SubscribeKlines(pb.SubscribeKlinesRequest(market=long_market, interval=m1)),
+        )
+        await first_message_reason(
+            INVALID, "INVALID_FIELD", stub.SubscribeKlines(pb.SubscribeKlinesRequest(market=MARKET))
+        )
+        await first_message_reason(
+            INVALID,
+            "VALUE_OUT_OF_RANGE",
+            stub.SubscribeDepth(pb.SubscribeDepthRequest(market=MARKET, limit=5001)),
+        )
+        await first_message_reason(
+            INVALID,
+            "FIELD_TOO_LONG",
+            stub.SubscribeDepth(pb.SubscribeDepthRequest(market=MARKET, merge="5" * 65)),
+        )
+        await first_message_reason(
+            NOT_FOUND, "UNKNOWN_MARKET", stub.SubscribeDepth(pb.SubscribeDepthRequest(market="NOPE"))
+        )
+        assert h.servicer.hub.count() == 0  # refused requests hold no subscription
+
+    run(body)
+
+
+def test_subscriptions_are_capped_and_refused_ones_cost_nothing() -> None:
+    h = Harness(commands=200)
+    h.servicer.hub.max_subscriptions = 3
+
+    async def body(h: Harness, stub: pbg.MarketServiceStub) -> None:
+        calls = [stub.SubscribeDepth(pb.SubscribeDepthRequest(market=MARKET)) for _ in range(3)]
+        for call in calls:
+            await read(call)
+        assert h.servicer.hub.count() == 3
+        refused = stub.SubscribeTicker(pb.SubscribeTickerRequest(market=MARKET))
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await refused.read()
+        assert info.value.code() == CODE.UNAVAILABLE and error_reason(info.value) == "BUSY"
+        assert h.servicer.hub.count() == 3
+        calls[0].cancel()
+        deadline = asyncio.get_running_loop().time() + 5
+        while h.servicer.hub.count() != 2:
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.01)
+        again = stub.SubscribeTicker(pb.SubscribeTickerRequest(market=MARKET))
+        assert (await read(again)).ticker.market == MARKET
+        for call in (*calls[1:], again):
+            call.cancel()
+
+    run(body, h)
+
+
+def test_a_subscriber_that_never_reads_does_not_make_the_server_buffer() -> None:
+    """Depth streams are computed when they can be sent: once the transport's flow-control window is
+    full, a client that stops reading holds one suspended stream, however many changes ingestion applies
+    meanwhile (and ingestion never waits for it)."""
+    state = MarketDataState(default_catalog().markets.values())
+    seq = [0]
+
+    def accept(side: int, price: int) -> ev.MatchingEvent:
+        seq[0] += 1
+        e = ev.MatchingEvent(source="matching-0", sequence=seq[0], time_us=seq[0], market=MARKET)
+        o = e.order_accepted.order
+        o.order_id, o.user_id, o.market = seq[0], 1, MARKET
+        o.side, o.type = side, 1  # type: ignore[assignment]
+        o.price_ticks, o.amount_lots = price, 10
+        return e
+
+    levels = 5000
+    state.apply_batch(
+        "matching-0",
+        [accept(1, 1_000_000 - k) for k in range(levels)] + [accept(2, 1_000_001 + k) for k in range(levels)],
+    )
+    servicer = MarketServicer(state, clock=lambda: 10**15)
+    produced = {"n": 0, "bytes": 0}
+    real = servicer.SubscribeDepth
+
+    async def counting(request: Any, context: Any) -> Any:
+        async for msg in real(request, context):
+            produced["n"] += 1
+            produced["bytes"] += msg.ByteSize()
+            yield msg
+
+    servicer.SubscribeDepth = counting  # type: ignore[assignment,method-assign]
+
+    async def change_and_wait(times: int) -> None:
+        for _ in range(times):
+            servicer.on_changes(state.apply_batch("matching-0", [accept(1, 1_000_000)]))
+            await asyncio.sleep(0.005)  # the server side runs
+
+    async def main() -> None:
+        name = pb.DESCRIPTOR.services_by_name["MarketService"].full_name
+        server = await start_server(
+            "127.0.0.1:0", [(pbg.add_MarketServiceServicer_to_server, servicer)], [name]
+        )
+        ch = channel(f"127.0.0.1:{server.port}")
+        try:
+            call = pbg.MarketServiceStub(ch).SubscribeDepth(
+                pb.SubscribeDepthRequest(market=MARKET, limit=levels)
+            )
+            first = await read(call)  # then never again
+            assert len(first.bids) == len(first.asks) == levels and first.ByteSize() > 200_000
+            # fill whatever the transport buffers, until the stream stops producing
+            last = -1
+            for _ in range(100):
+                await change_and_wait(10)
+                if produced["n"] == last:
+                    break
+                last = produced["n"]
+            else:
+                raise AssertionError(f"the stream never stopped producing: {produced}")
+            stalled = dict(produced)
+            await change_and_wait(100)
+            assert produced == stalled, "a suspended stream must not compute or queue more messages"
+            assert stalled["bytes"] < 64 << 20
+            call.cancel()
+        finally:
+            await ch.close()
+            servicer.hub.close()
+            await server.stop(0.5)
+
+    asyncio.run(main())
+
+
+def test_merge_off_a_coarse_tick_is_price_not_on_tick() -> None:
+    from services.common.errors import InvalidArgument, Reason
+    from services.common.markets import MarketCatalog
+    from services.market.service import parse_merge
+
+    catalog = MarketCatalog.from_dict(
+        {
+            "assets": {"BTC": {"decimals": 8}, "USDT": {"decimals": 8}},
+            "markets": [
+                {
+                    "symbol": "BTC_USDT",
+                    "base": "BTC",
+                    "quote": "USDT",
+                    "price_tick": "0.05",
+                    "lot_size": "0.001",
+                }
+            ],
+        }
+    )
+    spec = catalog.market("BTC_USDT")
+    assert parse_merge(spec, "0.5") == 10
+    with pytest.raises(InvalidArgument) as info:
+        parse_merge(spec, "0.07")
+    assert info.value.reason == Reason.PRICE_NOT_ON_TICK and "0.05" in info.value.message
+    with pytest.raises(InvalidArgument) as info:
+        parse_merge(spec, "0.071")
+    assert info.value.reason == Reason.INVALID_DECIMAL

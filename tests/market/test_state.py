@@ -7,7 +7,7 @@ import random
 import pytest
 from exchange.v1 import events_pb2 as ev
 
-from services.market.state import GapError, MarketDataState
+from services.market.state import BadEvent, GapError, MarketDataState
 from tests.market.sim import Generator, default_catalog
 
 MARKETS = ["BTC_USDT", "ETH_USDT"]
@@ -112,3 +112,67 @@ def test_restore_with_changed_market_set() -> None:
     assert restored.markets["BTC_USDT"].trade_seq == state.markets["BTC_USDT"].trade_seq
     again = MarketDataState.restore(restored.snapshot(), catalog.markets.values())
     assert again.markets["SOL_USDT"].trade_seq == 0
+
+
+def spoiled(e: ev.MatchingEvent, how: str) -> ev.MatchingEvent:
+    bad = ev.MatchingEvent()
+    bad.CopyFrom(e)
+    if how == "foreign source":
+        bad.source = "matching-7"
+    elif how == "zero price":
+        bad.trade_executed.price_ticks = 0
+    elif how == "negative amount":
+        bad.trade_executed.amount_lots = -3
+    else:  # pragma: no cover
+        raise AssertionError(how)
+    return bad
+
+
+@pytest.mark.parametrize("how", ["foreign source", "zero price", "negative amount"])
+def test_an_event_that_cannot_be_applied_changes_nothing(how: str) -> None:
+    """The events before it in the batch are applied (and reported in BadEvent.changes), the bad one
+    changes nothing, and the checkpoint stays right before it, so a retry resumes exactly there."""
+    gen = Generator(seed=4, markets=MARKETS)
+    events = gen.run(400)
+    i = next(i for i, e in enumerate(events) if i > 200 and e.WhichOneof("event") == "trade_executed")
+    bad = spoiled(events[i], how)
+    state = new_state()
+    state.apply_batch("matching-0", events[:150])
+    with pytest.raises(BadEvent) as info:
+        state.apply_batch("matching-0", [*events[150:i], bad, *events[i + 1 :]])
+    assert info.value.sequence == events[i].sequence
+    assert info.value.changes.events == i - 150
+    assert state.checkpoint("matching-0") == events[i - 1].sequence
+    reference = new_state()
+    reference.apply_batch("matching-0", events[:i])
+    assert state.snapshot() == reference.snapshot()
+    # the bad event again: refused again, nothing changes
+    with pytest.raises(BadEvent):
+        state.apply_batch("matching-0", [bad])
+    assert state.snapshot() == reference.snapshot()
+    # corrected, the stream goes on as if nothing happened
+    state.apply_batch("matching-0", events[i:])
+    straight = new_state()
+    straight.apply_batch("matching-0", events)
+    assert state.snapshot() == straight.snapshot()
+
+
+def test_an_error_while_applying_does_not_move_the_checkpoint_past_the_event(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    gen = Generator(seed=6, markets=MARKETS)
+    events = gen.run(100)
+    state = new_state()
+    real = state._apply
+    target = events[60].sequence
+
+    def apply(e: ev.MatchingEvent, changes: object) -> None:
+        if e.sequence == target:
+            raise KeyError("a bug")
+        real(e, changes)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(state, "_apply", apply)
+    with pytest.raises(KeyError):
+        state.apply_batch("matching-0", events)
+    assert state.checkpoint("matching-0") == target - 1
+    assert state.event_times["matching-0"] == events[59].time_us
