@@ -82,15 +82,15 @@ def test_order_lifecycle_through_grpc(cluster: Cluster) -> None:
     assert balances(c, 102)["BTC"] == ("1", "0.75")
     depth = c.matching().GetDepth(mpb.GetDepthRequest(market="BTC_USDT"))
     assert [(lv.price, lv.amount) for lv in depth.asks] == [("30000", "0.75")]
-    # Repeated client order id: the original comes back.
+    # Repeated client order id (same parameters): the original comes back.
     again = c.accounts.PlaceOrder(
         apb.PlaceOrderRequest(
             user_id=101,
             market="BTC_USDT",
             side=BUY,
             type=types_pb2.ORDER_TYPE_LIMIT,
-            price="1",
-            amount="9",
+            price="30010",
+            amount="0.25",
             client_order_id="my-1",
         )
     )

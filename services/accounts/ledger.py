@@ -10,17 +10,47 @@ exchange-core's risk split, in one deterministic object:
 The hold of an order always equals what it still needs: for a limit buy the highest price it may be at
 (its price, or a requested move not yet confirmed) x remaining x quote units per tick-lot; for a sell the
 remaining base; for a market buy the unspent budget. Every mutation reports to a Sink; no clock, no I/O.
+
+Refusals change nothing: every check of a command runs before its first mutation (a balance is created
+only when something is credited or frozen into it), so a refused command leaves the state, its hash and
+its snapshot exactly as they were.
+
+Settlement trusts nothing it cannot check (a forged or buggy matching command must not stop accounts).
+Each matching event is checked before it changes anything (`trade_problem`, `amended_problem`,
+`done_problem`, `accepted_problem`): its orders must be open orders of accounts, on the event's market,
+of the users and sides it names; a fill must be price x amount in quote and base units, within the
+order's amount (or budget), paid from a hold that covers it and what then remains, with a fee within
+the proceeds; an amend must leave open what matching says and need no more than the hold; a done needs
+a known reason. An event that fails is quarantined: skipped as a whole, recorded (the newest
+QUARANTINE_KEEP) and counted; the batch's other events settle as usual. The rule is all or nothing per
+event, and a trade is one event: both sides settle or neither, because settling one side alone would
+create or destroy money (the other side pays or receives it), breaking Σ balances == deposits -
+withdrawals. Every settled event keeps both invariants on its own (a fill moves money between its two
+sides and the fee account, paid out of frozen hold that covers it; an amend or a done only releases hold
+beyond what the order still needs), so skipping one never makes settling another unsafe. What skipping
+costs: from then on accounts and matching disagree about that order (matching filled what accounts did
+not), and its later events are checked like any other (its done releases all it holds; an amend whose
+remaining no longer agrees is quarantined too). Command rejections are not quarantined: they concern
+commands accounts sent and at most release a pending move's extra hold.
 """
 
 from __future__ import annotations
 
 import re
-from collections import OrderedDict
-from collections.abc import Iterator
+from collections import OrderedDict, deque
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
+from services.common.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Reason,
+    quote,
+)
+from services.common.limits import MAX_TIME_US, MAX_USER_ID
 from services.common.markets import MarketCatalog, MarketSpec
 from services.common.units import INT64_MAX
 
@@ -37,9 +67,10 @@ MAKER, TAKER = 1, 2
 
 _DONE_STATUS = {DONE_FILLED: FILLED, DONE_CANCELED: CANCELED, DONE_EXPIRED: EXPIRED, DONE_REJECTED: REJECTED}
 FINAL = frozenset((FILLED, CANCELED, EXPIRED, REJECTED))
-_CLIENT_ID = re.compile(r"[A-Za-z0-9_.:\-]{1,64}")
-_BUSINESS = re.compile(r"[A-Za-z0-9_.:\-]{1,64}")
-_BUSINESS_ID = re.compile(r"[A-Za-z0-9_.:#/\-]{1,128}")
+CLIENT_ID_RE = re.compile(r"[A-Za-z0-9_.:\-]{1,64}")
+BUSINESS_RE = re.compile(r"[A-Za-z0-9_.:\-]{1,64}")
+BUSINESS_ID_RE = re.compile(r"[A-Za-z0-9_.:#/\-]{1,128}")
+QUARANTINE_KEEP = 1000  # quarantined matching events kept in the state (the newest); all are counted
 
 
 class Sink(Protocol):
@@ -92,6 +123,8 @@ class AccountOrder:
         "market",
         "moves",
         "order_id",
+        "placed_amount",
+        "placed_price",
         "post_only",
         "price",
         "quote_budget",
@@ -147,6 +180,10 @@ class AccountOrder:
         self.expire_at = expire_at
         self.maker_fee = maker_fee
         self.taker_fee = taker_fee
+        # Price and amount as placed (amends change price and amount): what a repeated client_order_id
+        # is compared with.
+        self.placed_price = price
+        self.placed_amount = amount
         self.moves: dict[int, int] = {}  # accounts seq of a requested move -> its price (unconfirmed)
         self.cancel_requested = False
         self.fee = 0
@@ -158,6 +195,21 @@ class AccountOrder:
     def remaining(self) -> int:
         return 0 if self.status in FINAL else self.amount - self.filled
 
+    def placed(self) -> tuple[Any, ...]:
+        """The parameters the order was placed with (time in force as normalized by `place`)."""
+        return (
+            self.market,
+            self.side,
+            self.type,
+            self.tif,
+            self.placed_price,
+            self.placed_amount,
+            self.quote_budget,
+            self.post_only,
+            self.stp,
+            self.expire_at,
+        )
+
     def state(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in _ORDER_FIELDS}
 
@@ -167,6 +219,9 @@ class AccountOrder:
         for k, v in s.items():
             setattr(o, k, v)
         o.moves = {int(k): int(v) for k, v in dict(s["moves"]).items()}
+        if "placed_price" not in s:  # snapshot version 1: the placed values were not kept
+            o.placed_price = o.price
+            o.placed_amount = o.amount
         return o
 
 
@@ -178,6 +233,25 @@ class AdjustResult:
     duplicate: bool
     available: int
     frozen: int
+
+
+@dataclass(frozen=True)
+class AmendPlan:
+    """An amend checked against the current state (nothing changed yet): see Ledger.plan_amend."""
+
+    order: AccountOrder
+    new_price: int  # 0 = keep
+    new_amount: int  # 0 = keep
+    extra_hold: int  # quote to freeze first (a buy moved above what it holds)
+
+
+def _normalized_tif(type: int, tif: int) -> int:
+    """Time in force as `place` stores it (limit: unspecified = GTC; market: unspecified = IOC)."""
+    if type == LIMIT:
+        return tif or GTC
+    if type == MARKET and tif in (0, IOC):
+        return IOC
+    return tif
 
 
 class Ledger:
@@ -193,11 +267,20 @@ class Ledger:
         self.net_external: dict[str, int] = {}  # deposits - withdrawals per asset
         self.next_order_id = 1
         self.settled: dict[str, int] = {}  # last matching event settled, per shard
+        # Matching events that could not be settled: (shard, event sequence, kind, why), the newest.
+        self.quarantine: deque[tuple[str, int, str, str]] = deque(maxlen=QUARANTINE_KEEP)
+        self.quarantined_total = 0
+
+    # --- formatting (messages people read) -----------------------------------------------------
+
+    def _money(self, asset: str, units: int) -> str:
+        return f"{self.catalog.assets[asset].format(units)} {asset}"
 
     # --- balances ------------------------------------------------------------------------------
 
     def balance(self, user: int, asset: str) -> list[int]:
-        """[available, frozen] (a live reference; creates a zero balance)."""
+        """[available, frozen] (a live reference; creates a zero balance). Only for changes that are
+        made: checks read with peek_balance, so a refused command creates nothing."""
         mine = self.balances.get(user)
         if mine is None:
             mine = self.balances[user] = {}
@@ -210,34 +293,53 @@ class Ledger:
         bal = self.balances.get(user, {}).get(asset)
         return (bal[0], bal[1]) if bal else (0, 0)
 
+    @staticmethod
+    def _check_user(user: int) -> None:
+        if user < 1 or user > MAX_USER_ID:
+            raise InvalidArgument(f"user_id must be in 1..{MAX_USER_ID}", Reason.VALUE_OUT_OF_RANGE)
+
     def adjust(
         self, user: int, asset: str, change: int, business: str, business_id: str, sink: Sink
     ) -> AdjustResult:
         """Deposit (change > 0) or withdraw (change < 0), idempotent by (user, asset, business, id)."""
-        if user < 1:
-            raise InvalidArgument("user_id must be positive")
+        self._check_user(user)
         if asset not in self.catalog.assets:
-            raise NotFound(f"unknown asset {asset!r}")
+            raise NotFound(f"unknown asset {quote(asset)}", Reason.UNKNOWN_ASSET)
         if change == 0:
-            raise InvalidArgument("amount must be greater than zero")
-        if not _BUSINESS.fullmatch(business):
-            raise InvalidArgument("business must be 1-64 characters [A-Za-z0-9_.:-]")
-        if not _BUSINESS_ID.fullmatch(business_id):
-            raise InvalidArgument("business_id must be 1-128 characters [A-Za-z0-9_.:#/-]")
+            raise InvalidArgument("amount must be greater than zero", Reason.INVALID_FIELD)
+        if abs(change) > INT64_MAX:
+            raise InvalidArgument(
+                f"amount {self._money(asset, abs(change))} is too large", Reason.VALUE_TOO_LARGE
+            )
+        if not BUSINESS_RE.fullmatch(business):
+            raise InvalidArgument("business must be 1-64 characters [A-Za-z0-9_.:-]", Reason.INVALID_FIELD)
+        if not BUSINESS_ID_RE.fullmatch(business_id):
+            raise InvalidArgument(
+                "business_id must be 1-128 characters [A-Za-z0-9_.:#/-]", Reason.INVALID_FIELD
+            )
         key = (user, asset, business, business_id)
         previous = self.adjustments.get(key)
         if previous is not None:
             if previous != change:
                 raise FailedPrecondition(
-                    f"{business}/{business_id} was already applied with a different amount"
+                    f"{quote(business)}/{quote(business_id)} was already applied with another amount "
+                    f"({'deposit' if previous > 0 else 'withdrawal'} of {self._money(asset, abs(previous))})",
+                    Reason.IDEMPOTENCY_KEY_REUSED,
                 )
             avail, frozen = self.peek_balance(user, asset)
             return AdjustResult(True, avail, frozen)
+        avail, _ = self.peek_balance(user, asset)
+        if change < 0 and avail < -change:
+            raise FailedPrecondition(
+                f"insufficient {asset}: available {self._money(asset, avail)}, "
+                f"needed {self._money(asset, -change)}",
+                Reason.INSUFFICIENT_BALANCE,
+            )
+        if avail + change > INT64_MAX:
+            raise InvalidArgument(
+                f"the {asset} balance would exceed {self._money(asset, INT64_MAX)}", Reason.VALUE_TOO_LARGE
+            )
         bal = self.balance(user, asset)
-        if change < 0 and bal[0] < -change:
-            raise FailedPrecondition(f"insufficient {asset}: available {bal[0]}, asked {-change}")
-        if bal[0] + change > INT64_MAX:
-            raise InvalidArgument("balance would overflow")
         bal[0] += change
         self.adjustments[key] = change
         self.net_external[asset] = self.net_external.get(asset, 0) + change
@@ -249,20 +351,20 @@ class Ledger:
     def spec(self, market: str) -> MarketSpec:
         spec = self.catalog.markets.get(market)
         if spec is None:
-            raise NotFound(f"unknown market {market!r}")
+            raise NotFound(f"unknown market {quote(market)}", Reason.UNKNOWN_MARKET)
         return spec
 
     def lookup(self, user: int, order_id: int = 0, client_order_id: str = "") -> AccountOrder:
         if client_order_id:
             found = self.client_ids.get((user, client_order_id))
             if found is None:
-                raise NotFound(f"no order with client_order_id {client_order_id!r}")
+                raise NotFound(
+                    f"no order with client_order_id {quote(client_order_id)}", Reason.ORDER_NOT_FOUND
+                )
             order_id = found
         order = self.orders.get(order_id) or self.finished.get(order_id)
-        if order is None:
-            raise NotFound(f"order {order_id} not found")
-        if order.user_id != user:
-            raise NotFound(f"order {order_id} not found")  # do not reveal other users' order ids
+        if order is None or order.user_id != user:  # do not reveal other users' order ids
+            raise NotFound(f"order {order_id} not found", Reason.ORDER_NOT_FOUND)
         return order
 
     def place(
@@ -284,80 +386,137 @@ class Ledger:
         sink: Sink,
         order_id: int = 0,
     ) -> tuple[AccountOrder, bool]:
-        """Validate, freeze and register a new order. Returns (order, duplicate)."""
-        if user < 1:
-            raise InvalidArgument("user_id must be positive")
+        """Validate, freeze and register a new order. Returns (order, duplicate).
+
+        A client_order_id the user already gave names that order: the same parameters (as placed)
+        return it as a duplicate; different ones are refused (ALREADY_EXISTS, DUPLICATE_CLIENT_ORDER_ID,
+        metadata order_id). The repeat is compared before anything else is checked, so a repeat of a
+        GTD order whose expire time has passed since is still recognized."""
+        if user < 1 or user > MAX_USER_ID:
+            self._check_user(user)
         if client_order_id:
-            if not _CLIENT_ID.fullmatch(client_order_id):
-                raise InvalidArgument("client_order_id must be 1-64 characters [A-Za-z0-9_.:-]")
+            if not CLIENT_ID_RE.fullmatch(client_order_id):
+                raise InvalidArgument(
+                    "client_order_id must be 1-64 characters [A-Za-z0-9_.:-]", Reason.INVALID_FIELD
+                )
             known = self.client_ids.get((user, client_order_id))
-            if known is not None:
-                existing = self.orders.get(known) or self.finished.get(known)
-                if existing is not None:
+            existing = None if known is None else self.orders.get(known) or self.finished.get(known)
+            if existing is not None:
+                asked = (
+                    market,
+                    side,
+                    type,
+                    _normalized_tif(type, tif),
+                    price,
+                    amount,
+                    quote_budget,
+                    post_only,
+                    stp,
+                    expire_at,
+                )
+                if asked == existing.placed():
                     return existing, True
+                raise AlreadyExists(
+                    f"client_order_id {quote(client_order_id)} already names order {existing.order_id}, "
+                    "placed with other parameters",
+                    Reason.DUPLICATE_CLIENT_ORDER_ID,
+                    metadata={"order_id": str(existing.order_id)},
+                )
         spec = self.spec(market)
+        base, quote_sym = spec.base.symbol, spec.quote.symbol
         if side not in (BUY, SELL):
-            raise InvalidArgument("side must be SIDE_BUY or SIDE_SELL")
+            raise InvalidArgument("side must be SIDE_BUY or SIDE_SELL", Reason.INVALID_ORDER)
         if stp not in (0, 1, 2, 3):
-            raise InvalidArgument("unknown self_trade_prevention")
+            raise InvalidArgument("unknown self_trade_prevention", Reason.INVALID_ORDER)
+        if expire_at < 0 or expire_at > MAX_TIME_US:
+            raise InvalidArgument(f"expire_time_us must be in 0..{MAX_TIME_US}", Reason.VALUE_OUT_OF_RANGE)
         if type == LIMIT:
             tif = tif or GTC
             if tif not in (GTC, IOC, FOK, GTD):
-                raise InvalidArgument("unknown time_in_force")
+                raise InvalidArgument("unknown time_in_force", Reason.INVALID_ORDER)
             if price <= 0:
-                raise InvalidArgument("a limit order needs a price")
+                raise InvalidArgument("a limit order needs a price", Reason.INVALID_ORDER)
             if quote_budget:
-                raise InvalidArgument("quote_amount is only for market buys")
+                raise InvalidArgument("quote_amount is only for market buys", Reason.INVALID_ORDER)
             if post_only and tif not in (GTC, GTD):
-                raise InvalidArgument("post_only needs GTC or GTD")
+                raise InvalidArgument("post_only needs GTC or GTD", Reason.INVALID_ORDER)
             if tif == GTD:
                 if expire_at <= now:
-                    raise InvalidArgument("expire_time_us must be in the future")
+                    raise InvalidArgument("expire_time_us must be in the future", Reason.INVALID_ORDER)
             elif expire_at:
-                raise InvalidArgument("expire_time_us is only for GTD orders")
+                raise InvalidArgument("expire_time_us is only for GTD orders", Reason.INVALID_ORDER)
             if amount < spec.min_amount_lots:
-                raise InvalidArgument(f"amount is below the minimum {spec.min_amount}")
+                raise InvalidArgument(
+                    f"amount {spec.format_amount(max(amount, 0))} {base} is below the minimum "
+                    f"{spec.min_amount} {base}",
+                    Reason.BELOW_MIN_AMOUNT,
+                )
             notional = price * amount * spec.quote_units_per_tick_lot
             if notional > INT64_MAX:
-                raise InvalidArgument("order value is too large")
+                raise InvalidArgument(
+                    f"order value {spec.format_quote(notional)} {quote_sym} is too large "
+                    f"(at most {spec.format_quote(INT64_MAX)} {quote_sym})",
+                    Reason.VALUE_TOO_LARGE,
+                )
             if notional < spec.min_notional_units:
                 raise InvalidArgument(
-                    f"order value is below the minimum {spec.min_notional} {spec.quote.symbol}"
+                    f"order value {spec.format_quote(notional)} {quote_sym} is below the minimum "
+                    f"{spec.min_notional} {quote_sym}",
+                    Reason.BELOW_MIN_NOTIONAL,
                 )
             hold, hold_asset = (
-                (notional, spec.quote.symbol)
-                if side == BUY
-                else (amount * spec.base_units_per_lot, spec.base.symbol)
+                (notional, quote_sym) if side == BUY else (amount * spec.base_units_per_lot, base)
             )
         elif type == MARKET:
             if tif not in (0, IOC):
-                raise InvalidArgument("market orders are immediate-or-cancel")
+                raise InvalidArgument("market orders are immediate-or-cancel", Reason.INVALID_ORDER)
             tif = IOC
             if price:
-                raise InvalidArgument("a market order has no price")
+                raise InvalidArgument("a market order has no price", Reason.INVALID_ORDER)
             if post_only:
-                raise InvalidArgument("a market order cannot be post-only")
+                raise InvalidArgument("a market order cannot be post-only", Reason.INVALID_ORDER)
             if expire_at:
-                raise InvalidArgument("expire_time_us is only for GTD orders")
+                raise InvalidArgument("expire_time_us is only for GTD orders", Reason.INVALID_ORDER)
             if side == BUY:
                 if amount:
-                    raise InvalidArgument("a market buy spends quote_amount, not amount")
-                if quote_budget < max(1, spec.min_notional_units):
-                    raise InvalidArgument(f"quote_amount is below the minimum {spec.min_notional}")
-                hold, hold_asset = quote_budget, spec.quote.symbol
+                    raise InvalidArgument(
+                        "a market buy spends quote_amount, not amount", Reason.INVALID_ORDER
+                    )
+                minimum = max(1, spec.min_notional_units)
+                if quote_budget < minimum:
+                    raise InvalidArgument(
+                        f"quote_amount {spec.format_quote(max(quote_budget, 0))} {quote_sym} is below the "
+                        f"minimum {spec.format_quote(minimum)} {quote_sym}",
+                        Reason.BELOW_MIN_NOTIONAL,
+                    )
+                hold, hold_asset = quote_budget, quote_sym
             else:
                 if quote_budget:
-                    raise InvalidArgument("a market sell gives amount, not quote_amount")
+                    raise InvalidArgument(
+                        "a market sell gives amount, not quote_amount", Reason.INVALID_ORDER
+                    )
                 if amount < spec.min_amount_lots:
-                    raise InvalidArgument(f"amount is below the minimum {spec.min_amount}")
-                hold, hold_asset = amount * spec.base_units_per_lot, spec.base.symbol
+                    raise InvalidArgument(
+                        f"amount {spec.format_amount(max(amount, 0))} {base} is below the minimum "
+                        f"{spec.min_amount} {base}",
+                        Reason.BELOW_MIN_AMOUNT,
+                    )
+                hold, hold_asset = amount * spec.base_units_per_lot, base
         else:
-            raise InvalidArgument("type must be ORDER_TYPE_LIMIT or ORDER_TYPE_MARKET")
+            raise InvalidArgument("type must be ORDER_TYPE_LIMIT or ORDER_TYPE_MARKET", Reason.INVALID_ORDER)
         if hold > INT64_MAX:
-            raise InvalidArgument("order value is too large")
-        bal = self.balance(user, hold_asset)
-        if bal[0] < hold:
-            raise FailedPrecondition(f"insufficient {hold_asset}: available {bal[0]}, needed {hold}")
+            raise InvalidArgument(
+                f"order value {self._money(hold_asset, hold)} is too large", Reason.VALUE_TOO_LARGE
+            )
+        mine = self.balances.get(user)
+        bal = mine.get(hold_asset) if mine is not None else None
+        avail = bal[0] if bal is not None else 0
+        if avail < hold:
+            raise FailedPrecondition(
+                f"insufficient {hold_asset}: available {self._money(hold_asset, avail)}, "
+                f"needed {self._money(hold_asset, hold)}",
+                Reason.INSUFFICIENT_BALANCE,
+            )
         if order_id and order_id != self.next_order_id:
             raise RuntimeError(
                 f"journaled order id {order_id} differs from the ledger's {self.next_order_id}"
@@ -385,6 +544,8 @@ class Ledger:
             maker_fee=spec.maker_fee_ppm,
             taker_fee=spec.taker_fee_ppm,
         )
+        if bal is None:
+            bal = self.balance(user, hold_asset)
         bal[0] -= hold
         bal[1] += hold
         self.orders[order_id] = order
@@ -399,26 +560,30 @@ class Ledger:
     def open_order(self, user: int, order_id: int, client_order_id: str = "") -> AccountOrder:
         order = self.lookup(user, order_id, client_order_id)
         if order.status in FINAL:
-            raise FailedPrecondition(f"order {order.order_id} is already {_STATUS_NAMES[order.status]}")
+            raise FailedPrecondition(
+                f"order {order.order_id} is already {_STATUS_NAMES[order.status]}", Reason.ORDER_ALREADY_DONE
+            )
         return order
 
     def request_cancel(
         self, user: int, order_id: int, client_order_id: str = "", market: str = ""
     ) -> tuple[AccountOrder, bool]:
         """Returns (order, first request). A repeated cancel is not forwarded again."""
+        self._check_user(user)
         order = self.open_order(user, order_id, client_order_id)
         if market and order.market != market:
-            raise NotFound(f"order {order.order_id} is not on market {market}")
+            raise NotFound(f"order {order.order_id} is not on market {quote(market)}", Reason.ORDER_NOT_FOUND)
         first = not order.cancel_requested
         order.cancel_requested = True
         return order, first
 
     def cancel_all_shards(self, user: int, market: str, side: int) -> tuple[dict[str, list[str]], int]:
         """Shards (and markets) holding the user's open orders to cancel, and how many orders."""
+        self._check_user(user)
         if market:
             self.spec(market)
         if side not in (0, BUY, SELL):
-            raise InvalidArgument("unknown side")
+            raise InvalidArgument("unknown side", Reason.INVALID_FIELD)
         shards: dict[str, list[str]] = {}
         count = 0
         for o in self.user_orders.get(user, {}).values():
@@ -430,46 +595,102 @@ class Ledger:
                 shards[shard].append(o.market)
         return shards, count
 
-    def request_reduce(self, user: int, order_id: int, client_order_id: str, new_amount: int) -> AccountOrder:
+    # --- orders: amend -------------------------------------------------------------------------
+
+    def plan_amend(
+        self,
+        user: int,
+        order_id: int,
+        client_order_id: str,
+        market: str,
+        new_price: int,
+        new_amount: int,
+    ) -> AmendPlan:
+        """Check a whole amend (a new amount and/or a new price) against the current state; changes
+        nothing. The order must be an open limit order of the user (on `market` when given); a new
+        amount must be above zero and below the current amount; a buy moved above what it holds must
+        be able to freeze the difference. The hold is sized for the current amount: until matching
+        confirms the reduce, the order may still be that large (a reduce can be refused)."""
+        self._check_user(user)
         order = self.open_order(user, order_id, client_order_id)
+        if market and order.market != market:
+            raise NotFound(f"order {order.order_id} is not on market {quote(market)}", Reason.ORDER_NOT_FOUND)
         if order.type != LIMIT:
-            raise FailedPrecondition("only limit orders can be amended")
-        if new_amount >= order.amount:
-            raise InvalidArgument("new_amount must be lower than the current amount (use a new order to add)")
-        if new_amount <= 0:
-            raise InvalidArgument("new_amount must be greater than zero (use CancelOrder)")
+            raise FailedPrecondition("only limit orders can be amended", Reason.ORDER_NOT_AMENDABLE)
+        if not new_price and not new_amount:
+            raise InvalidArgument("new_price or new_amount is required", Reason.INVALID_FIELD)
+        if new_price < 0 or new_amount < 0:
+            raise InvalidArgument("new_price and new_amount must not be negative", Reason.INVALID_FIELD)
+        spec = self.spec(order.market)
+        if new_amount and new_amount >= order.amount:
+            base = spec.base.symbol
+            raise FailedPrecondition(
+                f"new amount {spec.format_amount(new_amount)} {base} must be lower than the current "
+                f"amount {spec.format_amount(order.amount)} {base} (place a new order to add)",
+                Reason.ORDER_NOT_AMENDABLE,
+            )
+        extra = 0
+        if new_price and order.side == BUY:
+            remaining = order.amount - order.filled
+            quote_sym = spec.quote.symbol
+            value = new_price * remaining * spec.quote_units_per_tick_lot
+            if value > INT64_MAX:
+                raise InvalidArgument(
+                    f"order value {spec.format_quote(value)} {quote_sym} is too large", Reason.VALUE_TOO_LARGE
+                )
+            needed = (
+                max(order.price, new_price, *order.moves.values()) * remaining * spec.quote_units_per_tick_lot
+            )
+            extra = max(0, needed - order.hold)
+            avail, _ = self.peek_balance(user, quote_sym)
+            if avail < extra:
+                raise FailedPrecondition(
+                    f"insufficient {quote_sym}: available {self._money(quote_sym, avail)}, needed "
+                    f"{self._money(quote_sym, extra)} more to move the order to "
+                    f"{spec.format_price(new_price)} {quote_sym}",
+                    Reason.INSUFFICIENT_BALANCE,
+                )
+        return AmendPlan(order, new_price, new_amount, extra)
+
+    def apply_amend(self, plan: AmendPlan, move_seq: int, sink: Sink) -> AccountOrder:
+        """Carry out a planned amend: freeze what a higher buy price may need and note the move
+        (under the sequence it is forwarded with) until matching confirms or refuses it. The reduce
+        changes nothing here: its release follows matching's confirmation."""
+        order = plan.order
+        if plan.extra_hold:
+            asset = self.catalog.markets[order.market].quote.symbol
+            bal = self.balance(order.user_id, asset)
+            bal[0] -= plan.extra_hold
+            bal[1] += plan.extra_hold
+            order.hold += plan.extra_hold
+            sink.balance(
+                order.user_id,
+                asset,
+                ORDER_FREEZE,
+                str(order.order_id),
+                -plan.extra_hold,
+                plan.extra_hold,
+                bal,
+            )
+        if plan.new_price:
+            order.moves[move_seq] = plan.new_price
         return order
+
+    def request_reduce(self, user: int, order_id: int, client_order_id: str, new_amount: int) -> AccountOrder:
+        """A journaled reduce_order (before one-command amends): replayed as it was applied."""
+        if new_amount <= 0:
+            raise InvalidArgument(
+                "new_amount must be greater than zero (use CancelOrder)", Reason.INVALID_FIELD
+            )
+        return self.plan_amend(user, order_id, client_order_id, "", 0, new_amount).order
 
     def request_move(
         self, user: int, order_id: int, client_order_id: str, new_price: int, seq: int, sink: Sink
     ) -> AccountOrder:
-        """Freeze what the new price may need (for a buy) before the move is forwarded."""
-        order = self.open_order(user, order_id, client_order_id)
-        if order.type != LIMIT:
-            raise FailedPrecondition("only limit orders can be amended")
+        """A journaled move_order (before one-command amends): replayed as it was applied."""
         if new_price <= 0:
-            raise InvalidArgument("new_price must be greater than zero")
-        spec = self.spec(order.market)
-        if order.side == BUY:
-            remaining = order.amount - order.filled
-            if new_price * remaining * spec.quote_units_per_tick_lot > INT64_MAX:
-                raise InvalidArgument("order value is too large")
-            needed = (
-                max(order.price, new_price, *order.moves.values()) * remaining * spec.quote_units_per_tick_lot
-            )
-            extra = needed - order.hold
-            if extra > 0:
-                bal = self.balance(user, spec.quote.symbol)
-                if bal[0] < extra:
-                    raise FailedPrecondition(
-                        f"insufficient {spec.quote.symbol}: available {bal[0]}, needed {extra} more"
-                    )
-                bal[0] -= extra
-                bal[1] += extra
-                order.hold += extra
-                sink.balance(user, spec.quote.symbol, ORDER_FREEZE, str(order.order_id), -extra, extra, bal)
-        order.moves[seq] = new_price
-        return order
+            raise InvalidArgument("new_price must be greater than zero", Reason.INVALID_FIELD)
+        return self.apply_amend(self.plan_amend(user, order_id, client_order_id, "", new_price, 0), seq, sink)
 
     # --- settlement ----------------------------------------------------------------------------
 
@@ -495,6 +716,136 @@ class Ledger:
             o.hold -= excess
             sink.balance(o.user_id, asset, ORDER_UNFREEZE, str(o.order_id), excess, -excess, bal)
 
+    def quarantine_event(self, shard: str, sequence: int, kind: str, why: str) -> tuple[str, int, str, str]:
+        """Record a matching event that is not settled (see the module docstring)."""
+        record = (shard, sequence, kind, why)
+        self.quarantine.append(record)
+        self.quarantined_total += 1
+        return record
+
+    def _open(self, order_id: int, market: str, user_id: int, what: str) -> tuple[AccountOrder | None, str]:
+        o = self.orders.get(order_id)
+        if o is None:
+            return None, f"{what} {order_id} is not an open order"
+        if o.market != market:
+            return None, f"{what} {order_id} is on {o.market}, not on {quote(market)}"
+        if user_id != o.user_id:
+            return None, f"{what} {order_id} belongs to user {o.user_id}, not {user_id}"
+        return o, ""
+
+    def accepted_problem(self, order_id: int, user_id: int, market: str) -> str:
+        """Why an OrderAccepted cannot be settled ("" when it can); changes nothing."""
+        return self._open(order_id, market, user_id, "order")[1]
+
+    def trade_problem(
+        self,
+        market: str,
+        price: int,
+        lots: int,
+        quote_units: int,
+        base_units: int,
+        taker_side: int,
+        taker_order_id: int,
+        taker_user_id: int,
+        maker_order_id: int,
+        maker_user_id: int,
+        taker_fee: int,
+        maker_fee: int,
+    ) -> str:
+        """Why a trade cannot be settled ("" when both sides can be); changes nothing."""
+        spec = self.catalog.markets.get(market)
+        if spec is None:
+            return f"unknown market {quote(market)}"
+        if price <= 0 or lots <= 0:
+            return "price and amount must be positive"
+        if (
+            quote_units != price * lots * spec.quote_units_per_tick_lot
+            or base_units != lots * spec.base_units_per_lot
+        ):
+            return "quote or base units do not match price x amount"
+        if taker_side not in (BUY, SELL):
+            return "unknown taker side"
+        if taker_order_id == maker_order_id:
+            return f"order {taker_order_id} trades with itself"
+        sides = (
+            (taker_order_id, taker_user_id, "taker order", taker_side, taker_fee),
+            (maker_order_id, maker_user_id, "maker order", SELL if taker_side == BUY else BUY, maker_fee),
+        )
+        for order_id, user_id, what, side, fee in sides:
+            o, why = self._open(order_id, market, user_id, what)
+            if o is None:
+                return why
+            if o.side != side:
+                return f"{what} {order_id} is on the other side"
+            pay, get, get_asset = (
+                (quote_units, base_units, spec.base.symbol)
+                if side == BUY
+                else (base_units, quote_units, spec.quote.symbol)
+            )
+            if fee < 0 or fee > get:
+                return f"{what} {order_id}: fee out of range"
+            filled, filled_quote = o.filled + lots, o.filled_quote + quote_units
+            if o.type == MARKET and side == BUY:
+                left = o.quote_budget - filled_quote
+                needed_after = left
+            else:
+                left = o.amount - filled
+                needed_after = self._needed_after(o, spec, o.price, o.amount, filled, o.moves.values())
+            if left < 0:
+                return f"{what} {order_id} would fill more than its amount"
+            if pay > o.hold or o.hold - pay < needed_after:
+                return f"{what} {order_id}: its hold does not cover the fill"
+            if self.peek_balance(o.user_id, get_asset)[0] + get > INT64_MAX:
+                return f"{what} {order_id}: the {get_asset} balance would exceed 64 bits"
+            if self.peek_balance(FEE_ACCOUNT, get_asset)[0] + fee > INT64_MAX:
+                return f"the fee account's {get_asset} balance would exceed 64 bits"
+        return ""
+
+    @staticmethod
+    def _needed_after(
+        o: AccountOrder, spec: MarketSpec, price: int, amount: int, filled: int, moves: Iterable[int]
+    ) -> int:
+        """What a limit order (or a market sell) needs with these values."""
+        if o.side == SELL:
+            return (amount - filled) * spec.base_units_per_lot
+        return max((price, *moves)) * (amount - filled) * spec.quote_units_per_tick_lot
+
+    def amended_problem(
+        self,
+        seq: int,
+        order_id: int,
+        user_id: int,
+        market: str,
+        price: int,
+        amount: int,
+        remaining: int,
+        priority_kept: bool,
+    ) -> str:
+        """Why an OrderAmended cannot be settled ("" when it can); changes nothing."""
+        o, why = self._open(order_id, market, user_id, "order")
+        if o is None:
+            return why
+        if o.type != LIMIT:
+            return f"order {order_id} is not a limit order"
+        if price <= 0 or amount <= 0:
+            return "price and amount must be positive"
+        if amount - o.filled != remaining:
+            return f"order {order_id}: accounts sees {amount - o.filled} lots open, matching {remaining}"
+        moves = [p for s, p in o.moves.items() if priority_kept or s != seq]
+        spec = self.catalog.markets[market]
+        if self._needed_after(o, spec, price, amount, o.filled, moves) > o.hold:
+            return f"order {order_id}: its hold does not cover the amended order"
+        return ""
+
+    def done_problem(self, order_id: int, user_id: int, market: str, reason: int) -> str:
+        """Why an OrderDone cannot be settled ("" when it can); changes nothing."""
+        _, why = self._open(order_id, market, user_id, "order")
+        if why:
+            return why
+        if reason not in _DONE_STATUS:
+            return f"unknown done reason {reason}"
+        return ""
+
     def on_accepted(self, order_id: int, now: int, touched: dict[int, AccountOrder]) -> None:
         o = self.orders.get(order_id)
         if o is not None and o.status == PENDING:
@@ -508,8 +859,8 @@ class Ledger:
         trade_id: int,
         price: int,
         lots: int,
-        quote: int,
-        base: int,
+        quote_units: int,
+        base_units: int,
         taker_side: int,
         taker_order_id: int,
         maker_order_id: int,
@@ -519,17 +870,16 @@ class Ledger:
         sink: Sink,
         touched: dict[int, AccountOrder],
     ) -> None:
+        """Settle both sides of a trade (checked first with trade_problem)."""
         spec = self.catalog.markets[market]
         business_id = f"{market}#{trade_id}"
         for order_id, role, fee in ((taker_order_id, TAKER, taker_fee), (maker_order_id, MAKER, maker_fee)):
-            o = self.orders.get(order_id)
-            if o is None:
-                raise RuntimeError(f"trade {business_id} for unknown open order {order_id}")
+            o = self.orders[order_id]
             side = taker_side if role == TAKER else (SELL if taker_side == BUY else BUY)
             if side == BUY:
-                pay_asset, pay, get_asset, get = spec.quote.symbol, quote, spec.base.symbol, base
+                pay_asset, pay, get_asset, get = spec.quote.symbol, quote_units, spec.base.symbol, base_units
             else:
-                pay_asset, pay, get_asset, get = spec.base.symbol, base, spec.quote.symbol, quote
+                pay_asset, pay, get_asset, get = spec.base.symbol, base_units, spec.quote.symbol, quote_units
             user = o.user_id
             bal = self.balance(user, pay_asset)
             bal[1] -= pay
@@ -545,12 +895,12 @@ class Ledger:
                 fee_bal[0] += fee
                 sink.balance(FEE_ACCOUNT, get_asset, FEE, business_id, fee, 0, fee_bal)
             o.filled += lots
-            o.filled_quote += quote
+            o.filled_quote += quote_units
             o.fee += fee
             o.status = PARTIALLY_FILLED
             o.updated = now
             self._release_excess(o, spec, sink)
-            sink.fill(user, trade_id, market, order_id, side, role, price, lots, quote, fee, get_asset)
+            sink.fill(user, trade_id, market, order_id, side, role, price, lots, quote_units, fee, get_asset)
             touched[order_id] = o
 
     def on_amended(
@@ -565,18 +915,13 @@ class Ledger:
         sink: Sink,
         touched: dict[int, AccountOrder],
     ) -> None:
-        o = self.orders.get(order_id)
-        if o is None:
-            raise RuntimeError(f"amend of unknown open order {order_id}")
+        """Settle an amend (checked first with amended_problem)."""
+        o = self.orders[order_id]
         spec = self.catalog.markets[o.market]
         if not priority_kept:
             o.moves.pop(seq, None)
         o.price = price
         o.amount = amount
-        if o.amount - o.filled != remaining:
-            raise RuntimeError(
-                f"order {order_id}: accounts sees {o.amount - o.filled} open, matching {remaining}"
-            )
         o.updated = now
         self._release_excess(o, spec, sink)
         touched[order_id] = o
@@ -584,9 +929,8 @@ class Ledger:
     def on_done(
         self, order_id: int, reason: int, detail: int, now: int, sink: Sink, touched: dict[int, AccountOrder]
     ) -> None:
-        o = self.orders.pop(order_id, None)
-        if o is None:
-            raise RuntimeError(f"done for unknown open order {order_id}")
+        """Settle the end of an order (checked first with done_problem)."""
+        o = self.orders.pop(order_id)
         mine = self.user_orders[o.user_id]
         del mine[order_id]
         if not mine:
@@ -652,6 +996,8 @@ class Ledger:
             "net_external": sorted(self.net_external.items()),
             "next_order_id": self.next_order_id,
             "settled": sorted(self.settled.items()),
+            "quarantine": list(self.quarantine),
+            "quarantined_total": self.quarantined_total,
         }
 
     @classmethod
@@ -671,6 +1017,8 @@ class Ledger:
         led.net_external = dict(data["net_external"])
         led.next_order_id = data["next_order_id"]
         led.settled = dict(data["settled"])
+        led.quarantine.extend((str(a), int(b), str(c), str(d)) for a, b, c, d in data.get("quarantine", ()))
+        led.quarantined_total = int(data.get("quarantined_total", 0))
         return led
 
 

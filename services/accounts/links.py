@@ -3,7 +3,12 @@
 Forwarder (outbox → shard): sends the shard's commands in journal order over MatchingService.
 SubmitCommands. On (re)connect the shard tells the last sequence it applied from this source; the
 forwarder resends from there, first from the journal (after a restart) and then from memory. Matching
-ignores anything it already applied, so a resend is harmless: exactly once.
+ignores anything it already applied, so a resend is harmless: exactly once. Each command carries the
+sequence of the one before it for that shard (previous_sequence, see services.accounts.machine) and
+matching refuses a gap, so the link keeps what it sends strictly increasing and gapless: it starts
+right after what the shard says it applied (even when that is less than it acknowledged before: the
+shard is the authority, and the journal still holds everything after it), never sends a command twice
+in one session and never drops one the shard has not applied.
 
 SettlementFeed (shard → accounts): follows MatchingService.StreamEvents from the last settled event and
 turns each response into a journaled SettleMatchingEvents command.
@@ -25,6 +30,7 @@ from prometheus_client import Gauge
 
 from services.accounts.machine import outbox_commands
 from services.common.host import StateMachineHost
+from services.common.journal import JournalError
 from services.common.markets import MarketCatalog
 from services.common.rpc import channel
 from services.common.wire import repeated_messages
@@ -72,7 +78,12 @@ class Forwarder:
         return len(self.queued) + len(self.inflight)
 
     def push(self, seq: int, cmd: bytes) -> None:
-        """A durable command for this shard (called after each commit, in order)."""
+        """A durable command for this shard (called after each commit, in order). One the link already
+        holds is ignored: a session that started between a commit's fsync and its hand-over read it from
+        the journal already."""
+        tail = self.queued[-1][0] if self.queued else self.inflight[-1][0] if self.inflight else 0
+        if seq <= tail or seq <= self.acked:
+            return
         self.queued.append((seq, cmd))
         self._more.set()
 
@@ -85,20 +96,23 @@ class Forwarder:
         ACKED.labels(self.shard).set(self.acked)
 
     def _from_journal(self, start: int, end: int) -> list[tuple[int, bytes]]:
-        """This shard's commands with start <= seq <= end, rebuilt from the accounts journal."""
+        """This shard's commands numbered start..end, rebuilt from the durable accounts journal. A
+        record forwards under its own number, and an amend of price and amount also under the number
+        before it, so one record past `end` is read too (if durable)."""
         out: list[tuple[int, bytes]] = []
+        limit = min(end + 1, self.host.commands.durable_seq)
         seq = start
-        while seq <= end:
+        while seq <= limit:
             records = self.host.commands.read(seq, max_records=2000)
             if not records:
                 break
             for rseq, payload in records:
-                if rseq > end:
+                if rseq > limit:
                     break
                 cmd = ev.AccountsCommand.FromString(payload)
-                for shard, mcmd in outbox_commands(self.source, rseq, cmd, self.catalog):
-                    if shard == self.shard:
-                        out.append((rseq, mcmd))
+                for mseq, shard, mcmd in outbox_commands(self.source, rseq, cmd, self.catalog):
+                    if shard == self.shard and start <= mseq <= end:
+                        out.append((mseq, mcmd))
             seq = records[-1][0] + 1
         return out
 
@@ -112,6 +126,16 @@ class Forwarder:
                 code = exc.code() if isinstance(exc, grpc.aio.AioRpcError) else None
                 log.warning(
                     "shard link down", extra={"shard": self.shard, "code": str(code), "retry_s": backoff}
+                )
+            except JournalError as exc:  # the commands the shard misses are no longer in the journal
+                log.error(
+                    "cannot resend to the shard",
+                    extra={
+                        "shard": self.shard,
+                        "acknowledged": self.acked,
+                        "error": str(exc),
+                        "retry_s": backoff,
+                    },
                 )
             self.connected = False
             if self._stop:
@@ -131,9 +155,21 @@ class Forwarder:
             first = await call.read()
             if first is grpc.aio.EOF:
                 raise ConnectionError("shard closed the stream")
-            # Everything not acknowledged is sent again on this link.
+            # Everything not acknowledged is sent again on this link, from right after what the shard
+            # applied (it may say less than it acknowledged before only if it lost commands; resending
+            # them heals it, skipping them would be a gap it refuses forever).
             self.queued.extendleft(reversed(self.inflight))
             self.inflight.clear()
+            if first.acknowledged_sequence < self.acked:
+                log.warning(
+                    "shard applied less than it acknowledged",
+                    extra={
+                        "shard": self.shard,
+                        "acknowledged": self.acked,
+                        "applied": first.acknowledged_sequence,
+                    },
+                )
+                self.acked = first.acknowledged_sequence
             self._drop_acked(first.acknowledged_sequence)
             self.connected = True
             log.info("shard link up", extra={"shard": self.shard, "acknowledged": self.acked})

@@ -11,31 +11,44 @@ import grpc
 from exchange.v1 import accounts_service_pb2 as pb
 from exchange.v1 import events_pb2 as ev
 
-from services.accounts.ledger import FEE_ACCOUNT
 from services.accounts.links import Forwarder
-from services.accounts.machine import AccountsMachine, AdjustOutcome, CancelAllResult, PlaceResult
+from services.accounts.machine import (
+    AccountsMachine,
+    AdjustOutcome,
+    CancelAllResult,
+    PlaceResult,
+    QuarantineReport,
+)
 from services.accounts.views import (
+    account_stream_request,
     adjust_command,
     amend_commands,
     balance_message,
+    balances_request,
     cancel_all_command,
     cancel_command,
+    check_amend_request,
+    check_order_request,
     market_spec_message,
+    open_orders_request,
     order_ack,
     order_message,
+    page_token,
     place_command,
+    user_stream_request,
 )
 from services.common.config import AccountsConfig
 from services.common.errors import ExchangeError, InvalidArgument, NotFound, Reason, Unavailable
 from services.common.host import StateMachineHost
 from services.common.markets import MarketCatalog
-from services.common.rpc import abort, error_code, handles_errors, to_exchange_error
+from services.common.rpc import abort, bounded_message, error_code, handles_errors, to_exchange_error
 from services.common.wire import repeated_messages
 
 log = logging.getLogger(__name__)
 
 AccountsHost = StateMachineHost[ev.AccountsCommand, AccountsMachine]
 MAX_BATCH_COMMANDS = 10_000
+MAX_PLACED_HINTS = 100_000  # client_order_id -> market hints one SubmitOrders stream keeps
 
 
 class UserEventHub:
@@ -102,7 +115,11 @@ class AccountsServicer:
             return
         fwd = self.forwarders.get(spec.shard)
         if fwd is not None and fwd.lag >= self.config.max_outbox_lag:
-            raise Unavailable(f"matching shard {spec.shard} is behind ({fwd.lag} commands); retry later", 500)
+            raise Unavailable(
+                f"matching shard {spec.shard} is behind ({fwd.lag} commands); retry later",
+                500,
+                Reason.SHARD_BEHIND,
+            )
 
     # --- reference data ------------------------------------------------------------------------
 
@@ -142,17 +159,9 @@ class AccountsServicer:
 
     @handles_errors
     async def GetBalances(self, request: pb.GetBalancesRequest, context: Any) -> pb.GetBalancesResponse:
-        if request.user_id < 1 and request.user_id != FEE_ACCOUNT:
-            raise InvalidArgument("user_id must be positive")
-        assets = list(request.assets) or list(self.catalog.assets)
-        for a in assets:
-            if a not in self.catalog.assets:
-                raise NotFound(f"unknown asset {a!r}")
+        user, assets = balances_request(request, self.catalog)
         return pb.GetBalancesResponse(
-            balances=[
-                balance_message(self.catalog, a, *self.ledger.peek_balance(request.user_id, a))
-                for a in assets
-            ]
+            balances=[balance_message(self.catalog, a, *self.ledger.peek_balance(user, a)) for a in assets]
         )
 
     # --- orders --------------------------------------------------------------------------------
@@ -176,11 +185,25 @@ class AccountsServicer:
         res: CancelAllResult = await self.host.submit(cancel_all_command(request, self.catalog))
         return pb.CancelAllOrdersResponse(order_count=res.order_count)
 
-    def _amend_commands(self, request: pb.AmendOrderRequest) -> list[ev.AccountsCommand]:
-        if request.user_id < 1:
-            raise InvalidArgument("user_id must be positive")
-        order = self.ledger.lookup(request.user_id, request.order_id, request.client_order_id)
-        return amend_commands(request, self.catalog, order.market)
+    def _amend_commands(
+        self, request: pb.AmendOrderRequest, placed: dict[tuple[int, str], str] | None = None
+    ) -> list[ev.AccountsCommand]:
+        """The amend command(s) (see views.amend_commands). The order is looked up only for the market
+        whose scales parse the decimals; the machine finds and checks the order when it applies the
+        command, so an amend sees every command before it, like a cancel. Without request.market the
+        market is the order's, or (for an order not applied yet) that of the order placed earlier in
+        the same SubmitOrders stream with this client_order_id (`placed`)."""
+        check_amend_request(request)
+        market = request.market
+        if not market:
+            try:
+                market = self.ledger.lookup(request.user_id, request.order_id, request.client_order_id).market
+            except NotFound:
+                hint = placed.get((request.user_id, request.client_order_id)) if placed else None
+                if not request.client_order_id or hint is None:
+                    raise
+                market = hint
+        return amend_commands(request, self.catalog, market)
 
     async def _amend(self, request: pb.AmendOrderRequest) -> Any:
         results = await self.host.submit_batch(self._amend_commands(request))
@@ -196,10 +219,7 @@ class AccountsServicer:
 
     @handles_errors
     async def GetOrder(self, request: pb.GetOrderRequest, context: Any) -> pb.GetOrderResponse:
-        if request.user_id < 1:
-            raise InvalidArgument("user_id must be positive")
-        if not request.order_id and not request.client_order_id:
-            raise InvalidArgument("order_id or client_order_id is required")
+        check_order_request(request)
         order = self.ledger.lookup(request.user_id, request.order_id, request.client_order_id)
         return pb.GetOrderResponse(order=order_message(order, self.catalog))
 
@@ -207,50 +227,48 @@ class AccountsServicer:
     async def ListOpenOrders(
         self, request: pb.ListOpenOrdersRequest, context: Any
     ) -> pb.ListOpenOrdersResponse:
-        if request.user_id < 1:
-            raise InvalidArgument("user_id must be positive")
-        if request.market and request.market not in self.catalog.markets:
-            raise NotFound(f"unknown market {request.market!r}")
-        page_size = request.page_size or 100
-        if page_size > 1000:
-            raise InvalidArgument("page_size must be at most 1000")
-        after = 0
-        if request.page_token:
-            try:
-                after = int(request.page_token, 16)
-            except ValueError:
-                raise InvalidArgument("malformed page_token") from None
+        user, market, page_size, after = open_orders_request(request, self.catalog)
         orders = sorted(
-            (o for o in self.ledger.iter_user_orders(request.user_id, request.market) if o.order_id > after),
+            (o for o in self.ledger.iter_user_orders(user, market) if o.order_id > after),
             key=lambda o: o.order_id,
         )
         page = orders[:page_size]
-        token = format(page[-1].order_id, "x") if len(orders) > page_size else ""
+        token = page_token(page[-1].order_id) if len(orders) > page_size else ""
         return pb.ListOpenOrdersResponse(
             orders=[order_message(o, self.catalog) for o in page], next_page_token=token
         )
 
     # --- batched streaming entry ---------------------------------------------------------------
 
-    def _batch_command(self, c: pb.OrderCommand) -> tuple[list[ev.AccountsCommand], str]:
+    def _batch_command(
+        self, c: pb.OrderCommand, placed: dict[tuple[int, str], str]
+    ) -> tuple[list[ev.AccountsCommand], str]:
         kind = c.WhichOneof("command")
         if kind == "place_order":
-            self._check_outbox(c.place_order.market)
-            return [place_command(c.place_order, self.catalog)], kind
+            p = c.place_order
+            self._check_outbox(p.market)
+            cmd = place_command(p, self.catalog)
+            if p.client_order_id:
+                if len(placed) >= MAX_PLACED_HINTS:
+                    placed.clear()
+                placed[(p.user_id, p.client_order_id)] = p.market
+            return [cmd], kind
         if kind == "cancel_order":
             return [cancel_command(c.cancel_order)], kind
         if kind == "cancel_all_orders":
             return [cancel_all_command(c.cancel_all_orders, self.catalog)], kind
         if kind == "amend_order":
-            return self._amend_commands(c.amend_order), kind
-        raise InvalidArgument("empty command")
+            return self._amend_commands(c.amend_order, placed), kind
+        raise InvalidArgument("empty command", Reason.INVALID_FIELD)
 
     def _result(self, kind: str, value: Any, full: bool) -> pb.OrderCommandResult:
         if isinstance(value, BaseException):
             err = to_exchange_error(value)
             if err is None:
                 return pb.OrderCommandResult(code=13, message="internal error", reason=Reason.INTERNAL)
-            return pb.OrderCommandResult(code=error_code(err), message=err.message, reason=err.reason)
+            return pb.OrderCommandResult(
+                code=error_code(err), message=bounded_message(err.message), reason=err.reason
+            )
         if isinstance(value, PlaceResult):
             order = order_message(value.order, self.catalog) if full else order_ack(value.order)
             return pb.OrderCommandResult(order=order, duplicate=value.duplicate)
@@ -268,17 +286,23 @@ class AccountsServicer:
         Slot = tuple[str, int, int, ExchangeError | None]  # (kind, first index, count, parse error)
         Item = tuple[int, bool, list[Slot], asyncio.Future[list[Any]]]
         pending: asyncio.Queue[Item | None] = asyncio.Queue(maxsize=16)
+        # Markets of the orders this stream placed with a client_order_id: an amend of one that is not
+        # applied yet (same or previous batch) is parsed at that market's scales.
+        placed: dict[tuple[int, str], str] = {}
 
         async def reader() -> None:
             try:
                 async for req in request_iterator:
                     if len(req.commands) > MAX_BATCH_COMMANDS:
-                        raise InvalidArgument(f"a batch holds at most {MAX_BATCH_COMMANDS} commands")
+                        raise InvalidArgument(
+                            f"a batch holds at most {MAX_BATCH_COMMANDS} commands ({len(req.commands)} sent)",
+                            Reason.BATCH_TOO_LARGE,
+                        )
                     slots: list[Slot] = []
                     to_submit: list[ev.AccountsCommand] = []
                     for c in req.commands:
                         try:
-                            cmds, kind = self._batch_command(c)
+                            cmds, kind = self._batch_command(c, placed)
                         except Exception as exc:
                             err = to_exchange_error(exc)
                             if err is None:
@@ -327,7 +351,8 @@ class AccountsServicer:
         self, request: pb.StreamAccountEventsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[bytes]:
         try:
-            async for records in self.host.follow_events(request.from_sequence or 1, max_records=2000):
+            from_seq = account_stream_request(request)
+            async for records in self.host.follow_events(from_seq or 1, max_records=2000):
                 yield repeated_messages(1, [p for _, p in records])
         except Exception as exc:
             err = to_exchange_error(exc)
@@ -338,17 +363,20 @@ class AccountsServicer:
     async def StreamUserEvents(
         self, request: pb.StreamUserEventsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[bytes]:
-        if request.user_id < 1 and request.user_id != FEE_ACCOUNT:
-            await abort(context, InvalidArgument("user_id must be positive"))
+        try:
+            user, from_seq = user_stream_request(request)
+        except ExchangeError as exc:
+            await abort(context, exc)
             return
-        user = request.user_id
         queue = self.hub.subscribe(user)
         sent = self.host.durable_event_seq  # the live feed delivers what comes after this
         try:
-            if request.from_sequence and request.from_sequence <= sent:
+            if from_seq:
+                self.host.check_event_from(from_seq)  # OUT_OF_RANGE past the end + 1
+            if from_seq and from_seq <= sent:
                 # Catch up from the log up to `sent`, then switch to the live feed.
                 live_from = sent + 1
-                async for records in self.host.follow_events(request.from_sequence, max_records=5000):
+                async for records in self.host.follow_events(from_seq, max_records=5000):
                     mine = [
                         p
                         for s, p in records
@@ -395,6 +423,7 @@ class AccountsServicer:
             outbox_pending={name: f.lag for name, f in self.forwarders.items()},
             queue_depth=self.host.queue_depth,
             last_order_id=self.ledger.next_order_id - 1,
+            quarantined_events=self.ledger.quarantined_total,
         )
         if request.with_audit:
             for asset, a in sorted(self.ledger.audit().items()):
@@ -410,10 +439,23 @@ class AccountsServicer:
 
 
 def outbox_hook(forwarders: dict[str, Forwarder]) -> Callable[[list[Any]], None]:
-    """Hands each durable batch's matching commands to the forwarder of their shard."""
+    """Hands each durable batch's matching commands to the forwarder of their shard, and logs each
+    matching event the batch quarantined (once, at ERROR: it needs a person)."""
 
     def hook(effects: list[Any]) -> None:
-        for seq, shard, cmd in effects:
+        for effect in effects:
+            if isinstance(effect, QuarantineReport):
+                log.error(
+                    "matching event quarantined: not settled",
+                    extra={
+                        "shard": effect.shard,
+                        "event_sequence": effect.sequence,
+                        "event": effect.kind,
+                        "why": effect.why,
+                    },
+                )
+                continue
+            seq, shard, cmd = effect
             fwd = forwarders.get(shard)
             if fwd is not None:
                 fwd.push(seq, cmd)

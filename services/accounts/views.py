@@ -1,18 +1,45 @@
 """Conversions at the API edge: requests (decimal strings) to accounts commands, orders and balances
-to their public messages."""
+to their public messages.
+
+Every integer and string field of every AccountsService request is checked here against
+services.common.limits before anything reaches the state machine (user ids 1..INT64_MAX, order ids,
+times and sequences within int64, the length of every string); a violation is INVALID_ARGUMENT with a
+precise reason, and error messages quote at most a short prefix of what was sent (errors.quote).
+Decimal parse errors become InvalidArgument with PRICE_NOT_ON_TICK, AMOUNT_NOT_ON_LOT or
+INVALID_DECIMAL.
+"""
 
 from __future__ import annotations
 
 import functools
+import re
+from collections.abc import Callable
 
 from exchange.v1 import accounts_service_pb2 as pb
 from exchange.v1 import events_pb2 as ev
 from exchange.v1 import types_pb2
 
-from services.accounts.ledger import BUY, MARKET, AccountOrder
-from services.common.errors import InvalidArgument, NotFound
+from services.accounts.ledger import BUSINESS_ID_RE, BUSINESS_RE, BUY, CLIENT_ID_RE, MARKET, AccountOrder
+from services.accounts.machine import reservation_for
+from services.common.errors import QUOTE_LIMIT, InvalidArgument, NotFound, Reason, quote
+from services.common.limits import (
+    MAX_BUSINESS,
+    MAX_BUSINESS_ID,
+    MAX_CLIENT_ORDER_ID,
+    MAX_DECIMAL,
+    MAX_ORDER_ID,
+    MAX_PAGE_SIZE,
+    MAX_PAGE_TOKEN,
+    MAX_SYMBOL,
+    check_order_id,
+    check_sequence,
+    check_str,
+    check_time,
+    check_user,
+    page_size,
+)
 from services.common.markets import MarketCatalog, MarketSpec
-from services.common.units import INT64_MAX, format_units
+from services.common.units import AmountError, AmountNotOnLot, PriceNotOnTick, decimals_of, format_units
 
 
 def market_spec_message(spec: MarketSpec) -> types_pb2.MarketSpec:
@@ -84,32 +111,117 @@ def order_ack(o: AccountOrder) -> types_pb2.Order:
     )
 
 
+# Enum values the API accepts (exchange.v1 Side, OrderType, TimeInForce, SelfTradePrevention; 0 means
+# the default where there is one). The ledger checks the combinations.
+_SIDES = frozenset((types_pb2.SIDE_BUY, types_pb2.SIDE_SELL))
+_TYPES = frozenset((types_pb2.ORDER_TYPE_LIMIT, types_pb2.ORDER_TYPE_MARKET))
+_TIFS = frozenset(range(0, 5))
+_STPS = frozenset(range(0, 4))
+
+
 def _spec(catalog: MarketCatalog, market: str) -> MarketSpec:
+    check_str(market, "market", MAX_SYMBOL)
     if not market:
-        raise InvalidArgument("market is required")
+        raise InvalidArgument("market is required", Reason.INVALID_FIELD)
     spec = catalog.markets.get(market)
     if spec is None:
-        raise NotFound(f"unknown market {market!r}")
+        raise NotFound(f"unknown market {quote(market)}", Reason.UNKNOWN_MARKET)
     return spec
 
 
-def _user(user_id: int) -> int:
-    if user_id < 1:
-        raise InvalidArgument("user_id must be positive")
-    return user_id
+def _client_order_id(value: str, *, placing: bool = False) -> str:
+    check_str(value, "client_order_id", MAX_CLIENT_ORDER_ID)
+    if placing and value and not CLIENT_ID_RE.fullmatch(value):
+        raise InvalidArgument("client_order_id must be 1-64 characters [A-Za-z0-9_.:-]", Reason.INVALID_FIELD)
+    return value
+
+
+def _amount_error(exc: AmountError, text: str) -> InvalidArgument:
+    reason = (
+        Reason.PRICE_NOT_ON_TICK
+        if isinstance(exc, PriceNotOnTick)
+        else Reason.AMOUNT_NOT_ON_LOT
+        if isinstance(exc, AmountNotOnLot)
+        else Reason.INVALID_DECIMAL
+    )
+    message = str(exc)
+    if len(text) > QUOTE_LIMIT:
+        message = message.replace(repr(text), quote(text))
+    return InvalidArgument(message, reason)
+
+
+def _parse(
+    parse: Callable[[str], int], text: str, name: str, step: tuple[int, str, Reason] | None = None
+) -> int:
+    """A decimal field: bounded length, then parsed exactly (errors with their precise reason).
+    `step` is (decimals, step text, reason) of a price tick or lot: a decimal finer than the step's
+    decimals is off the step, not malformed."""
+    check_str(text, name, MAX_DECIMAL)
+    try:
+        return parse(text)
+    except AmountError as exc:
+        if step is not None and not isinstance(exc, (PriceNotOnTick, AmountNotOnLot)):
+            decimals, step_text, reason = step
+            try:
+                finer = decimals_of(text) > decimals
+            except AmountError:
+                finer = False
+            if finer:
+                message = f"{name}: {quote(text)} is not a multiple of {step_text}"
+                raise InvalidArgument(message, reason) from None
+        raise _amount_error(exc, text) from None
+
+
+def _price(spec: MarketSpec, text: str, name: str = "price") -> int:
+    """A price in ticks (place orders' prices are cached: they repeat a lot)."""
+    return _parse(
+        (lambda t: _parse_cached(spec, t, True))
+        if name == "price"
+        else (lambda t: spec.parse_price(t, field=name)),
+        text,
+        name,
+        (spec.price_decimals, f"the price tick {spec.price_tick}", Reason.PRICE_NOT_ON_TICK),
+    )
+
+
+def _amount(spec: MarketSpec, text: str, name: str = "amount") -> int:
+    """An amount in lots (place orders' amounts are cached: they repeat a lot)."""
+    return _parse(
+        (lambda t: _parse_cached(spec, t, False))
+        if name == "amount"
+        else (lambda t: spec.parse_amount(t, field=name)),
+        text,
+        name,
+        (spec.amount_decimals, f"the lot size {spec.lot_size}", Reason.AMOUNT_NOT_ON_LOT),
+    )
+
+
+def _need_order(order_id: int, client_order_id: str) -> None:
+    check_order_id(order_id)
+    _client_order_id(client_order_id)
+    if not order_id and not client_order_id:
+        raise InvalidArgument("order_id or client_order_id is required", Reason.INVALID_FIELD)
 
 
 def place_command(req: pb.PlaceOrderRequest, catalog: MarketCatalog) -> ev.AccountsCommand:
     """Parse a PlaceOrderRequest (decimals, enums) into the command accounts journals."""
+    check_user(req.user_id)
     spec = _spec(catalog, req.market)
-    _user(req.user_id)
-    price = _parse_cached(spec, req.price, True) if req.price else 0
-    amount = _parse_cached(spec, req.amount, False) if req.amount else 0
-    budget = spec.parse_quote(req.quote_amount) if req.quote_amount else 0
+    _client_order_id(req.client_order_id, placing=True)
+    check_time(req.expire_time_us, "expire_time_us")
+    if req.side not in _SIDES:
+        raise InvalidArgument("side must be SIDE_BUY or SIDE_SELL", Reason.INVALID_ORDER)
+    if req.type not in _TYPES:
+        raise InvalidArgument("type must be ORDER_TYPE_LIMIT or ORDER_TYPE_MARKET", Reason.INVALID_ORDER)
+    if req.time_in_force not in _TIFS:
+        raise InvalidArgument("unknown time_in_force", Reason.INVALID_ORDER)
+    if req.self_trade_prevention not in _STPS:
+        raise InvalidArgument("unknown self_trade_prevention", Reason.INVALID_ORDER)
+    price = _price(spec, req.price) if req.price else 0
+    amount = _amount(spec, req.amount) if req.amount else 0
+    budget = _parse(spec.parse_quote, req.quote_amount, "quote_amount") if req.quote_amount else 0
     if req.type == MARKET and req.price:
-        raise InvalidArgument("a market order has no price")
-    if req.expire_time_us < 0:
-        raise InvalidArgument("expire_time_us must not be negative")
+        raise InvalidArgument("a market order has no price", Reason.INVALID_ORDER)
     cmd = ev.AccountsCommand()
     p = cmd.place_order
     p.client_order_id = req.client_order_id
@@ -144,9 +256,9 @@ def _parse_cached(spec: MarketSpec, text: str, is_price: bool) -> int:
 
 
 def cancel_command(req: pb.CancelOrderRequest) -> ev.AccountsCommand:
-    _user(req.user_id)
-    if not req.order_id and not req.client_order_id:
-        raise InvalidArgument("order_id or client_order_id is required")
+    check_user(req.user_id)
+    check_str(req.market, "market", MAX_SYMBOL)
+    _need_order(req.order_id, req.client_order_id)
     cmd = ev.AccountsCommand()
     c = cmd.cancel_order
     c.user_id = req.user_id
@@ -157,9 +269,11 @@ def cancel_command(req: pb.CancelOrderRequest) -> ev.AccountsCommand:
 
 
 def cancel_all_command(req: pb.CancelAllOrdersRequest, catalog: MarketCatalog) -> ev.AccountsCommand:
-    _user(req.user_id)
+    check_user(req.user_id)
     if req.market:
         _spec(catalog, req.market)
+    if req.side not in (0, *_SIDES):
+        raise InvalidArgument("unknown side", Reason.INVALID_FIELD)
     cmd = ev.AccountsCommand()
     a = cmd.cancel_all_orders
     a.user_id = req.user_id
@@ -168,36 +282,40 @@ def cancel_all_command(req: pb.CancelAllOrdersRequest, catalog: MarketCatalog) -
     return cmd
 
 
-def amend_commands(
-    req: pb.AmendOrderRequest, catalog: MarketCatalog, order_market: str
-) -> list[ev.AccountsCommand]:
-    """A reduce and/or a move (reduce first: it keeps priority and needs no extra funds)."""
-    _user(req.user_id)
-    if not req.order_id and not req.client_order_id:
-        raise InvalidArgument("order_id or client_order_id is required")
+def check_amend_request(req: pb.AmendOrderRequest) -> None:
+    """The checks of an AmendOrderRequest that need no market (before its order is looked up)."""
+    check_user(req.user_id)
+    check_str(req.market, "market", MAX_SYMBOL)
+    _need_order(req.order_id, req.client_order_id)
+    check_str(req.new_price, "new_price", MAX_DECIMAL)
+    check_str(req.new_amount, "new_amount", MAX_DECIMAL)
     if not req.new_price and not req.new_amount:
-        raise InvalidArgument("new_price or new_amount is required")
-    spec = _spec(catalog, order_market)
-    if req.market and req.market != order_market:
-        raise NotFound(f"order is not on market {req.market}")
-    out = []
+        raise InvalidArgument("new_price or new_amount is required", Reason.INVALID_FIELD)
+
+
+def amend_commands(
+    req: pb.AmendOrderRequest, catalog: MarketCatalog, market: str
+) -> list[ev.AccountsCommand]:
+    """The one amend_order command (decimals parsed at `market`'s scales, which the machine checks is
+    the order's market), preceded by its sequence reservation when it changes both price and amount
+    (see services.accounts.machine). Submit them together, in this order."""
+    check_amend_request(req)
+    if req.market and req.market != market:
+        raise NotFound(f"the order is not on market {quote(req.market)}", Reason.ORDER_NOT_FOUND)
+    spec = _spec(catalog, market)
+    cmd = ev.AccountsCommand()
+    a = cmd.amend_order
+    a.user_id = req.user_id
+    a.order_id = req.order_id
+    a.client_order_id = req.client_order_id
+    a.market = market
     if req.new_amount:
-        cmd = ev.AccountsCommand()
-        r = cmd.reduce_order
-        r.user_id = req.user_id
-        r.order_id = req.order_id
-        r.client_order_id = req.client_order_id
-        r.new_amount_lots = spec.parse_amount(req.new_amount, field="new_amount")
-        out.append(cmd)
+        a.new_amount_lots = _amount(spec, req.new_amount, "new_amount")
     if req.new_price:
-        cmd = ev.AccountsCommand()
-        m = cmd.move_order
-        m.user_id = req.user_id
-        m.order_id = req.order_id
-        m.client_order_id = req.client_order_id
-        m.new_price_ticks = spec.parse_price(req.new_price, field="new_price")
-        out.append(cmd)
-    return out
+        a.new_price_ticks = _price(spec, req.new_price, "new_price")
+    if a.new_amount_lots and a.new_price_ticks:
+        return [reservation_for(cmd), cmd]
+    return [cmd]
 
 
 def adjust_command(
@@ -209,13 +327,18 @@ def adjust_command(
     catalog: MarketCatalog,
     sign: int,
 ) -> ev.AccountsCommand:
-    _user(user_id)
+    check_user(user_id)
+    check_str(asset_symbol, "asset", MAX_SYMBOL)
+    check_str(business, "business", MAX_BUSINESS)
+    check_str(business_id, "business_id", MAX_BUSINESS_ID)
     asset = catalog.assets.get(asset_symbol)
     if asset is None:
-        raise NotFound(f"unknown asset {asset_symbol!r}")
-    units = asset.parse(amount)
-    if units > INT64_MAX:
-        raise InvalidArgument("amount out of range")
+        raise NotFound(f"unknown asset {quote(asset_symbol)}", Reason.UNKNOWN_ASSET)
+    if not BUSINESS_RE.fullmatch(business):
+        raise InvalidArgument("business must be 1-64 characters [A-Za-z0-9_.:-]", Reason.INVALID_FIELD)
+    if not BUSINESS_ID_RE.fullmatch(business_id):
+        raise InvalidArgument("business_id must be 1-128 characters [A-Za-z0-9_.:#/-]", Reason.INVALID_FIELD)
+    units = _parse(asset.parse, amount, "amount")  # at most INT64_MAX (parse_units refuses more)
     cmd = ev.AccountsCommand()
     a = cmd.adjust_balance
     a.user_id = user_id
@@ -224,6 +347,57 @@ def adjust_command(
     a.business = business
     a.business_id = business_id
     return cmd
+
+
+# --- reads -----------------------------------------------------------------------------------
+
+
+def balances_request(req: pb.GetBalancesRequest, catalog: MarketCatalog) -> tuple[int, list[str]]:
+    """(user, assets) of a GetBalancesRequest; the fee account (user 0) may be read."""
+    check_user(req.user_id, allow_fee_account=True)
+    if len(req.assets) > MAX_PAGE_SIZE:
+        raise InvalidArgument(f"at most {MAX_PAGE_SIZE} assets per request", Reason.VALUE_OUT_OF_RANGE)
+    for a in req.assets:
+        check_str(a, "asset", MAX_SYMBOL)
+        if a not in catalog.assets:
+            raise NotFound(f"unknown asset {quote(a)}", Reason.UNKNOWN_ASSET)
+    return req.user_id, list(req.assets) or list(catalog.assets)
+
+
+def check_order_request(req: pb.GetOrderRequest) -> None:
+    check_user(req.user_id)
+    _need_order(req.order_id, req.client_order_id)
+
+
+_PAGE_TOKEN = re.compile(r"[0-9a-f]{1,16}")
+
+
+def page_token(order_id: int) -> str:
+    return format(order_id, "x")
+
+
+def open_orders_request(req: pb.ListOpenOrdersRequest, catalog: MarketCatalog) -> tuple[int, str, int, int]:
+    """(user, market, page size, after order id) of a ListOpenOrdersRequest."""
+    check_user(req.user_id)
+    if req.market:
+        _spec(catalog, req.market)
+    size = page_size(req.page_size)
+    after = 0
+    if req.page_token:
+        check_str(req.page_token, "page_token", MAX_PAGE_TOKEN)
+        if not _PAGE_TOKEN.fullmatch(req.page_token) or int(req.page_token, 16) > MAX_ORDER_ID:
+            raise InvalidArgument(f"malformed page_token {quote(req.page_token)}", Reason.INVALID_PAGE_TOKEN)
+        after = int(req.page_token, 16)
+    return req.user_id, req.market, size, after
+
+
+def user_stream_request(req: pb.StreamUserEventsRequest) -> tuple[int, int]:
+    """(user, from_sequence) of a StreamUserEventsRequest; the fee account (user 0) may be read."""
+    return check_user(req.user_id, allow_fee_account=True), check_sequence(req.from_sequence)
+
+
+def account_stream_request(req: pb.StreamAccountEventsRequest) -> int:
+    return check_sequence(req.from_sequence)
 
 
 def balance_message(catalog: MarketCatalog, asset: str, avail: int, frozen: int) -> types_pb2.Balance:

@@ -8,6 +8,7 @@ from typing import Any
 
 from exchange.v1 import events_pb2 as ev
 
+from services.common.errors import FailedPrecondition, Reason
 from services.common.markets import MarketSpec
 from services.common.snapshot_codec import dumps_plain, loads_plain
 from services.common.statemachine import CodecSpec, Outcome
@@ -21,6 +22,8 @@ class MatchingMachine:
     def __init__(self, engine: MatchingEngine, applied_seq: int = 0) -> None:
         self.engine = engine
         self._applied_seq = applied_seq
+        # The shard's own expiry timer numbers its commands itself; every other source is chained.
+        self._timer_source = f"{engine.shard}:timer"
 
     @property
     def applied_seq(self) -> int:
@@ -37,8 +40,15 @@ class MatchingMachine:
     def apply(self, seq: int, time_us: int, command: ev.MatchingCommand) -> Outcome:
         engine = self.engine
         source = command.source
-        if command.source_sequence <= engine.source_seqs.get(source, 0):
-            return Outcome(result=engine.source_seqs[source], journal=False)  # a resend: already applied
+        last = engine.source_seqs.get(source, 0)
+        if command.source_sequence <= last:
+            return Outcome(result=last, journal=False)  # a resend: already applied
+        if command.previous_sequence != last and source != self._timer_source:
+            raise FailedPrecondition(
+                f"{source}: command {command.source_sequence} follows {command.previous_sequence}, "
+                f"but the last applied is {last}",
+                Reason.SEQUENCE_GAP,
+            )
         cmd = command_from_proto(command)
         first = engine.event_seq + 1
         groups = engine.apply(source, command.source_sequence, time_us, cmd)

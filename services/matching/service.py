@@ -15,9 +15,23 @@ from exchange.v1 import matching_service_pb2 as pb
 from exchange.v1 import types_pb2
 
 from services.common import limits
-from services.common.errors import InvalidArgument, NotFound, PermissionDenied, Reason, quote
+from services.common.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Reason,
+    quote,
+)
 from services.common.host import StateMachineHost
-from services.common.limits import MAX_DECIMAL, MAX_PAGE_TOKEN, MAX_SYMBOL, check_str, check_user
+from services.common.limits import (
+    MAX_DECIMAL,
+    MAX_DEPTH_LEVELS,
+    MAX_PAGE_TOKEN,
+    MAX_SYMBOL,
+    check_str,
+    check_user,
+)
 from services.common.markets import MarketCatalog, MarketSpec
 from services.common.rpc import abort, caller, handles_errors, to_exchange_error
 from services.common.wire import repeated_messages
@@ -27,7 +41,6 @@ from services.matching.model import BUY, SELL
 log = logging.getLogger(__name__)
 
 MatchingHost = StateMachineHost[ev.MatchingCommand, MatchingMachine]
-MAX_DEPTH_LEVELS = 5000
 
 
 def same_command(last: bytes, nxt: bytes) -> bool:
@@ -122,6 +135,14 @@ class MatchingServicer:
             for c in req.commands:
                 if c.source_sequence <= last[0]:
                     continue  # a resend of something already queued or applied
+                if c.previous_sequence != last[0]:
+                    # A gap (or a command out of order): refused, never skipped; nothing of this
+                    # request is queued, and the source resends from the acknowledged sequence.
+                    raise FailedPrecondition(
+                        f"{source}: command {c.source_sequence} follows {c.previous_sequence}, but the last "
+                        f"command received from {source} is {last[0]}",
+                        Reason.SEQUENCE_GAP,
+                    )
                 c.source = source
                 last[0] = c.source_sequence
                 cmds.append(c)

@@ -13,7 +13,7 @@ from exchange.v1 import accounts_service_pb2 as apb
 from exchange.v1 import events_pb2 as ev
 
 from services.accounts.ledger import Ledger
-from services.accounts.machine import AccountsMachine
+from services.accounts.machine import AccountsMachine, QuarantineReport
 from services.accounts.views import (
     adjust_command,
     amend_commands,
@@ -22,6 +22,7 @@ from services.accounts.views import (
     place_command,
 )
 from services.common.markets import MarketCatalog
+from services.common.statemachine import Outcome
 from services.matching.engine import MatchingEngine
 from services.matching.machine import MatchingMachine
 
@@ -52,6 +53,8 @@ class MiniExchange:
         self.pending_events: dict[str, list[ev.MatchingEvent]] = {name: [] for name in self.shards}
         self.matching_events: dict[str, list[ev.MatchingEvent]] = {name: [] for name in self.shards}
         self.account_events: list[ev.AccountEvent] = []
+        self.quarantined: list[QuarantineReport] = []
+        self.forwarded: dict[str, list[bytes]] = {name: [] for name in self.shards}  # as sent, per shard
 
     # --- plumbing ------------------------------------------------------------------------------
 
@@ -59,20 +62,35 @@ class MiniExchange:
         self.time_us += us
 
     def _accounts_apply(self, cmd: ev.AccountsCommand) -> Any:
+        out = self.apply_raw(cmd)
+        if self.auto_settle:
+            self.settle()
+        return out.result
+
+    def apply_raw(self, cmd: ev.AccountsCommand) -> Outcome:
+        """Apply one command as the host would (journal, events, forwards), without settling."""
         seq = self.accounts.applied_seq + 1
         out = self.accounts.apply(seq, self.time_us, cmd)  # raises ExchangeError: nothing changed
         if out.journal:
             cmd.time_us = self.time_us
             self.accounts_journal.append(cmd.SerializeToString())
             self.account_events.extend(ev.AccountEvent.FromString(b) for b in out.events)
-            for _, shard, mcmd in out.effects:
+            for effect in out.effects:
+                if isinstance(effect, QuarantineReport):
+                    self.quarantined.append(effect)
+                    continue
+                _, shard, mcmd = effect
                 self._shard_apply(shard, ev.MatchingCommand.FromString(mcmd))
-        if self.auto_settle:
-            self.settle()
-        return out.result
+        return out
 
     def _shard_apply(self, shard: str, mcmd: ev.MatchingCommand) -> None:
         machine = self.shards[shard]
+        if mcmd.source == self.source:
+            # The forward chain: each command names the last one this shard applied from accounts.
+            last = machine.engine.source_seqs.get(mcmd.source, 0)
+            assert mcmd.previous_sequence == last, (shard, mcmd.source_sequence, mcmd.previous_sequence, last)
+            assert mcmd.source_sequence > last
+            self.forwarded[shard].append(mcmd.SerializeToString())
         out = machine.apply(machine.applied_seq + 1, self.time_us, mcmd)
         if out.journal:
             mcmd.time_us = self.time_us
@@ -139,18 +157,38 @@ class MiniExchange:
             )
         )
 
-    def amend(self, user: int, order_id: int, new_price: str = "", new_amount: str = "") -> Any:
+    def amend(
+        self,
+        user: int,
+        order_id: int = 0,
+        new_price: str = "",
+        new_amount: str = "",
+        client_order_id: str = "",
+    ) -> Any:
+        """One amend as the servicer submits it: its command(s) applied back to back (a reservation
+        first when both price and amount change), settled only after."""
         self.tick()
-        order = self.accounts.ledger.lookup(user, order_id)
-        result = None
-        for cmd in amend_commands(
+        order = self.accounts.ledger.lookup(user, order_id, client_order_id)
+        cmds = amend_commands(
             apb.AmendOrderRequest(
-                user_id=user, order_id=order_id, new_price=new_price, new_amount=new_amount
+                user_id=user,
+                order_id=order_id,
+                client_order_id=client_order_id,
+                new_price=new_price,
+                new_amount=new_amount,
             ),
             self.catalog,
             order.market,
-        ):
-            result = self._accounts_apply(cmd)
+        )
+        auto, self.auto_settle = self.auto_settle, False
+        try:
+            result = None
+            for cmd in cmds:
+                result = self._accounts_apply(cmd)
+        finally:
+            self.auto_settle = auto
+        if auto:
+            self.settle()
         return result
 
     # --- checks --------------------------------------------------------------------------------

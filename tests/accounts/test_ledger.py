@@ -7,8 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from services.accounts.ledger import FEE_ACCOUNT
-from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
-from services.common.units import AmountError
+from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Reason
 from tests.accounts.sim import MiniExchange, default_catalog, replay
 
 BUY, SELL = 1, 2
@@ -40,8 +39,9 @@ def test_deposit_is_idempotent_and_withdraw_checks_available() -> None:
     with pytest.raises(NotFound):
         x.deposit(1, "XYZ", "1")
     for bad in ("NaN", "-1", "1e3", "inf", "0", "0.000000001"):
-        with pytest.raises(AmountError):
+        with pytest.raises(InvalidArgument) as info:
             x.deposit(1, "USDT", bad)
+        assert info.value.reason == Reason.INVALID_DECIMAL
     with pytest.raises(InvalidArgument):
         x.deposit(0, "USDT", "1")
     x.check_invariants()
@@ -126,8 +126,9 @@ def test_reduce_keeps_order_and_releases() -> None:
     o = x.place(2, "BTC_USDT", SELL, price="30000", amount="1").order
     x.amend(2, o.order_id, new_amount="0.4")
     assert x.balance(2, "BTC") == (int(9.6 * BTC), int(0.4 * BTC))
-    with pytest.raises(InvalidArgument):
+    with pytest.raises(FailedPrecondition) as info:
         x.amend(2, o.order_id, new_amount="0.5")  # only lower
+    assert info.value.reason == Reason.ORDER_NOT_AMENDABLE
     x.check_invariants()
 
 
@@ -148,37 +149,44 @@ def test_gtd_order_expires_and_is_released() -> None:
 def test_client_order_id_returns_the_original() -> None:
     x = funded()
     first = x.place(1, "BTC_USDT", BUY, price="30000", amount="0.1", client_order_id="abc-1")
-    again = x.place(1, "BTC_USDT", BUY, price="31000", amount="0.2", client_order_id="abc-1")
+    again = x.place(1, "BTC_USDT", BUY, price="30000", amount="0.1", client_order_id="abc-1")
     assert again.duplicate and again.order.order_id == first.order.order_id
     assert x.balance(1, "USDT")[1] == 3000 * USDT
     x.cancel(1, client_order_id="abc-1")
     assert x.balance(1, "USDT") == (100000 * USDT, 0)
-    with pytest.raises(InvalidArgument):
+    with pytest.raises(InvalidArgument) as info:
         x.place(1, "BTC_USDT", BUY, price="30000", amount="0.1", client_order_id="bad id!")
+    assert info.value.reason == Reason.INVALID_FIELD
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "error"),
+    ("kwargs", "error", "reason"),
     [
-        ({"price": "30000.001", "amount": "0.1"}, AmountError),  # not a multiple of the tick
-        ({"price": "30000", "amount": "0.000001"}, AmountError),  # not a multiple of the lot
-        ({"price": "30000", "amount": "0.00001"}, InvalidArgument),  # below min amount 0.0001
-        ({"price": "1", "amount": "0.001"}, InvalidArgument),  # below min notional 5 USDT
-        ({"price": "NaN", "amount": "0.1"}, AmountError),
-        ({"price": "-1", "amount": "0.1"}, AmountError),
-        ({"price": "1e4", "amount": "0.1"}, AmountError),
-        ({"price": "30000", "amount": "1000000"}, FailedPrecondition),  # insufficient balance
-        ({"price": "30000", "amount": "0.1", "time_in_force": 9}, InvalidArgument),
-        ({"price": "30000", "amount": "0.1", "expire_time_us": 5}, InvalidArgument),  # not GTD
-        ({"price": "30000", "amount": "0.1", "quote_amount": "5"}, InvalidArgument),
-        ({"amount": "0.1"}, InvalidArgument),  # limit without price
+        ({"price": "30000.001", "amount": "0.1"}, InvalidArgument, Reason.PRICE_NOT_ON_TICK),
+        ({"price": "30000", "amount": "0.000001"}, InvalidArgument, Reason.AMOUNT_NOT_ON_LOT),
+        ({"price": "30000", "amount": "0.00001"}, InvalidArgument, Reason.BELOW_MIN_AMOUNT),  # min 0.0001
+        ({"price": "1", "amount": "0.001"}, InvalidArgument, Reason.BELOW_MIN_NOTIONAL),  # min 5 USDT
+        ({"price": "NaN", "amount": "0.1"}, InvalidArgument, Reason.INVALID_DECIMAL),
+        ({"price": "-1", "amount": "0.1"}, InvalidArgument, Reason.INVALID_DECIMAL),
+        ({"price": "1e4", "amount": "0.1"}, InvalidArgument, Reason.INVALID_DECIMAL),
+        ({"price": "30000", "amount": "1000000"}, FailedPrecondition, Reason.INSUFFICIENT_BALANCE),
+        ({"price": "30000", "amount": "0.1", "time_in_force": 9}, InvalidArgument, Reason.INVALID_ORDER),
+        ({"price": "30000", "amount": "0.1", "expire_time_us": 5}, InvalidArgument, Reason.INVALID_ORDER),
+        ({"price": "30000", "amount": "0.1", "quote_amount": "5"}, InvalidArgument, Reason.INVALID_ORDER),
+        ({"amount": "0.1"}, InvalidArgument, Reason.INVALID_ORDER),  # limit without price
+        (
+            {"price": "30000", "amount": "0.1", "expire_time_us": -1},
+            InvalidArgument,
+            Reason.VALUE_OUT_OF_RANGE,
+        ),
     ],
 )
-def test_bad_orders_change_nothing(kwargs: dict[str, object], error: type[Exception]) -> None:
+def test_bad_orders_change_nothing(kwargs: dict[str, object], error: type[Exception], reason: Reason) -> None:
     x = funded()
     before = x.accounts.state_hash()
-    with pytest.raises(error):
+    with pytest.raises(error) as info:
         x.place(1, "BTC_USDT", BUY, **kwargs)
+    assert info.value.reason == reason  # type: ignore[attr-defined]
     assert x.accounts.state_hash() == before
 
 
@@ -248,7 +256,7 @@ def test_random_flows_keep_every_invariant_and_replay_to_the_same_state(flow: li
     for user in range(1, 5):
         x.deposit(user, "USDT", "200000")
         x.deposit(user, "BTC", "5")
-    errors = (InvalidArgument, FailedPrecondition, NotFound, AmountError)
+    errors = (InvalidArgument, FailedPrecondition, NotFound, AlreadyExists)
     for kind, user, side, price, amount, tif, post_only, stp in flow:
         open_orders = sorted(x.accounts.ledger.iter_user_orders(user), key=lambda o: o.order_id)
         try:
