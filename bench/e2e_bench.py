@@ -32,13 +32,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import grpc
 from exchange.v1 import accounts_service_pb2 as apb
-from exchange.v1 import accounts_service_pb2_grpc as agrpc
 from exchange.v1 import history_service_pb2 as hpb
-from exchange.v1 import history_service_pb2_grpc as hgrpc
 from exchange.v1 import matching_service_pb2 as mpb
-from exchange.v1 import matching_service_pb2_grpc as mgrpc
 from exchange.v1 import types_pb2
 
+from services.clients import AccountsClient, HistoryClient, MatchingClient
+from services.clients.channels import Connection
 from services.common import rpc
 from services.common.config import load_config
 from services.common.security import process_security
@@ -49,7 +48,7 @@ BUY, SELL = types_pb2.SIDE_BUY, types_pb2.SIDE_SELL
 
 
 def use_credentials(config_path: str) -> None:
-    """This process calls the cluster's services as "admin" (rpc.channel attaches the token)."""
+    """This process calls the cluster's services as "admin" (services.clients attach the token)."""
     rpc.configure(process_security(load_config(config_path), "admin", create=False))
 
 
@@ -93,15 +92,17 @@ def make_orders(rng: random.Random, users: int, n: int, crossing: float) -> list
     return out
 
 
-async def fund(stub: agrpc.AccountsServiceStub, users: int) -> None:
+async def fund(accounts: AccountsClient, users: int) -> None:
+    """Deposits for every user (idempotent by business id: a BUSY answer is retried by the client)."""
     sem = asyncio.Semaphore(64)
 
     async def one(user: int, asset: str, amount: str) -> None:
         async with sem:
-            await stub.Deposit(
+            await accounts.deposit(
                 apb.DepositRequest(
                     user_id=user, asset=asset, amount=amount, business="bench", business_id=f"{user}-{asset}"
-                )
+                ),
+                timeout=30,
             )
 
     await asyncio.gather(
@@ -114,8 +115,8 @@ async def fund(stub: agrpc.AccountsServiceStub, users: int) -> None:
 
 
 async def shard_counters(c: Cluster) -> tuple[int, int]:
-    async with rpc.channel(c.addresses["matching-0"]) as ch:
-        st = await mgrpc.MatchingServiceStub(ch).GetMatchingStatus(mpb.GetMatchingStatusRequest())
+    async with MatchingClient.at(c.addresses["matching-0"]) as matching:
+        st = await matching.get_matching_status(mpb.GetMatchingStatusRequest())
         return sum(m.last_trade_id for m in st.markets), st.event_sequence
 
 
@@ -133,12 +134,14 @@ async def _probe(accounts: str, matching: str, history: str, user: int, seconds:
     sent: dict[int, float] = {}
     latencies: list[float] = []
     samples: list[dict[str, Any]] = []
-    async with rpc.channel(accounts) as ach, rpc.channel(matching) as mch:
-        stub = agrpc.AccountsServiceStub(ach)
-        mstub = mgrpc.MatchingServiceStub(mch)
+    async with (
+        AccountsClient.at(accounts) as stub,
+        MatchingClient.at(matching) as mstub,
+        HistoryClient.at(history or "127.0.0.1:1") as hstub,
+    ):
 
         async def follow() -> None:
-            async for resp in stub.StreamUserEvents(apb.StreamUserEventsRequest(user_id=user)):
+            async for resp in stub.stream_user_events(apb.StreamUserEventsRequest(user_id=user)):
                 now = time.monotonic()
                 for e in resp.events:
                     if e.WhichOneof("event") == "user_fill":
@@ -149,7 +152,7 @@ async def _probe(accounts: str, matching: str, history: str, user: int, seconds:
         async def place() -> None:
             while time.monotonic() < until:
                 t0 = time.monotonic()
-                resp = await stub.PlaceOrder(
+                resp = await stub.place_order(
                     apb.PlaceOrderRequest(
                         user_id=user,
                         market="BTC_USDT",
@@ -166,14 +169,11 @@ async def _probe(accounts: str, matching: str, history: str, user: int, seconds:
         async def sample() -> None:
             while time.monotonic() < until + 0.5:
                 t = time.monotonic()
-                st = await stub.GetAccountsStatus(apb.GetAccountsStatusRequest())
-                ms = await mstub.GetMatchingStatus(mpb.GetMatchingStatusRequest())
+                st = await stub.get_accounts_status(apb.GetAccountsStatusRequest())
+                ms = await mstub.get_matching_status(mpb.GetMatchingStatusRequest())
                 extra: dict[str, Any] = {}
                 if history:
-                    async with rpc.channel(history) as hch:
-                        hs = await hgrpc.HistoryServiceStub(hch).GetHistoryStatus(
-                            hpb.GetHistoryStatusRequest()
-                        )
+                    hs = await hstub.get_history_status(hpb.GetHistoryStatusRequest())
                     extra = {
                         "history_lag_matching_events": ms.event_sequence
                         - hs.checkpoints.get("matching-0", 0),
@@ -209,7 +209,9 @@ async def drive_stream(
 ) -> None:
     """One SubmitOrders stream sending pre-serialized batches, at most `window` unanswered; with an
     interval, one batch per interval at most (a paced, open-loop-like rate instead of saturation)."""
-    async with rpc.channel(c.addresses["accounts-0"]) as ch:
+    conn = Connection.at(c.addresses["accounts-0"])
+    try:
+        ch = conn.channel()
         call = ch.stream_stream(
             "/exchange.v1.AccountsService/SubmitOrders",
             request_serializer=lambda b: b,
@@ -238,6 +240,8 @@ async def drive_stream(
         await call.done_writing()
         await rtask
         counter[1] += errors[0]
+    finally:
+        await conn.close()
 
 
 def unary_client_process(
@@ -254,8 +258,9 @@ async def _unary_client(
 ) -> tuple[int, int]:
     counter = [0, 0]
     until = time.monotonic() + seconds
-    async with rpc.channel(address) as ch:
-        call = ch.unary_unary(
+    conn = Connection.at(address)  # pre-serialized requests on the library's channel
+    try:
+        call = conn.channel().unary_unary(
             "/exchange.v1.AccountsService/PlaceOrder",
             request_serializer=lambda b: b,
             response_deserializer=lambda b: b,
@@ -273,6 +278,8 @@ async def _unary_client(
                     counter[1] += 1
 
         await asyncio.gather(*[worker() for _ in range(concurrency)])
+    finally:
+        await conn.close()
     return counter[0], counter[1]
 
 
@@ -447,12 +454,10 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             c.start()
             use_credentials(str(c.config_path))
             try:
-                async with rpc.channel(c.addresses["accounts-0"]) as ch:
-                    await fund(agrpc.AccountsServiceStub(ch), args.users)
-                # Liquidity for the probes: a deep ask wall far from the flow's crossing prices.
-                async with rpc.channel(c.addresses["accounts-0"]) as ch:
-                    stub = agrpc.AccountsServiceStub(ch)
-                    await stub.PlaceOrder(
+                async with AccountsClient.at(c.addresses["accounts-0"]) as accounts:
+                    await fund(accounts, args.users)
+                    # Liquidity for the probes: a deep ask wall far from the flow's crossing prices.
+                    await accounts.place_order(
                         apb.PlaceOrderRequest(
                             user_id=1,
                             market="BTC_USDT",

@@ -174,15 +174,12 @@ def e2e_run(backend: str, seconds: float) -> dict[str, Any]:
     """The real services under the e2e benchmark's streaming flow; history's lag sampled each second."""
     import asyncio
 
-    import grpc
     from exchange.v1 import accounts_service_pb2 as apb
-    from exchange.v1 import accounts_service_pb2_grpc as agrpc
     from exchange.v1 import history_service_pb2 as hpb
-    from exchange.v1 import history_service_pb2_grpc as hgrpc
     from exchange.v1 import matching_service_pb2 as mpb
-    from exchange.v1 import matching_service_pb2_grpc as mgrpc
 
-    from bench.e2e_bench import fund, run_mode
+    from bench.e2e_bench import fund, run_mode, use_credentials
+    from services.clients import AccountsClient
     from tests.cluster import Cluster
 
     async def main(url: str | None) -> dict[str, Any]:
@@ -192,24 +189,21 @@ def e2e_run(backend: str, seconds: float) -> dict[str, Any]:
             )
             c.start()
             try:
-                async with grpc.aio.insecure_channel(c.addresses["accounts-0"]) as ch:
-                    await fund(agrpc.AccountsServiceStub(ch), 1000)
+                use_credentials(str(c.config_path))  # this process acts as admin (services.clients)
+                async with AccountsClient.at(c.addresses["accounts-0"]) as accounts:
+                    await fund(accounts, 1000)
                 samples: list[dict[str, Any]] = []
                 load_done = asyncio.Event()
 
                 async def sample() -> None:
-                    async with (
-                        grpc.aio.insecure_channel(c.addresses["history"]) as hch,
-                        grpc.aio.insecure_channel(c.addresses["accounts-0"]) as ach,
-                        grpc.aio.insecure_channel(c.addresses["matching-0"]) as mch,
-                    ):
-                        h, a = hgrpc.HistoryServiceStub(hch), agrpc.AccountsServiceStub(ach)
-                        m = mgrpc.MatchingServiceStub(mch)
+                    async with c.clients() as clients:
+                        h, a, m = clients.history, clients.accounts, clients.matching("matching-0")
                         t0 = time.monotonic()
                         while True:
-                            cps = dict((await h.GetHistoryStatus(hpb.GetHistoryStatusRequest())).checkpoints)
-                            acc = (await a.GetAccountsStatus(apb.GetAccountsStatusRequest())).event_sequence
-                            mat = (await m.GetMatchingStatus(mpb.GetMatchingStatusRequest())).event_sequence
+                            hs = await h.get_history_status(hpb.GetHistoryStatusRequest())
+                            cps = dict(hs.checkpoints)
+                            acc = (await a.get_accounts_status(apb.GetAccountsStatusRequest())).event_sequence
+                            mat = (await m.get_matching_status(mpb.GetMatchingStatusRequest())).event_sequence
                             s = {
                                 "t": round(time.monotonic() - t0, 1),
                                 "accounts_lag": acc - cps.get("accounts-0", 0),
@@ -265,17 +259,17 @@ def record_run(seconds: float, rate: int) -> tuple[Flow, dict[str, Any]]:
     every event they logged, with their source time stamps."""
     import asyncio
 
-    import grpc
-    from exchange.v1 import accounts_service_pb2_grpc as agrpc
     from exchange.v1 import events_pb2 as ev
 
-    from bench.e2e_bench import fund, run_mode
+    from bench.e2e_bench import fund, run_mode, use_credentials
+    from services.clients import AccountsClient
     from services.common.journal import FileJournal
     from tests.cluster import Cluster
 
     async def load(c: Cluster) -> dict[str, Any]:
-        async with grpc.aio.insecure_channel(c.addresses["accounts-0"]) as ch:
-            await fund(agrpc.AccountsServiceStub(ch), 1000)
+        use_credentials(str(c.config_path))  # this process acts as admin (services.clients)
+        async with AccountsClient.at(c.addresses["accounts-0"]) as accounts:
+            await fund(accounts, 1000)
         return await run_mode(c, "stream", seconds, 1000, 200, 2, 8, rate)
 
     def read_all(directory: Path, parse: Any) -> list[Any]:
@@ -314,7 +308,8 @@ def replay_run(backend: str, flow: Flow, recorded: dict[str, Any]) -> dict[str, 
 
     from tests.history.fake_upstream import FakeUpstreams
 
-    origin = min(events[0].time_us for events in [*flow.matching.values(), flow.accounts])
+    streams: list[list[Any]] = [*flow.matching.values(), flow.accounts]
+    origin = min(events[0].time_us for events in streams)
     with database(backend) as url, FakeUpstreams(flow, raw=True, per_response=2000, resend=0) as fakes:
         release = {name: [(e.time_us - origin) / 1e6 for e in f.events] for name, f in fakes.feeds.items()}
         for name, feed in fakes.feeds.items():
@@ -381,10 +376,12 @@ def history_process(
     """`python -m services.history` against `fakes` (their streams held until the caller lets them go)
     and `url`, started and answering; yields its stub and `wait(done)`, which polls its checkpoints until
     done(checkpoints). Stopped with SIGTERM afterwards."""
-    import grpc
     from exchange.v1 import history_service_pb2 as pb
     from exchange.v1 import history_service_pb2_grpc as pbg
 
+    from services.clients import sync_channel
+    from services.common.config import load_config
+    from services.common.security import process_security
     from tests.cluster import DEFAULT_MARKETS, free_port
 
     with tempfile.TemporaryDirectory(prefix="history-bench-") as d:
@@ -392,6 +389,9 @@ def history_process(
         config = Path(d) / "exchange.toml"
         config.write_text(fakes.config_toml(address, url, DEFAULT_MARKETS, shards, **toml))
         fakes.set(paused=True)  # hold the streams until the process is up
+        # The credentials the process will find in its data directory, generated first: the bench
+        # reads history's status as admin.
+        security = process_security(load_config(config), "admin", create=True)
         with open(Path(d) / "history.log", "wb") as log:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "services.history", "--config", str(config)],
@@ -400,7 +400,7 @@ def history_process(
                 stderr=subprocess.STDOUT,
             )
         try:
-            with grpc.insecure_channel(address) as ch:
+            with sync_channel(address, security=security) as ch:
                 stub = pbg.HistoryServiceStub(ch)
 
                 def wait(done: Any) -> dict[str, int]:

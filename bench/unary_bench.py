@@ -17,16 +17,16 @@ token is then simply ignored), so "before" and "after" come from the same script
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import platform
-import re
 import shutil
 import struct
-import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,45 +43,42 @@ os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "gen"), os.env
 from exchange.v1 import accounts_service_pb2 as apb  # noqa: E402
 from exchange.v1 import types_pb2  # noqa: E402
 from grpc_health.v1 import health_pb2  # noqa: E402
+from h2load import h2load  # noqa: E402  (bench/h2load.py, beside this script)
 
 from tests.cluster import Cluster  # noqa: E402
 
 
 def frame(message: Any) -> bytes:
-    body = message.SerializeToString()
+    body: bytes = message.SerializeToString()
     return b"\x00" + struct.pack(">I", len(body)) + body
 
 
-def h2load(url: str, data: Path, clients: int, seconds: float, headers: list[str]) -> dict[str, Any]:
-    cmd = [
-        "h2load",
-        "-c",
-        str(clients),
-        "-m",
-        "1",
-        "-t",
-        "1",
-        "-D",
-        str(max(1, round(seconds))),
-        "-d",
-        str(data),
-    ]
-    cmd += ["-H", "content-type: application/grpc", "-H", "te: trailers"]
-    for h in headers:
-        cmd += ["-H", h]
-    proc = subprocess.run([*cmd, url], capture_output=True, text=True, timeout=seconds + 60)
-    out = proc.stdout + proc.stderr
-    rps = re.search(r"finished in [\d.]+m?s, ([\d.]+) req/s", out)
-    done = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded", out)
-    mean = re.search(r"time for request:\s+\S+\s+\S+\s+(\S+)", out)
-    if rps is None or done is None:
-        raise RuntimeError(f"unexpected h2load output:\n{out}")
-    return {
-        "requests_per_s": float(rps.group(1)),
-        "requests_done": int(done.group(1)),
-        "http_succeeded": int(done.group(2)),
-        "mean_latency": mean.group(1) if mean else "",
-    }
+def _with_clients(c: Any, fund: Any) -> Callable[[], int]:
+    """Funds the user as the wallet and returns a counter of accepted orders (typed clients)."""
+
+    async def deposit() -> None:
+        async with c.client("accounts-0", "wallet") as accounts:
+            await accounts.deposit(fund, timeout=10)
+
+    async def last() -> int:
+        async with c.client("accounts-0", "admin") as accounts:
+            st = await accounts.get_accounts_status(timeout=10)
+            return int(st.last_order_id)
+
+    asyncio.run(deposit())
+    return lambda: asyncio.run(last())
+
+
+def _with_stubs(c: Any, fund: Any, has_auth: bool) -> Callable[[], int]:
+    """The same with the generated stubs (an older checkout without services.clients)."""
+    from exchange.v1 import accounts_service_pb2_grpc as agrpc
+
+    wallet = c.channel("accounts-0", "wallet") if has_auth else c.channel("accounts-0")
+    agrpc.AccountsServiceStub(wallet).Deposit(fund, timeout=10)
+    status = agrpc.AccountsServiceStub(
+        c.channel("accounts-0", "admin") if has_auth else c.channel("accounts-0")
+    )
+    return lambda: int(status.GetAccountsStatus(apb.GetAccountsStatusRequest(), timeout=10).last_order_id)
 
 
 def main() -> int:
@@ -94,17 +91,13 @@ def main() -> int:
         try:
             has_auth = hasattr(c, "token")
             token = c.token("trader") if has_auth else "none"
-            wallet = c.accounts if not has_auth else None
-            from exchange.v1 import accounts_service_pb2_grpc as agrpc
-
-            stub = agrpc.AccountsServiceStub(c.channel("accounts-0", "wallet")) if has_auth else wallet
-            assert stub is not None
-            stub.Deposit(
-                apb.DepositRequest(
-                    user_id=1, asset="USDT", amount="10000000000", business="bench", business_id="u1"
-                ),
-                timeout=10,
+            fund = apb.DepositRequest(
+                user_id=1, asset="USDT", amount="10000000000", business="bench", business_id="u1"
             )
+            if hasattr(c, "client"):  # a checkout with services.clients: typed clients, as the wallet
+                last_order = _with_clients(c, fund)
+            else:  # an older checkout (--root): its own stubs
+                last_order = _with_stubs(c, fund, has_auth)
             order = apb.PlaceOrderRequest(
                 user_id=1,
                 market="BTC_USDT",
@@ -118,13 +111,6 @@ def main() -> int:
             (files / "order.bin").write_bytes(frame(order))
             base = f"http://{c.addresses['accounts-0']}"
             auth = [f"authorization: Bearer {token}"]
-            status = c.channel("accounts-0", "admin") if has_auth else c.channel("accounts-0")
-
-            def last_order() -> int:
-                st = agrpc.AccountsServiceStub(status).GetAccountsStatus(
-                    apb.GetAccountsStatusRequest(), timeout=10
-                )
-                return int(st.last_order_id)
 
             runs: dict[str, Any] = {}
             for name, path, data, clients in (

@@ -36,6 +36,7 @@ Exit status: 0 done, 1 the exchange refused or could not be reached, 2 bad comma
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import datetime
 import os
@@ -44,28 +45,36 @@ import stat
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 from exchange.v1 import accounts_service_pb2 as apb
-from exchange.v1 import accounts_service_pb2_grpc as agrpc
 from exchange.v1 import events_pb2 as ev
 from exchange.v1 import history_service_pb2 as hpb
-from exchange.v1 import history_service_pb2_grpc as hgrpc
 from exchange.v1 import market_service_pb2 as kpb
-from exchange.v1 import market_service_pb2_grpc as kgrpc
 from exchange.v1 import matching_service_pb2 as mpb
-from exchange.v1 import matching_service_pb2_grpc as mgrpc
 from exchange.v1 import types_pb2
 from google.protobuf import json_format
 
+from services.clients import (
+    AccountsClient,
+    ClientError,
+    Clients,
+    HistoryClient,
+    MarketClient,
+    MatchingClient,
+    StaticResolver,
+)
 from services.common import limits
 from services.common.config import ExchangeConfig, load_config
 from services.common.markets import Asset, ConfigError, MarketSpec
 from services.common.units import format_units
+
+if TYPE_CHECKING:
+    from services.common.security import Security
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 0, 1, 2, 130, 141
 DEFAULT_TIMEOUT = 5.0
@@ -147,93 +156,95 @@ def _load(explicit: str | None) -> ExchangeConfig:
         raise CliError(f"bad configuration: {exc}", EXIT_USAGE) from None
 
 
-# --- channels -----------------------------------------------------------------------------------
+# --- clients ------------------------------------------------------------------------------------
 
-_credentials: dict[Path, grpc.ChannelCredentials] = {}
+T = TypeVar("T")
 
 
-def _channel(config: ExchangeConfig, address: str) -> grpc.Channel:
-    """Every channel the CLI opens: the exchange's transport ([security] in the config), presenting the
-    admin token of the exchange's credentials file ($EXCHANGE_CREDENTIALS overrides its path)."""
-    from services.common.rpc import CHANNEL_OPTIONS
+def _security(config: ExchangeConfig) -> Security:
+    """The exchange's transport ([security] in the config), presenting the admin token of the exchange's
+    credentials file ($EXCHANGE_CREDENTIALS overrides its path)."""
     from services.common.security import process_security
 
-    creds = _credentials.get(config.path)
-    if creds is None:
-        try:
-            creds = process_security(config, "admin", create=False).channel_credentials()
-        except FileNotFoundError as exc:
-            raise CliError(str(exc), EXIT_USAGE) from None
-        except (OSError, ValueError, KeyError) as exc:
-            raise CliError(f"cannot read the exchange's credentials: {exc}", EXIT_USAGE) from None
-        _credentials[config.path] = creds
-    # Client keepalive pings no more often than the servers' default ping policy allows (one per 5
-    # minutes without data): more frequent pings on an idle stream get it closed ("too_many_pings").
-    options = [(k, v) for k, v in CHANNEL_OPTIONS if k != "grpc.keepalive_time_ms"]
-    options.append(("grpc.keepalive_time_ms", 330_000))
-    return grpc.secure_channel(address, creds, options=options)
-
-
-_STUBS: dict[str, Callable[[grpc.Channel], Any]] = {
-    "accounts": agrpc.AccountsServiceStub,
-    "matching": mgrpc.MatchingServiceStub,
-    "history": hgrpc.HistoryServiceStub,
-    "market": kgrpc.MarketServiceStub,
-}
+    try:
+        return process_security(config, "admin", create=False)
+    except FileNotFoundError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    except (OSError, ValueError, KeyError) as exc:
+        raise CliError(f"cannot read the exchange's credentials: {exc}", EXIT_USAGE) from None
 
 
 class Client:
-    """The services of one exchange, each call with the CLI's deadline."""
+    """The services of one exchange (services.clients: addresses from the config's advertise/listen
+    addresses, the admin's credentials), each call with the CLI's deadline, run on one event loop."""
 
     def __init__(self, config: ExchangeConfig, timeout: float) -> None:
         self.config = config
         self.timeout = timeout
-        self._channels: dict[str, grpc.Channel] = {}
+        self.resolver = StaticResolver.from_config(config)
+        self._clients: Clients | None = None
+        self._runner: asyncio.Runner | None = None
         self._catalog: Catalog | None = None
 
     def address(self, service: str) -> str:
-        if service == "accounts":
-            return self.config.accounts.listen
-        if service == "history":
-            return self.config.history.listen
-        if service == "market":
-            return self.config.market.listen
-        return self.config.shard(service).listen
+        return self.resolver.address(service)
 
     def label(self, service: str) -> str:
         return self.config.accounts.source if service == "accounts" else service
 
-    def stub(self, service: str) -> Any:
-        ch = self._channels.get(service)
-        if ch is None:
-            ch = self._channels[service] = _channel(self.config, self.address(service))
-        kind = service if service in _STUBS else "matching"
-        return _STUBS[kind](ch)
+    def clients(self) -> Clients:
+        if self._clients is None:
+            self._clients = Clients(self.resolver, security=_security(self.config), timeout=self.timeout)
+        return self._clients
 
-    def call(self, service: str, method: str, request: Any) -> Any:
+    @property
+    def accounts(self) -> AccountsClient:
+        return self.clients().accounts
+
+    def matching(self, shard: str) -> MatchingClient:
+        return self.clients().matching(shard)
+
+    @property
+    def history(self) -> HistoryClient:
+        return self.clients().history
+
+    @property
+    def market(self) -> MarketClient:
+        return self.clients().market
+
+    def _loop(self) -> asyncio.Runner:
+        if self._runner is None:
+            self._runner = asyncio.Runner()
+        return self._runner
+
+    def run(self, call: Awaitable[T], *, streaming: bool = False) -> T:
+        """Run one call (a coroutine of a client) to its end; a failure is one CliError line."""
         try:
-            return getattr(self.stub(service), method)(request, timeout=self.timeout)
-        except grpc.RpcError as err:
-            raise CliError(
-                describe_error(err, self.label(service), self.address(service), self.timeout)
-            ) from None
-
-    def stream(self, service: str, method: str, request: Any) -> Any:
-        """A server stream without deadline (ends on Ctrl-C or when the server ends it)."""
-        return getattr(self.stub(service), method)(request)
+            return self._loop().run(_awaited(call))
+        except ClientError as err:
+            message = describe_error(err, self.label(err.service), self.timeout, streaming=streaming)
+            raise CliError(message) from None
 
     def catalog(self) -> Catalog:
         """Markets and assets as the exchange answers them (to format integers of events)."""
         if self._catalog is None:
-            markets = self.call("accounts", "ListMarkets", apb.ListMarketsRequest()).markets
-            assets = self.call("accounts", "ListAssets", apb.ListAssetsRequest()).assets
+            markets = self.run(self.accounts.list_markets()).markets
+            assets = self.run(self.accounts.list_assets()).assets
             self._catalog = Catalog(markets, assets)
         return self._catalog
 
     def close(self) -> None:
-        for ch in self._channels.values():
-            ch.close()
-        self._channels.clear()
+        if self._runner is not None:
+            if self._clients is not None:
+                with contextlib.suppress(Exception):
+                    self._runner.run(self._clients.close())
+            self._runner.close()
+            self._runner = None
+        self._clients = None
+
+
+async def _awaited(call: Awaitable[T]) -> T:
+    return await call
 
 
 # --- errors -------------------------------------------------------------------------------------
@@ -271,21 +282,12 @@ HINTS = {
 }
 
 
-def describe_error(
-    err: grpc.RpcError, service: str, address: str, timeout: float | None, *, streaming: bool = False
-) -> str:
+def describe_error(err: ClientError, service: str, timeout: float | None, *, streaming: bool = False) -> str:
     """One line for a failed call: the server's message (and a hint by its reason), or what went
     wrong reaching the service."""
-    from services.common.rpc import error_reason
-
-    code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
-    details = (err.details() if hasattr(err, "details") else "") or ""
-    try:
-        reason = error_reason(err)
-    except Exception:  # a status without details (a transport failure) or an unparsable trailer
-        reason = ""
-    if reason:
-        hint = HINTS.get(reason)
+    code, details, address = err.code, err.message, err.address
+    if err.reason:
+        hint = HINTS.get(err.reason)
         return f"{details} ({hint})" if hint else details
     if code == grpc.StatusCode.UNAVAILABLE and streaming:
         return f"lost the connection to {service} at {address} ({_short(details)})"
@@ -300,7 +302,7 @@ def describe_error(
         return f"{service} at {address} does not serve this call: is another program listening there?"
     if code == grpc.StatusCode.UNAUTHENTICATED:
         return f"{details} ({HINTS['UNAUTHENTICATED']})"
-    return f"{service}: {code.name}: {_short(details)}"
+    return f"{service}: {err.code_name}: {_short(details)}"
 
 
 def _short(text: str, limit: int = 160) -> str:
@@ -913,7 +915,7 @@ def _token(config: ExchangeConfig, principal: str) -> int:
 
 
 def cmd_markets(c: Client, args: argparse.Namespace) -> int:
-    resp = c.call("accounts", "ListMarkets", apb.ListMarketsRequest())
+    resp = c.run(c.accounts.list_markets(apb.ListMarketsRequest()))
     if args.json:
         out(_json(resp))
         return EXIT_OK
@@ -927,7 +929,7 @@ def cmd_markets(c: Client, args: argparse.Namespace) -> int:
 
 
 def cmd_assets(c: Client, args: argparse.Namespace) -> int:
-    resp = c.call("accounts", "ListAssets", apb.ListAssetsRequest())
+    resp = c.run(c.accounts.list_assets(apb.ListAssetsRequest()))
     if args.json:
         out(_json(resp))
         return EXIT_OK
@@ -971,7 +973,7 @@ def _counts(m: Any) -> str:
 
 def _status_accounts(c: Client, args: argparse.Namespace) -> None:
     req = apb.GetAccountsStatusRequest(with_state_hash=args.hash, with_audit=args.audit)
-    st = c.call("accounts", "GetAccountsStatus", req)
+    st = c.run(c.accounts.get_accounts_status(req))
     if args.json:
         out(_json(st))
         return
@@ -995,7 +997,7 @@ def _status_accounts(c: Client, args: argparse.Namespace) -> None:
 
 
 def _status_shard(c: Client, args: argparse.Namespace, shard: str) -> None:
-    st = c.call(shard, "GetMatchingStatus", mpb.GetMatchingStatusRequest(with_state_hash=args.hash))
+    st = c.run(c.matching(shard).get_matching_status(mpb.GetMatchingStatusRequest(with_state_hash=args.hash)))
     if args.json:
         out(_json(st))
         return
@@ -1014,7 +1016,7 @@ def _status_shard(c: Client, args: argparse.Namespace, shard: str) -> None:
 
 
 def _status_history(c: Client, args: argparse.Namespace) -> None:
-    st = c.call("history", "GetHistoryStatus", hpb.GetHistoryStatusRequest())
+    st = c.run(c.history.get_history_status(hpb.GetHistoryStatusRequest()))
     if args.json:
         out(_json(st))
         return
@@ -1022,7 +1024,7 @@ def _status_history(c: Client, args: argparse.Namespace) -> None:
 
 
 def _status_market(c: Client, args: argparse.Namespace) -> None:
-    st = c.call("market", "GetMarketDataStatus", kpb.GetMarketDataStatusRequest())
+    st = c.run(c.market.get_market_data_status(kpb.GetMarketDataStatusRequest()))
     if args.json:
         out(_json(st))
         return
@@ -1039,7 +1041,7 @@ def cmd_adjust(c: Client, args: argparse.Namespace) -> int:
             business=args.business,
             business_id=business_id,
         )
-        resp = c.call("accounts", "Deposit", req)
+        resp: Any = c.run(c.accounts.deposit(req))
     else:
         req = apb.WithdrawRequest(
             user_id=args.user,
@@ -1048,7 +1050,7 @@ def cmd_adjust(c: Client, args: argparse.Namespace) -> int:
             business=args.business,
             business_id=business_id,
         )
-        resp = c.call("accounts", "Withdraw", req)
+        resp = c.run(c.accounts.withdraw(req))
     if args.json:
         out(_json(resp))
         return EXIT_OK
@@ -1064,7 +1066,7 @@ def cmd_adjust(c: Client, args: argparse.Namespace) -> int:
 
 
 def cmd_balance(c: Client, args: argparse.Namespace) -> int:
-    resp = c.call("accounts", "GetBalances", apb.GetBalancesRequest(user_id=args.user, assets=args.assets))
+    resp = c.run(c.accounts.get_balances(apb.GetBalancesRequest(user_id=args.user, assets=args.assets)))
     if args.json:
         out(_json(resp))
         return EXIT_OK
@@ -1118,7 +1120,7 @@ def cmd_order_entry(c: Client, args: argparse.Namespace) -> int:
         req.expire_time_us = time.time_ns() // 1000 + int(args.expire_in * 1_000_000)
     elif args.tif == "gtd":
         raise CliError("--tif gtd needs --expire-in SECONDS", EXIT_USAGE)
-    resp = c.call("accounts", "PlaceOrder", req)
+    resp = c.run(c.accounts.place_order(req))
     if args.json:
         out(_json(resp))
         return EXIT_OK
@@ -1136,7 +1138,7 @@ def _order_ref(args: argparse.Namespace) -> tuple[int, str]:
 def cmd_cancel(c: Client, args: argparse.Namespace) -> int:
     order_id, client_id = _order_ref(args)
     req = apb.CancelOrderRequest(user_id=args.user, order_id=order_id, client_order_id=client_id)
-    resp = c.call("accounts", "CancelOrder", req)
+    resp = c.run(c.accounts.cancel_order(req))
     if args.json:
         out(_json(resp))
         return EXIT_OK
@@ -1152,7 +1154,7 @@ def cmd_cancel_all(c: Client, args: argparse.Namespace) -> int:
     req = apb.CancelAllOrdersRequest(
         user_id=args.user, market=args.market, side=SIDES.get(args.side, types_pb2.SIDE_UNSPECIFIED)
     )
-    resp = c.call("accounts", "CancelAllOrders", req)
+    resp = c.run(c.accounts.cancel_all_orders(req))
     if args.json:
         out(_json(resp))
         return EXIT_OK
@@ -1168,7 +1170,7 @@ def cmd_amend(c: Client, args: argparse.Namespace) -> int:
     req = apb.AmendOrderRequest(
         user_id=args.user, order_id=args.order_id, new_price=args.price, new_amount=args.amount
     )
-    resp = c.call("accounts", "AmendOrder", req)
+    resp = c.run(c.accounts.amend_order(req))
     if args.json:
         out(_json(resp))
         return EXIT_OK
@@ -1179,7 +1181,7 @@ def cmd_amend(c: Client, args: argparse.Namespace) -> int:
 def cmd_order(c: Client, args: argparse.Namespace) -> int:
     order_id, client_id = _order_ref(args)
     req = apb.GetOrderRequest(user_id=args.user, order_id=order_id, client_order_id=client_id)
-    resp = c.call("accounts", "GetOrder", req)
+    resp = c.run(c.accounts.get_order(req))
     if args.json:
         out(_json(resp))
         return EXIT_OK
@@ -1193,7 +1195,7 @@ def cmd_orders(c: Client, args: argparse.Namespace) -> int:
     req = apb.ListOpenOrdersRequest(
         user_id=args.user, market=args.market, page_size=args.limit, page_token=args.page_token
     )
-    resp = c.call("accounts", "ListOpenOrders", req)
+    resp = c.run(c.accounts.list_open_orders(req))
     return _list(args, resp, resp.orders, order_line, "no open orders")
 
 
@@ -1217,7 +1219,7 @@ def cmd_order_history(c: Client, args: argparse.Namespace) -> int:
         page_size=args.limit,
         page_token=args.page_token,
     )
-    resp = c.call("history", "ListFinishedOrders", req)
+    resp = c.run(c.history.list_finished_orders(req))
     return _list(args, resp, resp.orders, order_line, "no finished orders")
 
 
@@ -1229,13 +1231,13 @@ def cmd_trades(c: Client, args: argparse.Namespace) -> int:
         page_size=args.limit,
         page_token=args.page_token,
     )
-    resp = c.call("history", "ListUserTrades", req)
+    resp = c.run(c.history.list_user_trades(req))
     return _list(args, resp, resp.trades, trade_line, "no trades")
 
 
 def cmd_order_trades(c: Client, args: argparse.Namespace) -> int:
     req = hpb.ListOrderTradesRequest(order_id=args.order_id, page_size=args.limit, page_token=args.page_token)
-    resp = c.call("history", "ListOrderTrades", req)
+    resp = c.run(c.history.list_order_trades(req))
     return _list(args, resp, resp.trades, trade_line, "no trades")
 
 
@@ -1247,7 +1249,7 @@ def cmd_balance_history(c: Client, args: argparse.Namespace) -> int:
         page_size=args.limit,
         page_token=args.page_token,
     )
-    resp = c.call("history", "ListBalanceHistory", req)
+    resp = c.run(c.history.list_balance_history(req))
 
     def line(e: hpb.BalanceHistoryEntry) -> str:
         changes = []
@@ -1269,7 +1271,7 @@ def cmd_depth(c: Client, args: argparse.Namespace) -> int:
         known = ", ".join(sorted(c.config.catalog.markets))
         raise CliError(f"unknown market {args.market!r}; markets are {known}")
     req = mpb.GetDepthRequest(market=args.market, limit=args.limit, merge=args.merge)
-    resp = c.call(spec.shard, "GetDepth", req)
+    resp = c.run(c.matching(spec.shard).get_depth(req))
     if args.json:
         out(_json(resp))
         return EXIT_OK
@@ -1290,7 +1292,7 @@ def cmd_depth(c: Client, args: argparse.Namespace) -> int:
 
 def cmd_klines(c: Client, args: argparse.Namespace) -> int:
     req = kpb.GetKlinesRequest(market=args.market, interval=INTERVALS[args.interval], limit=args.limit)
-    resp = c.call("market", "GetKlines", req)
+    resp = c.run(c.market.get_klines(req))
     if args.json:
         out(_json(resp))
         return EXIT_OK
@@ -1303,10 +1305,10 @@ def cmd_klines(c: Client, args: argparse.Namespace) -> int:
 
 def cmd_ticker(c: Client, args: argparse.Namespace) -> int:
     if args.market:
-        resp = c.call("market", "GetTicker", kpb.GetTickerRequest(market=args.market))
+        resp: Any = c.run(c.market.get_ticker(kpb.GetTickerRequest(market=args.market)))
         tickers = [resp.ticker]
     else:
-        resp = c.call("market", "ListTickers", kpb.ListTickersRequest())
+        resp = c.run(c.market.list_tickers(kpb.ListTickersRequest()))
         tickers = list(resp.tickers)
     if args.json:
         out(_json(resp))
@@ -1318,7 +1320,7 @@ def cmd_ticker(c: Client, args: argparse.Namespace) -> int:
 
 def cmd_recent_trades(c: Client, args: argparse.Namespace) -> int:
     req = kpb.ListRecentTradesRequest(market=args.market, limit=args.limit)
-    resp = c.call("market", "ListRecentTrades", req)
+    resp = c.run(c.market.list_recent_trades(req))
     if args.json:
         out(_json(resp))
         return EXIT_OK
@@ -1331,29 +1333,34 @@ def cmd_recent_trades(c: Client, args: argparse.Namespace) -> int:
 
 def cmd_events(c: Client, args: argparse.Namespace) -> int:
     cat = c.catalog()  # also checks, within the deadline, that accounts answers
-    call = c.stream(
-        "accounts",
-        "StreamUserEvents",
-        apb.StreamUserEventsRequest(user_id=args.user, from_sequence=args.from_seq),
-    )
+    req = apb.StreamUserEventsRequest(user_id=args.user, from_sequence=args.from_seq)
     last = 0
+
+    async def follow() -> None:
+        nonlocal last
+        stream = c.accounts.stream_user_events(req)
+        async with contextlib.aclosing(stream):
+            async for resp in stream:
+                for e in resp.events:
+                    out(_json(e, indent=None) if args.json else event_line(e, cat))
+                    last = e.sequence
+
     try:
-        for resp in _follow(call):
-            for e in resp.events:
-                out(_json(e, indent=None) if args.json else event_line(e, cat))
-                last = e.sequence
-    except grpc.RpcError as err:
-        message = describe_error(err, c.label("accounts"), c.address("accounts"), None, streaming=True)
+        c.run(_until_stdout_closes(follow()), streaming=True)
+    except CliError as exc:
         resume = f"; resume with --from {last + 1}" if last else ""
-        raise CliError(f"the event stream ended: {message}{resume}") from None
+        raise CliError(f"the event stream ended: {exc.message}{resume}") from None
     raise CliError(
         "the event stream ended (the server closed it)" + (f"; resume with --from {last + 1}" if last else "")
     )
 
 
-def _follow(call: Any) -> Iterator[Any]:
-    """Iterate a server stream; cancel it when stdout is a pipe whose reader went away (so
-    `exchange events 1 | head -1` ends at once instead of at the next event), or on Ctrl-C."""
+async def _until_stdout_closes(follow: Awaitable[None]) -> None:
+    """Run a stream follower; cancel it when stdout is a pipe whose reader went away (so
+    `exchange events 1 | head -1` ends at once instead of at the next event): BrokenPipeError."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
     broken = threading.Event()
     done = threading.Event()
 
@@ -1367,7 +1374,7 @@ def _follow(call: Any) -> Iterator[Any]:
             while not done.is_set():
                 if poller.poll(200):
                     broken.set()
-                    call.cancel()
+                    loop.call_soon_threadsafe(task.cancel)
                     return
         except (OSError, ValueError):
             return
@@ -1375,14 +1382,13 @@ def _follow(call: Any) -> Iterator[Any]:
     watcher = threading.Thread(target=watch_stdout, name="stdout-watch", daemon=True)
     watcher.start()
     try:
-        yield from call
-    except grpc.RpcError:
+        await follow
+    except asyncio.CancelledError:
         if broken.is_set():
             raise BrokenPipeError from None
         raise
     finally:
         done.set()
-        call.cancel()
 
 
 COMMANDS: dict[str, Callable[[Client, argparse.Namespace], int]] = {

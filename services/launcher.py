@@ -53,6 +53,8 @@ from typing import Any, TextIO
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.clients.channels import sync_channel
+from services.clients.resolver import ACCOUNTS, HISTORY, MARKET, config_addresses
 from services.common.config import ExchangeConfig, load_config
 from services.common.markets import ConfigError
 
@@ -120,15 +122,14 @@ class Child:
 def plan(config: ExchangeConfig, only: set[str] | None = None) -> list[Child]:
     """The children for a config, in start order; `only` keeps those named (or of those kinds)."""
     cfg = str(config.path)
+    where = config_addresses(config)  # the advertise addresses: where the health probe dials
     children = [
-        Child(name, "services.matching", ["--config", cfg, "--shard", name], shard.listen)
-        for name, shard in config.shards.items()
+        Child(name, "services.matching", ["--config", cfg, "--shard", name], where[name])
+        for name in config.shards
     ]
-    children.append(
-        Child(config.accounts.source, "services.accounts", ["--config", cfg], config.accounts.listen)
-    )
-    children.append(Child("history", "services.history", ["--config", cfg], config.history.listen))
-    children.append(Child("market", "services.market", ["--config", cfg], config.market.listen))
+    children.append(Child(config.accounts.source, "services.accounts", ["--config", cfg], where[ACCOUNTS]))
+    children.append(Child("history", "services.history", ["--config", cfg], where[HISTORY]))
+    children.append(Child("market", "services.market", ["--config", cfg], where[MARKET]))
     children = [c for c in children if _available(c.module)]
     if only:
         kinds = {c.name: c.module.rsplit(".", 1)[1] for c in children}
@@ -205,13 +206,13 @@ class Supervisor:
         children: list[Child],
         *,
         policy: Policy | None = None,
-        credentials: grpc.ChannelCredentials | None = None,
+        probe_channel: Callable[[str], grpc.Channel] | None = None,
         out: TextIO | None = None,
         err: TextIO | None = None,
     ) -> None:
         self.children = children
         self.policy = policy = policy or Policy()
-        self.credentials = credentials
+        self.probe_channel = probe_channel or health_channel
         self.out = out or sys.stdout
         self.err = err or sys.stderr
         self.ready_announced = False
@@ -242,12 +243,7 @@ class Supervisor:
             )
         if child.channel is not None:
             child.channel.close()
-        if self.credentials is not None:
-            child.channel = grpc.secure_channel(
-                child.address, self.credentials, options=PROBE_CHANNEL_OPTIONS
-            )
-        else:
-            child.channel = grpc.insecure_channel(child.address, options=PROBE_CHANNEL_OPTIONS)
+        child.channel = self.probe_channel(child.address)
         child.probe = None
         child.state = STARTING
         child.started_at = now
@@ -391,16 +387,19 @@ def _print(text: str, stream: TextIO | None = None) -> None:
         print(text, file=stream or sys.stdout, flush=True)
 
 
-def _probe_credentials(config: ExchangeConfig) -> grpc.ChannelCredentials | None:
-    """Channel credentials of the exchange's transport (health checks are public: no token). This also
-    generates the credentials file on first run, before any child races for it."""
-    try:
-        from services.common.security import process_security
-    except ImportError:  # an exchange without transport security
-        return None
-    sec = process_security(config, "", create=True)
-    creds: grpc.ChannelCredentials = sec.channel_credentials("")
-    return creds
+def health_channel(address: str) -> grpc.Channel:
+    """The health probe's channel: the exchange's transport (local or TLS, services.clients with the
+    process's security, rpc.configure), no token (health checks are public), quick reconnects."""
+    return sync_channel(address, token="", options=PROBE_CHANNEL_OPTIONS)
+
+
+def configure_security(config: ExchangeConfig) -> None:
+    """The launcher's transport for its probes (rpc.configure). This also generates the credentials
+    file (and the TLS files) on first run, before any child races for them."""
+    from services.common import rpc
+    from services.common.security import process_security
+
+    rpc.configure(process_security(config, "", create=True))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -488,7 +487,7 @@ def main(argv: list[str] | None = None) -> None:
             for c in children:
                 print(" ".join(c.command()))
             return
-        credentials = _probe_credentials(config)
+        configure_security(config)
     except (ConfigNotFound, ConfigError, OSError, ValueError, KeyError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -509,7 +508,7 @@ def main(argv: list[str] | None = None) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: the terminal went away
         signal.signal(sig, on_signal)
     _print(f"exchange starting (config {display_path(config.path)}, data {display_path(config.data_dir)})")
-    sup = Supervisor(children, policy=policy, credentials=credentials)
+    sup = Supervisor(children, policy=policy)
     code = 0
     try:
         while not interrupts:

@@ -173,6 +173,22 @@ class Cluster:
         creds = self.security(principal).channel_credentials()
         return grpc.aio.secure_channel(self.addresses[name], creds, options=CHANNEL_OPTIONS)
 
+    def client(self, name: str, principal: str = "admin", **options: Any) -> Any:
+        """A typed async client of service `name` (services.clients: "accounts-0" or "accounts", a shard,
+        "history", "market"), authenticated as `principal`. Use it inside one event loop and close it
+        (`async with cluster.client("accounts-0") as accounts: ...`)."""
+        from services.clients import StaticResolver, kind_of
+
+        resolver = StaticResolver.from_config(self.config)
+        kind = kind_of(resolver, name)
+        return kind.resolve(resolver, name, security=self.security(principal), **options)
+
+    def clients(self, principal: str = "admin", **options: Any) -> Any:
+        """Every service's typed client (services.clients.Clients), authenticated as `principal`."""
+        from services.clients import Clients
+
+        return Clients.from_config(self.config, security=self.security(principal), **options)
+
     def anonymous_channel(self, name: str) -> grpc.Channel:
         """A channel presenting no credentials at all (authentication tests)."""
         return grpc.insecure_channel(self.addresses[name])

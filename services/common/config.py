@@ -9,6 +9,10 @@ it and picks its own section; relative paths are relative to the file's director
     [shards.matching-0]  listen = "127.0.0.1:50061"  markets = ["BTC_USDT", ...]   # optional markets
     [history]  listen = "127.0.0.1:50071"  database_url = "sqlite:///{data_dir}/history.sqlite"
     [market]   listen = "127.0.0.1:50081"
+
+`listen` is where a service binds; `advertise` (optional, in each of those sections) is the address the
+others dial (services.clients.resolver): by default `listen`, with a wildcard host (0.0.0.0, [::]) taken
+as 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ DEFAULT_SHARD = "matching-0"
 class AccountsConfig:
     source: str = "accounts-0"
     listen: str = "127.0.0.1:50051"
+    # The address others dial ("" = listen, a wildcard host 0.0.0.0 / [::] as 127.0.0.1).
+    advertise: str = ""
     metrics_listen: str = ""
     # Take a snapshot every this many journaled commands (0 = only on shutdown).
     snapshot_every: int = 200_000
@@ -43,6 +49,7 @@ class AccountsConfig:
 class ShardConfig:
     name: str
     listen: str
+    advertise: str = ""  # the address others dial ("" = listen, a wildcard host as 127.0.0.1)
     metrics_listen: str = ""
     snapshot_every: int = 200_000
     # How often the shard journals an expiry command for GTD orders (milliseconds).
@@ -53,6 +60,7 @@ class ShardConfig:
 @dataclass(frozen=True)
 class HistoryConfig:
     listen: str = "127.0.0.1:50071"
+    advertise: str = ""  # the address others dial ("" = listen, a wildcard host as 127.0.0.1)
     metrics_listen: str = ""
     database_url: str = "sqlite:///{data_dir}/history.sqlite"
     batch_size: int = 20_000  # most events per ingest transaction (batches grow only when history lags)
@@ -61,6 +69,7 @@ class HistoryConfig:
 @dataclass(frozen=True)
 class MarketDataConfig:
     listen: str = "127.0.0.1:50081"
+    advertise: str = ""  # the address others dial ("" = listen, a wildcard host as 127.0.0.1)
     metrics_listen: str = ""
     snapshot_every: int = 100_000
 
@@ -90,7 +99,6 @@ class ExchangeConfig:
     history: HistoryConfig
     market: MarketDataConfig
     security: SecurityConfig = field(default_factory=SecurityConfig)
-    raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
     def shard(self, name: str) -> ShardConfig:
         try:
@@ -156,7 +164,6 @@ def config_from_dict(data: Mapping[str, Any], *, base_dir: Path, path: Path | No
         history=_build(HistoryConfig, data.get("history", {}), "history"),
         market=_build(MarketDataConfig, data.get("market", {}), "market"),
         security=_security(data.get("security", {})),
-        raw=data,
     )
 
 

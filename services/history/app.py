@@ -5,8 +5,9 @@
     ...
     await app.stop()
 
-Sources: every shard in config.shards (name -> its listen address, MatchingService.StreamEvents) and
-accounts (config.accounts.source at config.accounts.listen, AccountsService.StreamAccountEvents).
+Sources: every shard in config.shards (MatchingService.StreamEvents) and accounts (config.accounts.source,
+AccountsService.StreamAccountEvents), at the addresses of services.clients.resolver (each section's
+advertise address, by default its listen address).
 
 Health: HistoryService is SERVING while every source stores its events; while a source's next event
 cannot be stored (StreamConsumer.failure) it is NOT_SERVING, and GetHistoryStatus names the source, the
@@ -21,6 +22,8 @@ import logging
 from exchange.v1 import history_service_pb2_grpc
 from grpc_health.v1 import health_pb2
 
+from services.clients.channels import Connection
+from services.clients.resolver import ACCOUNTS, Resolver, StaticResolver
 from services.common.config import ExchangeConfig
 from services.common.rpc import ServerHandle, start_metrics, start_server
 from services.history.consumer import DbWorker, StoreFailure, StreamConsumer
@@ -33,9 +36,15 @@ log = logging.getLogger("services.history")
 
 class HistoryApp:
     def __init__(
-        self, config: ExchangeConfig, *, page_token_key: bytes, database_url: str | None = None
+        self,
+        config: ExchangeConfig,
+        *,
+        page_token_key: bytes,
+        database_url: str | None = None,
+        resolver: Resolver | None = None,
     ) -> None:
         self.config = config
+        self.resolver = resolver or StaticResolver.from_config(config)
         self.engine = create_history_engine(database_url or config.history_url())
         self.database = describe_url(self.engine)
         self.store = HistoryStore(self.engine)
@@ -53,19 +62,19 @@ class HistoryApp:
             StreamConsumer(
                 name,
                 "matching",
-                shard.listen,
+                Connection(name, self.resolver),
                 self.store,
                 self.worker,
                 batch_events=batch,
                 on_failure_change=self._update_health,
             )
-            for name, shard in sorted(config.shards.items())
+            for name in sorted(config.shards)
         ]
         self.consumers.append(
             StreamConsumer(
                 config.accounts.source,
                 "accounts",
-                config.accounts.listen,
+                Connection(ACCOUNTS, self.resolver),
                 self.store,
                 self.worker,
                 batch_events=batch,

@@ -1,19 +1,24 @@
 """Stream consumers: one per event source (each matching shard, and accounts), feeding HistoryStore.
 
-Each (re)connection starts from the checkpoint stored in the database + 1 (never from memory). A reader
-task puts the stream's responses on a bounded queue; the writer loop takes everything queued (whole
-responses, up to `batch_events`) and writes it as ONE transaction in the database worker thread. So while
-a write runs, the next responses pile up and the next transaction takes them all: the batches grow with
-the event rate, and a full queue pushes back on the stream (gRPC flow control).
+The stream is followed with services.clients.follow (EventFollower): each (re)connection starts from the
+checkpoint stored in the database + 1 (the follower's checkpoint callback reads it in the database
+worker thread; never from memory), and resends at or below it are dropped. The follower reads ahead
+(prefetch: a bounded queue of responses) while the database writes, and each batch it yields takes
+everything queued (up to `batch_events`), written as ONE transaction with its checkpoint in the database
+worker thread. So while a write runs, the next responses pile up and the next transaction takes them
+all: the batches grow with the event rate, and a full queue pushes back on the stream (gRPC flow
+control).
 
 Failures: a stream that ends or fails (UNAVAILABLE while the upstream restarts) reconnects with
-exponential backoff. OUT_OF_RANGE (the upstream no longer keeps the events after our checkpoint) is
-logged as an error and retried slowly: it needs an operator, and skipping would lose rows. A transient
-database error (connection lost, lock timeout: HistoryStore.is_transient) drops the session, is logged
-and retried with the same backoff; the next session resumes from the stored checkpoint.
+exponential backoff (in the follower). OUT_OF_RANGE (the upstream no longer keeps the events after our
+checkpoint) is logged as an error by the follower (EventsOutOfRange) and retried slowly
+(`out_of_range_retry_s`): it needs an operator, and skipping would lose rows. A transient database error
+(connection lost, lock timeout: HistoryStore.is_transient) drops the session, is logged and retried with
+the same backoff; the next session resumes from the stored checkpoint.
 
 An event that cannot be stored (a value out of range for its column, a constraint the data breaks, a
-gap or an event of another source: anything else an ingest raises) fails the same way on every retry,
+gap or an event of another source: anything else an ingest raises; gaps are left to the store, which
+names them) fails the same way on every retry,
 so it is not retried fast: the consumer stores the events before it (the failing batch is split until
 the first event that fails is found), then the source is in `failure` (StoreFailure: the sequence, a
 one-line reason). That is logged once as one line, then as a short reminder at most every
@@ -28,22 +33,27 @@ stored. Retries while failing log nothing more (DEBUG only).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 import grpc
-from exchange.v1 import accounts_service_pb2 as apb
-from exchange.v1 import accounts_service_pb2_grpc as agrpc
-from exchange.v1 import matching_service_pb2 as mpb
-from exchange.v1 import matching_service_pb2_grpc as mgrpc
 from prometheus_client import Gauge
 from sqlalchemy.exc import DBAPIError
 
-from services.common.rpc import channel
+from services.clients import (
+    NO_RETRY,
+    AccountsClient,
+    ClientError,
+    EventFollower,
+    EventsOutOfRange,
+    MatchingClient,
+)
+from services.clients.channels import Connection
 from services.history.store import HistoryStore, IngestRefused, IngestResult
 
 log = logging.getLogger(__name__)
@@ -124,21 +134,12 @@ class DbWorker:
         self._executor.shutdown(wait=True)
 
 
-class _End:
-    """Queue marker: the stream ended (error None) or failed."""
-
-    __slots__ = ("error",)
-
-    def __init__(self, error: BaseException | None) -> None:
-        self.error = error
-
-
 class StreamConsumer:
     def __init__(
         self,
         source: str,
         kind: Kind,
-        address: str,
+        address: str | Connection,
         store: HistoryStore,
         worker: DbWorker,
         *,
@@ -153,7 +154,6 @@ class StreamConsumer:
     ) -> None:
         self.source = source
         self.kind = kind
-        self.address = address
         self.store = store
         self.worker = worker
         self.batch_events = max(1, batch_events)
@@ -175,9 +175,34 @@ class StreamConsumer:
             store.ingest_matching if kind == "matching" else store.ingest_accounts
         )
         self._backoff = BACKOFF_START_S
-        self._quiet = False  # a stream failure was logged; repeats go to debug until events flow again
+        self._quiet = False  # a failure of ours was logged; cleared when events are stored again
+        self.connection = address if isinstance(address, Connection) else Connection.at(address, name=source)
+        self.client: MatchingClient | AccountsClient
+        connected = CONNECTED.labels(source)
+        if kind == "matching":
+            self.client = MatchingClient(self.connection)
+            events: Any = self.client.events(max_batch=stream_batch, source=source)
+        else:
+            self.client = AccountsClient(self.connection)
+            events = self.client.account_events(source)
+        self.follower: EventFollower[Any] = EventFollower(
+            events,
+            checkpoint=self._stored_checkpoint,
+            backoff_initial_s=BACKOFF_START_S,
+            backoff_max_s=BACKOFF_MAX_S,
+            prefetch=queue_responses,
+            max_events=self.batch_events,
+            check_gaps=False,  # the store checks them, in the transaction, and names the event
+            logger=log,
+            log_extra={"source": source},
+            on_connected=lambda up: connected.set(1 if up else 0),
+        )
         STORE_FAILED.labels(source).set(0)
         FAILED_SEQUENCE.labels(source).set(0)
+
+    @property
+    def address(self) -> str:
+        return self.connection.address
 
     async def run(self) -> None:
         """Consume until cancelled."""
@@ -188,48 +213,26 @@ class StreamConsumer:
             poller.cancel()
             await asyncio.gather(poller, return_exceptions=True)
             CONNECTED.labels(self.source).set(0)
+            await self.connection.close()
+
+    async def _stored_checkpoint(self) -> int:
+        """Where each (re)connection resumes: the checkpoint in the database (read by its worker)."""
+        cp = await self.worker.run(self.store.checkpoint, self.source)
+        self.checkpoint = cp
+        return cp
 
     async def _consume(self) -> None:
-        connected = CONNECTED.labels(self.source)
+        queued = QUEUED.labels(self.source)
         while True:
             delay = self._backoff
             try:
-                start = await self.worker.run(self.store.checkpoint, self.source) + 1
-                self.checkpoint = start - 1
-                log.log(
-                    logging.DEBUG if self._quiet else logging.INFO,
-                    "following event stream",
-                    extra={"source": self.source, "address": self.address, "from_sequence": start},
-                )
-                if await self._session(start):
-                    log.info("event stream ended; reconnecting", extra={"source": self.source})
-            except grpc.aio.AioRpcError as exc:
-                code = exc.code()
-                if code == grpc.StatusCode.OUT_OF_RANGE:
-                    delay = self.out_of_range_retry_s
-                    log.error(
-                        "upstream no longer has the events after our checkpoint; history cannot "
-                        "continue without them (retrying)",
-                        extra={
-                            "source": self.source,
-                            "address": self.address,
-                            "details": exc.details() or "",
-                            "retry_s": delay,
-                        },
-                    )
-                else:
-                    log.log(
-                        logging.DEBUG if self._quiet else logging.WARNING,
-                        "event stream down; retrying",
-                        extra={
-                            "source": self.source,
-                            "address": self.address,
-                            "code": code.name if code is not None else "",
-                            "details": exc.details() or "",
-                            "retry_s": delay,
-                        },
-                    )
-                self._quiet = True
+                batches = self.follower.batches()
+                async with contextlib.aclosing(batches):
+                    async for batch in batches:
+                        queued.set(self.follower.queued)
+                        await self._store(batch.events)
+            except EventsOutOfRange:  # logged by the follower: it needs an operator
+                delay = self.out_of_range_retry_s
             except StoreFailed as exc:
                 delay = self.store_failed_retry_s
                 await self._failed(exc)
@@ -240,12 +243,13 @@ class StreamConsumer:
                         "history database error; retrying",
                         extra={"source": self.source, "error": describe(exc), "retry_s": delay},
                     )
+                    self._quiet = True
                 else:  # outside an ingest (reading the checkpoint, a bug): no fast retries either
                     delay = self.store_failed_retry_s
                     await self._failed(StoreFailed(self.checkpoint + 1, describe(exc)), exc)
                     self._quiet = True
-            connected.set(0)
-            QUEUED.labels(self.source).set(0)
+            self.follower.quiet = self.follower.quiet or self._quiet
+            queued.set(0)
             await asyncio.sleep(delay)
             self._backoff = min(self._backoff * 2, BACKOFF_MAX_S)
 
@@ -257,98 +261,35 @@ class StreamConsumer:
             return
         behind_logged = False
         await asyncio.sleep(min(1.0, self.status_poll_s))  # let the consumer read its checkpoint
-        async with channel(self.address) as ch:
-            while True:
-                try:
-                    if self.kind == "matching":
-                        status: Any = await mgrpc.MatchingServiceStub(ch).GetMatchingStatus(
-                            mpb.GetMatchingStatusRequest(), timeout=2.0
-                        )
-                    else:
-                        status = await agrpc.AccountsServiceStub(ch).GetAccountsStatus(
-                            apb.GetAccountsStatusRequest(), timeout=2.0
-                        )
-                except grpc.aio.AioRpcError as exc:
-                    if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
-                        return
-                else:
-                    upstream = int(status.event_sequence)
-                    self.upstream_sequence = upstream
-                    LAG.labels(self.source).set(max(0, upstream - self.checkpoint))
-                    if upstream < self.checkpoint:
-                        if not behind_logged:
-                            log.error(
-                                "upstream is behind the history database (was it reset?); history waits "
-                                "for events after its checkpoint",
-                                extra={
-                                    "source": self.source,
-                                    "address": self.address,
-                                    "upstream_sequence": upstream,
-                                    "checkpoint": self.checkpoint,
-                                },
-                            )
-                            behind_logged = True
-                    else:
-                        behind_logged = False
-                await asyncio.sleep(self.status_poll_s)
-
-    def _open(self, ch: grpc.aio.Channel, start: int) -> Any:
-        if self.kind == "matching":
-            return mgrpc.MatchingServiceStub(ch).StreamEvents(
-                mpb.StreamEventsRequest(from_sequence=start, max_batch=self.stream_batch)
-            )
-        return agrpc.AccountsServiceStub(ch).StreamAccountEvents(
-            apb.StreamAccountEventsRequest(from_sequence=start)
-        )
-
-    async def _session(self, start: int) -> bool:
-        """One connection. Returns True when the stream ended normally; raises on failure."""
-        queue: asyncio.Queue[Sequence[Any] | _End] = asyncio.Queue(maxsize=self.queue_responses)
-        async with channel(self.address) as ch:
-            call = self._open(ch, start)
-            reader = asyncio.create_task(self._read(call, queue), name=f"history-read-{self.source}")
-            try:
-                return await self._write_loop(queue)
-            finally:
-                reader.cancel()
-                call.cancel()
-                await asyncio.gather(reader, return_exceptions=True)
-
-    async def _read(self, call: AsyncIterator[Any], queue: asyncio.Queue[Sequence[Any] | _End]) -> None:
-        connected = CONNECTED.labels(self.source)
-        queued = QUEUED.labels(self.source)
-        try:
-            async for resp in call:
-                connected.set(1)
-                if resp.events:
-                    await queue.put(resp.events)
-                    queued.set(queue.qsize())
-        except grpc.aio.AioRpcError as exc:
-            await queue.put(_End(exc))
-            return
-        await queue.put(_End(None))
-
-    async def _write_loop(self, queue: asyncio.Queue[Sequence[Any] | _End]) -> bool:
         while True:
-            item = await queue.get()
-            if isinstance(item, _End):
-                if item.error is not None:
-                    raise item.error
-                return True
-            batch = list(item)
-            end: _End | None = None
-            while len(batch) < self.batch_events and not queue.empty():
-                more = queue.get_nowait()
-                if isinstance(more, _End):
-                    end = more
-                    break
-                batch.extend(more)
-            QUEUED.labels(self.source).set(queue.qsize())
-            await self._store(batch)
-            if end is not None:
-                if end.error is not None:
-                    raise end.error
-                return True
+            try:
+                if isinstance(self.client, MatchingClient):
+                    status: Any = await self.client.get_matching_status(timeout=2.0, retry=NO_RETRY)
+                else:
+                    status = await self.client.get_accounts_status(timeout=2.0, retry=NO_RETRY)
+            except ClientError as exc:
+                if exc.code == grpc.StatusCode.UNIMPLEMENTED:
+                    return
+            else:
+                upstream = int(status.event_sequence)
+                self.upstream_sequence = upstream
+                LAG.labels(self.source).set(max(0, upstream - self.checkpoint))
+                if upstream < self.checkpoint:
+                    if not behind_logged:
+                        log.error(
+                            "upstream is behind the history database (was it reset?); history waits "
+                            "for events after its checkpoint",
+                            extra={
+                                "source": self.source,
+                                "address": self.address,
+                                "upstream_sequence": upstream,
+                                "checkpoint": self.checkpoint,
+                            },
+                        )
+                        behind_logged = True
+                else:
+                    behind_logged = False
+            await asyncio.sleep(self.status_poll_s)
 
     async def _store(self, batch: Sequence[Any]) -> None:
         """Store `batch` in one transaction. When that fails for a reason a retry does not fix, store
@@ -420,8 +361,9 @@ class StreamConsumer:
             return  # only a resend of what is stored: nothing flows yet
         self._backoff = BACKOFF_START_S
         if self._quiet:
-            log.info("event stream back", extra={"source": self.source, "checkpoint": result.checkpoint})
+            log.info("ingest back", extra={"source": self.source, "checkpoint": result.checkpoint})
             self._quiet = False
+            self.follower.quiet = False
         if batch:
             EVENT_AGE.labels(self.source).set(max(0.0, time.time() - batch[-1].time_us / 1e6))
         failure = self.failure

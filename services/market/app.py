@@ -20,6 +20,8 @@ from pathlib import Path
 from exchange.v1 import market_service_pb2, market_service_pb2_grpc
 from grpc_health.v1 import health_pb2
 
+from services.clients.channels import Connection
+from services.clients.resolver import Resolver, StaticResolver
 from services.common.config import ExchangeConfig
 from services.common.rpc import ServerHandle, start_metrics, start_server
 from services.common.snapshots import SnapshotStore
@@ -81,18 +83,25 @@ def restore_state(config: ExchangeConfig, store: SnapshotStore) -> MarketDataSta
 
 
 class MarketDataApp:
-    def __init__(self, config: ExchangeConfig, *, data_dir: Path | None = None) -> None:
+    def __init__(
+        self, config: ExchangeConfig, *, data_dir: Path | None = None, resolver: Resolver | None = None
+    ) -> None:
         self.config = config
         self.store = SnapshotStore(data_dir or config.service_dir("market"))
         self.state = restore_state(config, self.store)
         self.hub = Hub()
         self.servicer = MarketServicer(self.state, self.hub)
         self.snapshotter = Snapshotter(self.store, self.state, config.market.snapshot_every)
+        self.resolver = resolver or StaticResolver.from_config(config)
         self.consumers = [
             ShardConsumer(
-                name, shard.listen, self.state, self._on_batch, on_failure_change=self._update_health
+                name,
+                Connection(name, self.resolver),
+                self.state,
+                self._on_batch,
+                on_failure_change=self._update_health,
             )
-            for name, shard in sorted(config.shards.items())
+            for name in sorted(config.shards)
         ]
         self.server: ServerHandle | None = None
         self._tasks: list[asyncio.Task[None]] = []

@@ -1,9 +1,13 @@
 """Follows one matching shard's event stream into the market-data state.
 
-Each (re)connection asks MatchingService.StreamEvents for the events after the state's checkpoint for
-the shard; each response (whole commands only) is applied at once, synchronously, so the state and its
-snapshots only ever hold whole commands. Stream errors reconnect with exponential backoff. A second
-task polls the shard's status to export the consumer's lag.
+The stream is followed with services.clients.follow (EventFollower): each (re)connection asks
+MatchingService.StreamEvents for the events after the state's checkpoint for the shard (the follower's
+checkpoint callback), resends at or below it are dropped; each response (whole commands only) is
+applied at once, synchronously, so the state and its snapshots only ever hold whole commands. Stream
+errors reconnect with exponential backoff (in the follower). OUT_OF_RANGE (the shard no longer has the
+events after the checkpoint) is logged as an error by the follower and retried slowly
+(`out_of_range_retry_s`): skipping would lose events. A second task polls the shard's status to export
+the consumer's lag.
 
 An event the state cannot apply (state.BadEvent: a gap, an event of another source, a trade without a
 positive price and amount; or an unexpected error while applying) fails the same way on every retry,
@@ -18,17 +22,18 @@ stream corrected, or the code upgraded: the restarted process resumes from its s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import grpc
-from exchange.v1 import matching_service_pb2 as mpb
-from exchange.v1 import matching_service_pb2_grpc as mgrpc
+from exchange.v1 import events_pb2 as ev
 from prometheus_client import Counter, Gauge
 
-from services.common.rpc import channel
+from services.clients import NO_RETRY, ClientError, EventFollower, EventsOutOfRange, MatchingClient
+from services.clients.channels import Connection
 from services.market.state import BadEvent, Changes, MarketDataState
 
 log = logging.getLogger(__name__)
@@ -51,6 +56,7 @@ APPLY_FAILED = Gauge(
 BACKOFF_START_S = 0.05
 BACKOFF_MAX_S = 2.0
 APPLY_FAILED_RETRY_S = 5.0
+OUT_OF_RANGE_RETRY_S = 10.0
 REMINDER_S = 60.0
 REASON_CHARS = 300
 
@@ -82,29 +88,47 @@ class ShardConsumer:
     def __init__(
         self,
         shard: str,
-        address: str,
+        address: str | Connection,
         state: MarketDataState,
         on_batch: Callable[[Changes], None],
         *,
         max_batch: int = 2000,
         lag_poll_s: float = 2.0,
         apply_failed_retry_s: float = APPLY_FAILED_RETRY_S,
+        out_of_range_retry_s: float = OUT_OF_RANGE_RETRY_S,
         reminder_s: float = REMINDER_S,
         on_failure_change: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.shard = shard
-        self.address = address
+        self.connection = address if isinstance(address, Connection) else Connection.at(address, name=shard)
+        self.client = MatchingClient(self.connection)
         self.state = state
         self.on_batch = on_batch
         self.max_batch = max_batch
         self.lag_poll_s = lag_poll_s
         self.apply_failed_retry_s = apply_failed_retry_s
+        self.out_of_range_retry_s = out_of_range_retry_s
         self.reminder_s = reminder_s
         self.on_failure_change = on_failure_change
         self.failure: ApplyFailure | None = None  # the event that cannot be applied, while it cannot
         self._reminded = 0.0  # time.monotonic() of the last log line about `failure`
         self.shard_sequence = 0  # the shard's latest event sequence, as last polled
+        connected = CONNECTED.labels(shard)
+        self.follower: EventFollower[ev.MatchingEvent] = EventFollower(
+            self.client.events(max_batch=max_batch, source=shard),
+            checkpoint=lambda: state.checkpoint(shard),
+            backoff_initial_s=BACKOFF_START_S,
+            backoff_max_s=BACKOFF_MAX_S,
+            check_gaps=False,  # the state refuses a gap (GapError) and names it
+            logger=log,
+            log_extra={"shard": shard},
+            on_connected=lambda up: connected.set(1 if up else 0),
+        )
         APPLY_FAILED.labels(shard).set(0)
+
+    @property
+    def address(self) -> str:
+        return self.connection.address
 
     async def run(self) -> None:
         """Consume until cancelled."""
@@ -113,41 +137,24 @@ class ShardConsumer:
             await self._consume()
         finally:
             poller.cancel()
+            await asyncio.gather(poller, return_exceptions=True)
             CONNECTED.labels(self.shard).set(0)
+            await self.connection.close()
 
     async def _consume(self) -> None:
-        backoff = BACKOFF_START_S
         shard = self.shard
         state = self.state
         applied = APPLIED.labels(shard)
         checkpoint = CHECKPOINT.labels(shard)
-        quiet = False  # a failure was already logged; repeat failures go to debug until data flows
         while True:
-            delay = backoff
-            start = state.checkpoint(shard) + 1
-            log.log(
-                logging.DEBUG if quiet else logging.INFO,
-                "following shard",
-                extra={"shard": shard, "address": self.address, "from_sequence": start},
-            )
+            delay = self.apply_failed_retry_s
             try:
-                async with channel(self.address) as ch:
-                    stub = mgrpc.MatchingServiceStub(ch)
-                    call = stub.StreamEvents(
-                        mpb.StreamEventsRequest(from_sequence=start, max_batch=self.max_batch)
-                    )
-                    async for resp in call:
-                        CONNECTED.labels(shard).set(1)
-                        if not resp.events:
-                            continue
-                        if quiet and self.failure is None:
-                            log.info(
-                                "shard event stream back", extra={"shard": shard, "from_sequence": start}
-                            )
-                            quiet = False
+                batches = self.follower.batches()
+                async with contextlib.aclosing(batches):
+                    async for batch in batches:
                         failed: ApplyFailed | None = None
                         try:
-                            changes = state.apply_batch(shard, resp.events)
+                            changes = state.apply_batch(shard, batch.events)
                         except BadEvent as exc:
                             changes = exc.changes  # the events before it are applied
                             failed = ApplyFailed(exc.sequence, str(exc))
@@ -165,27 +172,12 @@ class ShardConsumer:
                             await self._applied(cp)
                         if failed is not None:
                             raise failed
-                        backoff = BACKOFF_START_S
-                    log.info("shard event stream ended", extra={"shard": shard})
             except ApplyFailed as exc:
-                delay = self.apply_failed_retry_s
                 await self._failed(exc)
-                quiet = True
-            except grpc.aio.AioRpcError as exc:
-                log.log(
-                    logging.DEBUG if quiet else logging.WARNING,
-                    "shard event stream down; retrying",
-                    extra={
-                        "shard": shard,
-                        "code": exc.code().name,
-                        "details": exc.details() or "",
-                        "retry_s": backoff,
-                    },
-                )
-                quiet = True
-            CONNECTED.labels(shard).set(0)
+                self.follower.quiet = True  # retries are quiet until events apply again
+            except EventsOutOfRange:  # logged by the follower: it needs an operator
+                delay = self.out_of_range_retry_s
             await asyncio.sleep(delay)
-            backoff = min(backoff * 2, BACKOFF_MAX_S)
 
     async def _failed(self, exc: ApplyFailed) -> None:
         """Record (and log once) that event `exc.sequence` cannot be applied; a repeat of the same
@@ -227,6 +219,7 @@ class ShardConsumer:
         if failure is None or checkpoint < failure.sequence:
             return
         self.failure = None
+        self.follower.quiet = False
         APPLY_FAILED.labels(self.shard).set(0)
         log.info(
             "applied the event that could not be applied; market data goes on",
@@ -243,18 +236,16 @@ class ShardConsumer:
     async def _poll_lag(self) -> None:
         if self.lag_poll_s <= 0:
             return
-        async with channel(self.address) as ch:
-            stub = mgrpc.MatchingServiceStub(ch)
-            while True:
-                await asyncio.sleep(self.lag_poll_s)
-                t = self.state.event_times.get(self.shard)
-                if t:
-                    EVENT_AGE.labels(self.shard).set(max(0.0, time.time() - t / 1e6))
-                try:
-                    status = await stub.GetMatchingStatus(mpb.GetMatchingStatusRequest(), timeout=1.0)
-                except grpc.aio.AioRpcError as exc:
-                    if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
-                        return
-                    continue
-                self.shard_sequence = int(status.event_sequence)
-                LAG.labels(self.shard).set(max(0, self.shard_sequence - self.state.checkpoint(self.shard)))
+        while True:
+            await asyncio.sleep(self.lag_poll_s)
+            t = self.state.event_times.get(self.shard)
+            if t:
+                EVENT_AGE.labels(self.shard).set(max(0.0, time.time() - t / 1e6))
+            try:
+                status = await self.client.get_matching_status(timeout=1.0, retry=NO_RETRY)
+            except ClientError as exc:
+                if exc.code == grpc.StatusCode.UNIMPLEMENTED:
+                    return
+                continue
+            self.shard_sequence = int(status.event_sequence)
+            LAG.labels(self.shard).set(max(0, self.shard_sequence - self.state.checkpoint(self.shard)))

@@ -17,14 +17,13 @@ from typing import Any
 
 import pytest
 from exchange.v1 import history_service_pb2 as pb
-from exchange.v1 import history_service_pb2_grpc as pbg
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 from prometheus_client import REGISTRY
 from sqlalchemy import Engine
 from sqlalchemy import exc as sa_exc
 
+from services.clients import HistoryClient
 from services.common.config import ExchangeConfig, config_from_dict
-from services.common.rpc import channel
 from services.history import schema
 from services.history.app import HistoryApp
 from services.history.service import SERVICE_NAME
@@ -79,21 +78,21 @@ async def until(cond: Callable[[], Awaitable[bool]], what: str, timeout: float =
 
 
 class Probe:
-    """The app's health, status and metric, as a client and Prometheus see them."""
+    """The app's health, status and metric, as a client (services.clients) and Prometheus see them."""
 
     def __init__(self, app: HistoryApp) -> None:
         assert app.server is not None
         self.app = app
-        self.channel = channel(f"127.0.0.1:{app.server.port}")
-        self.health = health_pb2_grpc.HealthStub(self.channel)
-        self.stub = pbg.HistoryServiceStub(self.channel)
+        self.client = HistoryClient.at(f"127.0.0.1:{app.server.port}", timeout=5)
 
     async def health_of(self, service: str = SERVICE_NAME) -> int:
-        resp = await self.health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
-        return int(resp.status)
+        return await self.client.health(service)
 
     async def status(self) -> pb.GetHistoryStatusResponse:
-        return await self.stub.GetHistoryStatus(pb.GetHistoryStatusRequest(), timeout=5)
+        return await self.client.get_history_status()
+
+    async def close(self) -> None:
+        await self.client.close()
 
     async def checkpoint(self, source: str) -> int:
         return int((await self.status()).checkpoints.get(source, 0))
@@ -164,7 +163,7 @@ async def check_stops_then_resumes(
         assert failed_gauge(source) == 0
         assert len(records(caplog, "stored the event that could not be stored", source)) == 1
     finally:
-        await probe.channel.close()
+        await probe.close()
 
 
 async def _eq(probe: Probe, source: str, value: int) -> bool:
@@ -322,7 +321,7 @@ def test_a_database_error_on_one_event_is_isolated_reminded_and_resumes(
                 await until(lambda: _health_is(probe, SERVING), "SERVING again")
                 assert failed_gauge(ACCOUNTS) == 0
             finally:
-                await probe.channel.close()
+                await probe.close()
 
         with caplog.at_level(logging.INFO, logger="services.history"):
             run_app(config, body)
@@ -369,7 +368,7 @@ def test_transient_database_errors_keep_the_fast_retries_and_the_health(
                 assert lost["left"] == 0 and changes == [] and app.failures() == {}
                 assert await probe.health_of() == SERVING
             finally:
-                await probe.channel.close()
+                await probe.close()
 
         with caplog.at_level(logging.INFO, logger="services.history"):
             run_app(config, body)
@@ -393,6 +392,6 @@ def test_status_lists_no_failures_when_all_is_well(tmp_path: Path, small_flow: F
                 for source in sources_of(fakes.feeds):
                     assert failed_gauge(source) == 0
             finally:
-                await probe.channel.close()
+                await probe.close()
 
         run_app(config, body)

@@ -16,12 +16,11 @@ from typing import Any
 import pytest
 from exchange.v1 import events_pb2 as ev
 from exchange.v1 import market_service_pb2 as pb
-from exchange.v1 import market_service_pb2_grpc as pbg
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 from prometheus_client import REGISTRY
 
+from services.clients import MarketClient
 from services.common.config import config_from_dict
-from services.common.rpc import channel
 from services.market.app import SERVICE_NAME, MarketDataApp
 from services.market.state import MarketDataState
 from tests.cluster import DEFAULT_MARKETS
@@ -84,19 +83,18 @@ def run_market(
             prepare(app)
         await app.start()
         assert app.server is not None
-        ch = channel(f"127.0.0.1:{app.server.port}")
+        market = MarketClient.at(f"127.0.0.1:{app.server.port}")
         try:
-            await body(app, ch)
+            await body(app, market)
         finally:
-            await ch.close()
+            await market.close()
             await app.stop()
 
     asyncio.run(main())
 
 
-async def health_of(ch: Any, service: str = SERVICE_NAME) -> int:
-    stub = health_pb2_grpc.HealthStub(ch)
-    return int((await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)).status)
+async def health_of(market: MarketClient, service: str = SERVICE_NAME) -> int:
+    return await market.health(service)
 
 
 def messages(caplog: pytest.LogCaptureFixture, prefix: str) -> list[logging.LogRecord]:
@@ -122,8 +120,7 @@ async def stops_then_resumes(
     assert await health_of(ch, "") == SERVING
     assert gauge() == 1
     # queries keep being answered, from the state before the bad event
-    stub = pbg.MarketServiceStub(ch)
-    depth = await stub.GetMarketDepth(pb.GetMarketDepthRequest(market="BTC_USDT", limit=50))
+    depth = await ch.get_market_depth(pb.GetMarketDepthRequest(market="BTC_USDT", limit=50))
     assert depth.sequence == seq - 1
     # slow retries from the checkpoint, one log line
     n = len(feed.requests)

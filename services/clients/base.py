@@ -1,0 +1,231 @@
+"""ServiceClient: what every typed client shares.
+
+- Every unary call has a deadline: the client's default (`timeout`, else the class's DEFAULT_TIMEOUT_S),
+  or the call's `timeout=`. Retries happen within that one deadline.
+- Calls go over a Connection (services.clients.channels): the process's transport and token.
+- UNAVAILABLE is retried for calls that are safe to repeat (services.clients.retry.RetryPolicy), after
+  the server's RetryInfo delay (or an exponential backoff), with jitter, a bounded number of times.
+- Every failure is a ClientError (services.clients.errors) carrying the status code, the ErrorInfo
+  reason and metadata, the RetryInfo delay and where the call went.
+
+Server streams (`_stream`) have no deadline unless given one; their errors are ClientErrors too, and
+closing the iterator cancels the call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncGenerator, AsyncIterable, Callable
+from types import TracebackType
+from typing import Any, ClassVar, Self, TypeVar
+
+import grpc
+from google.protobuf.message import Message
+from grpc_health.v1 import health_pb2
+
+from services.clients.channels import Connection, Options
+from services.clients.errors import ClientError
+from services.clients.resolver import Resolver
+from services.clients.retry import DEFAULT_RETRY, RetryPolicy
+from services.common.security import Security
+
+R = TypeVar("R", bound=Message)
+
+HEALTH_CHECK = "/grpc.health.v1.Health/Check"
+
+
+def _serialize(message: Message) -> bytes:
+    return message.SerializeToString()
+
+
+class ServiceClient:
+    SERVICE: ClassVar[str] = ""  # the full gRPC service name, e.g. "exchange.v1.AccountsService"
+    NAME: ClassVar[str] = ""  # the resolver name used when none is given ("accounts", "history", ...)
+    DEFAULT_TIMEOUT_S: ClassVar[float] = 5.0
+
+    def __init__(
+        self,
+        connection: Connection,
+        *,
+        timeout: float | None = None,
+        retry: RetryPolicy = DEFAULT_RETRY,
+        owns_connection: bool = False,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.connection = connection
+        self.timeout = self.DEFAULT_TIMEOUT_S if timeout is None else timeout
+        if self.timeout <= 0:
+            raise ValueError("a client's deadline must be positive")
+        self.retry = retry
+        self.owns_connection = owns_connection
+        self._rand = rand
+        self._callables: dict[str, Any] = {}
+        self._callables_of: grpc.aio.Channel | None = None
+
+    # --- construction ----------------------------------------------------------------------------
+
+    @classmethod
+    def at(
+        cls,
+        address: str,
+        *,
+        security: Security | None = None,
+        token: str | None = None,
+        options: Options = (),
+        name: str = "",
+        **kw: Any,
+    ) -> Self:
+        """A client of the service at a fixed address (closing the client closes its channel)."""
+        conn = Connection(name or cls.NAME, address=address, security=security, token=token, options=options)
+        return cls(conn, owns_connection=True, **kw)
+
+    @classmethod
+    def resolve(
+        cls,
+        resolver: Resolver,
+        name: str = "",
+        *,
+        security: Security | None = None,
+        token: str | None = None,
+        options: Options = (),
+        **kw: Any,
+    ) -> Self:
+        """A client of service `name` (default: the kind's name) wherever `resolver` says it is."""
+        conn = Connection(name or cls.NAME, resolver, security=security, token=token, options=options)
+        return cls(conn, owns_connection=True, **kw)
+
+    @property
+    def name(self) -> str:
+        return self.connection.name
+
+    @property
+    def address(self) -> str:
+        return self.connection.address
+
+    async def close(self) -> None:
+        if self.owns_connection:
+            await self.connection.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    # --- calls -----------------------------------------------------------------------------------
+
+    def _channel(self) -> grpc.aio.Channel:
+        ch = self.connection.channel()
+        if ch is not self._callables_of:
+            self._callables.clear()
+            self._callables_of = ch
+        return ch
+
+    def _method(self, kind: str, path: str, response_type: type[Message]) -> Any:
+        ch = self._channel()
+        key = f"{kind} {path}"
+        mc = self._callables.get(key)
+        if mc is None:
+            factory = ch.unary_unary if kind == "unary" else ch.unary_stream
+            mc = factory(path, request_serializer=_serialize, response_deserializer=response_type.FromString)
+            self._callables[key] = mc
+        return mc
+
+    def error(self, err: grpc.RpcError, method: str, attempts: int = 1) -> ClientError:
+        return ClientError.from_rpc_error(
+            err, service=self.name, address=self.connection.address, method=method, attempts=attempts
+        )
+
+    async def _unary(
+        self,
+        method: str,
+        request: Message,
+        response_type: type[R],
+        *,
+        safe: bool,
+        timeout: float | None,
+        retry: RetryPolicy | None,
+        path: str = "",
+    ) -> R:
+        """One unary call with a deadline; retried on UNAVAILABLE when `safe`."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (self.timeout if timeout is None else timeout)
+        policy = retry if retry is not None else self.retry
+        path = path or f"/{self.SERVICE}/{method}"
+        attempt = 0
+        while True:
+            attempt += 1
+            mc = self._method("unary", path, response_type)
+            left = deadline - loop.time()
+            try:
+                response: R = await mc(request, timeout=max(left, 0.001))
+                return response
+            except grpc.RpcError as err:
+                failure = self.error(err, method, attempt)
+            if not safe or failure.code != grpc.StatusCode.UNAVAILABLE:
+                raise failure
+            wait = policy.delay(attempt, failure.retry_after_ms, self._rand)
+            if wait is None or loop.time() + wait >= deadline:
+                raise failure
+            await asyncio.sleep(wait)
+
+    async def _stream(
+        self,
+        method: str,
+        request: Message,
+        response_type: type[R],
+        *,
+        timeout: float | None = None,
+        path: str = "",
+    ) -> AsyncGenerator[R, None]:
+        """A server stream (no deadline unless `timeout`); errors as ClientError; closing the iterator
+        cancels the call."""
+        mc = self._method("stream", path or f"/{self.SERVICE}/{method}", response_type)
+        call = mc(request, timeout=timeout)
+        try:
+            async for response in call:
+                yield response
+        except grpc.RpcError as err:
+            raise self.error(err, method) from None
+        finally:
+            call.cancel()
+
+    async def _bidi(
+        self,
+        method: str,
+        requests: AsyncIterable[Message],
+        response_type: type[R],
+        *,
+        timeout: float | None = None,
+    ) -> AsyncGenerator[R, None]:
+        """A bidirectional stream fed from `requests`; errors as ClientError."""
+        ch = self._channel()
+        mc = ch.stream_stream(
+            f"/{self.SERVICE}/{method}",
+            request_serializer=_serialize,
+            response_deserializer=response_type.FromString,
+        )
+        call = mc(requests, timeout=timeout)
+        try:
+            async for response in call:
+                yield response
+        except grpc.RpcError as err:
+            raise self.error(err, method) from None
+        finally:
+            call.cancel()
+
+    async def health(self, service: str = "", *, timeout: float | None = None) -> int:
+        """grpc.health.v1 Check of `service` ("" = the process): the ServingStatus number."""
+        resp = await self._unary(
+            "Check",
+            health_pb2.HealthCheckRequest(service=service),
+            health_pb2.HealthCheckResponse,
+            safe=True,
+            timeout=timeout,
+            retry=None,
+            path=HEALTH_CHECK,
+        )
+        return int(resp.status)
