@@ -9,7 +9,7 @@ import functools
 import gc
 import logging
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -84,12 +84,10 @@ def grpc_status_for(exc: ExchangeError) -> grpc.Status:
         error_details_pb2.ErrorInfo(reason=str(exc.reason), domain=ERROR_DOMAIN, metadata=exc.metadata)
     )
     if isinstance(exc, Unavailable):
+        seconds, ms = divmod(max(0, exc.retry_after_ms), 1000)
         info = error_details_pb2.RetryInfo(
-            retry_delay=duration_pb2.Duration(nanos=exc.retry_after_ms * 1_000_000)
+            retry_delay=duration_pb2.Duration(seconds=seconds, nanos=ms * 1_000_000)
         )
-        if exc.retry_after_ms >= 1000:
-            info.retry_delay.seconds, ms = divmod(exc.retry_after_ms, 1000)
-            info.retry_delay.nanos = ms * 1_000_000
         status.details.add().Pack(info)
     return rpc_status.to_status(status)
 
@@ -211,9 +209,14 @@ def channel(address: str, *, token: str | None = None) -> grpc.aio.Channel:
     return grpc.aio.secure_channel(address, security().channel_credentials(token), options=CHANNEL_OPTIONS)
 
 
-def sync_channel(address: str, *, token: str | None = None) -> grpc.Channel:
-    """A blocking channel (CLI, launcher, tools), presenting this process's token (or `token`)."""
-    return grpc.secure_channel(address, security().channel_credentials(token), options=CHANNEL_OPTIONS)
+def sync_channel(
+    address: str, *, token: str | None = None, options: Sequence[tuple[str, Any]] = ()
+) -> grpc.Channel:
+    """A blocking channel (CLI, launcher, tools), presenting this process's token (or `token`);
+    `options` are added to (and override) CHANNEL_OPTIONS."""
+    merged = dict(CHANNEL_OPTIONS)
+    merged.update(options)
+    return grpc.secure_channel(address, security().channel_credentials(token), options=list(merged.items()))
 
 
 def caller(context: grpc.aio.ServicerContext[Any, Any]) -> Principal | None:
