@@ -11,13 +11,20 @@ fsync on tmpfs is free and says nothing), with ~100-byte payloads:
 3. append only (no sync): the CPU cost of framing + CRC + write;
 4. reads: sequential read of the whole journal (read(max_records=1000)) after a reopen, in records/s
    and MB/s, and the latency of a tailing read of the last 10 records;
-5. reopen: time to open a journal whose last segment is full (the tail is verified record by record).
+5. reopen: time to open a journal whose last segment is full (the tail is verified record by record);
+6. host: a StateMachineHost over a trivial machine (one ~100-byte command record and one event per
+   command, fsynced journals in the same directory) for --seconds each: one client awaiting submit()
+   in a loop (commands/s, latency p50/p99), 64 such clients (group commit), and 4 clients awaiting
+   submit_batch() of 100 commands. The host's own cost around the journal: compare before and after a
+   change to the host or the journal interface.
+`--parts journal,host` selects the sections (default both).
 Prints one JSON object; --out also writes it to a file.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import platform
@@ -31,7 +38,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from services.common.host import HostOptions, StateMachineHost
 from services.common.journal import FileJournal
+from services.common.statemachine import CodecSpec, Outcome
 
 PAYLOAD = 100
 
@@ -183,6 +192,91 @@ def reads(d: Path, segment_bytes: int) -> dict[str, float]:
     }
 
 
+class _Echo:
+    """The cheapest deterministic machine: every command is journaled and emits itself as one event."""
+
+    def __init__(self) -> None:
+        self._applied = 0
+        self._events = 0
+
+    @property
+    def applied_seq(self) -> int:
+        return self._applied
+
+    @property
+    def event_seq(self) -> int:
+        return self._events
+
+    def apply(self, seq: int, time_us: int, command: bytes) -> Outcome:
+        self._applied = seq
+        self._events += 1
+        return Outcome(result=seq, events=(command,))
+
+    def snapshot(self) -> bytes:
+        return b"%d,%d" % (self._applied, self._events)
+
+    def state_hash(self) -> str:
+        return self.snapshot().decode()
+
+    @classmethod
+    def restore(cls, data: bytes | None) -> _Echo:
+        m = cls()
+        if data is not None:
+            applied, events = data.split(b",")
+            m._applied, m._events = int(applied), int(events)
+        return m
+
+
+_ECHO_CODEC: CodecSpec[bytes] = CodecSpec(encode=lambda c, t: c, decode=lambda r: (r, 0))
+
+
+async def _host_run(d: Path, clients: int, batch: int, seconds: float) -> dict[str, float]:
+    host: StateMachineHost[bytes, _Echo] = StateMachineHost(
+        "bench",
+        d,
+        restore=_Echo.restore,
+        codec=_ECHO_CODEC,
+        options=HostOptions(snapshot_every=0, fork_snapshots=False),
+    )
+    await host.start()
+    command = payloads(1)[0]
+    commands = [command] * batch
+    lat: list[float] = []
+    done = 0
+    deadline = time.perf_counter() + seconds
+
+    async def client() -> None:
+        nonlocal done
+        while time.perf_counter() < deadline:
+            t0 = time.perf_counter()
+            if batch == 1:
+                await host.submit(command)
+            else:
+                await host.submit_batch(commands)
+            lat.append(time.perf_counter() - t0)
+            done += batch
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(clients)))
+    elapsed = time.perf_counter() - started
+    await host.stop(snapshot=False)
+    assert host.machine.applied_seq == done
+    return {
+        "commands_per_s": round(done / elapsed),
+        "latency_us_p50": round(statistics.median(lat) * 1e6, 1),
+        "latency_us_p99": round(pct(lat, 0.99) * 1e6, 1),
+    }
+
+
+def host_bench(base: Path, seconds: float) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    for label, clients, batch in (("submit_c1", 1, 1), ("submit_c64", 64, 1), ("batch100_c4", 4, 100)):
+        d = base / f"host_{label}"
+        out[label] = asyncio.run(_host_run(d, clients, batch, seconds))
+        shutil.rmtree(d)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -191,7 +285,13 @@ def main() -> None:
     parser.add_argument("--dir", type=Path, help="parent of the temporary directory (default: system temp)")
     parser.add_argument("--seconds", type=float, default=1.5, help="duration of each timed append run")
     parser.add_argument("--records", type=int, default=400_000, help="records written for the read test")
+    parser.add_argument(
+        "--parts", default="journal,host", help="sections to run: journal, host (comma-separated)"
+    )
     args = parser.parse_args()
+    parts = set(args.parts.split(","))
+    if not parts <= {"journal", "host"}:
+        parser.error(f"--parts takes journal and/or host, not {args.parts!r}")
 
     base = Path(tempfile.mkdtemp(prefix="journal-bench-", dir=args.dir))
     started = time.perf_counter()
@@ -204,13 +304,16 @@ def main() -> None:
             "directory": str(base),
             "filesystem": fs_type(base),
             "payload_bytes": PAYLOAD,
-            "append_sync": {str(b): append_sync(base, b, args.seconds) for b in (1, 10, 100, 1000)},
-            "group_commit_batch10": group_commit(base, args.seconds),
         }
-        segment_bytes = 16 << 20
-        d, only = append_only(base, args.records, segment_bytes)
-        result["append_only"] = only
-        result["read"] = reads(d, segment_bytes)
+        if "journal" in parts:
+            result["append_sync"] = {str(b): append_sync(base, b, args.seconds) for b in (1, 10, 100, 1000)}
+            result["group_commit_batch10"] = group_commit(base, args.seconds)
+            segment_bytes = 16 << 20
+            d, only = append_only(base, args.records, segment_bytes)
+            result["append_only"] = only
+            result["read"] = reads(d, segment_bytes)
+        if "host" in parts:
+            result["host"] = host_bench(base, args.seconds)
         result["seconds"] = round(time.perf_counter() - started, 1)
     finally:
         shutil.rmtree(base, ignore_errors=True)

@@ -21,10 +21,11 @@ import pytest
 from exchange.v1 import accounts_service_pb2 as apb
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from services.common import journal as jmod
 from services.common.errors import Reason, Unavailable
 from services.common.failstop import EXIT_WRITER_FAILED, FailStop
 from services.common.host import StateMachineHost
+from services.common.journal import JournalError
+from services.common.journal import file as jmod
 from services.common.rpc import error_reason
 from services.common.statemachine import Outcome
 from tests.cluster import Cluster
@@ -104,7 +105,7 @@ def test_failed_append_fails_every_caller_at_once(tmp_path: Path, monkeypatch: p
         results = await asyncio.gather(*single, batch, return_exceptions=True)
         for r in results:
             assert_writer_failed(r)
-        assert isinstance(hook.calls[0], jmod.JournalError)
+        assert isinstance(hook.calls[0], JournalError)
         await after_failure(host, hook, 2)
 
     run(scenario())
@@ -218,7 +219,7 @@ def test_failstop_hook_sets_not_serving_stops_and_exits(tmp_path: Path) -> None:
         fs.set_server(server)
         await host.submit(4)
         assert not stop.is_set() and not fs.failed
-        host.commands.append = eperm  # type: ignore[method-assign]
+        host.commands.append_after = eperm  # type: ignore[method-assign,assignment]
         with pytest.raises(Unavailable):
             await host.submit(5)
         await asyncio.wait_for(stop.wait(), 10)

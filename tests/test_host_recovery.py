@@ -8,8 +8,10 @@ restart and after new commands that record n of the journal is the command the m
 and event n of the log is the machine's event n. A snapshot covering lost records must refuse to
 start (naming the lost sequences, changing nothing on disk) unless the operator accepts the snapshot.
 
-Also: the event-stream range check (from_sequence past the end + 1), against the host and against
-real accounts and matching processes.
+Also: pluggable storage (the host on memory journals and snapshots: restarts, snapshots, damage),
+fenced appends, the command reads the forwarder uses, and the event-stream range check
+(from_sequence past the end + 1, or pruned), against the host and against real accounts and matching
+processes.
 """
 
 from __future__ import annotations
@@ -29,10 +31,20 @@ import pytest
 from exchange.v1 import accounts_service_pb2 as apb
 from exchange.v1 import matching_service_pb2 as mpb
 
-from services.common.errors import FailedPrecondition, OutOfRange, Reason
+from services.common.errors import FailedPrecondition, OutOfRange, Reason, Unavailable
 from services.common.host import HostOptions, RecoveryError, StateMachineHost
-from services.common.journal import DATA_START, RECORD, FileJournal
+from services.common.journal import (
+    DATA_START,
+    RECORD,
+    FencedError,
+    JournalError,
+    JournalGapError,
+    JournalReader,
+    MemoryJournals,
+)
+from services.common.limits import MAX_SEQUENCE
 from services.common.rpc import error_reason
+from services.common.snapshots import MemorySnapshotStore
 from services.common.statemachine import CodecSpec, Outcome
 from tests.cluster import Cluster
 
@@ -118,7 +130,7 @@ async def started(
     return host
 
 
-def read_all(j: FileJournal) -> list[tuple[int, bytes]]:
+def read_all(j: JournalReader) -> list[tuple[int, bytes]]:
     out: list[tuple[int, bytes]] = []
     seq = j.first_seq
     while seq <= j.last_seq:
@@ -136,9 +148,9 @@ def assert_consistent(host: StateMachineHost[int, Tally]) -> None:
     assert host.events.last_seq == m.event_seq
     assert host.durable_event_seq == m.event_seq
     applied = {seq: value for seq, value in m.log}
-    for seq, payload in read_all(host.commands):  # type: ignore[arg-type]
+    for seq, payload in read_all(host.commands):
         assert applied.get(seq) == CODEC.decode(payload)[0], f"journal record {seq}"
-    for seq, payload in read_all(host.events):  # type: ignore[arg-type]
+    for seq, payload in read_all(host.events):
         n, c, v = payload.decode().split(":")
         assert n == f"e{seq}", f"event {seq} holds {payload!r}"
         assert applied.get(int(c[1:])) == int(v[1:]), f"event {seq} names command {c}"
@@ -307,7 +319,7 @@ async def regenerated_case(d: Path, original: dict[int, bytes]) -> None:
     host = await started(d)
     assert host.machine.applied_seq == N
     assert_consistent(host)
-    assert dict(read_all(host.events)) == original  # type: ignore[arg-type]
+    assert dict(read_all(host.events)) == original
     assert await host.submit(5) == N + 1
     assert_consistent(host)
     await host.stop()
@@ -328,7 +340,7 @@ async def accepted_events_case(d: Path, covered: int) -> None:
 
 async def event_log_of(d: Path) -> tuple[dict[int, bytes], int]:
     host = await started(d)
-    events = dict(read_all(host.events))  # type: ignore[arg-type]
+    events = dict(read_all(host.events))
     await host.stop(snapshot=False)
     return events, host.machine.event_seq
 
@@ -436,6 +448,170 @@ def test_clean_restarts_keep_numbering(tmp_path: Path) -> None:
         run(once(final))
 
 
+# --- pluggable storage, fencing, reads for the forwarder -------------------------------------------
+
+
+class MemoryStorage:
+    """Memory journals and snapshots that outlive the hosts opened on them (restarts in one test)."""
+
+    def __init__(self) -> None:
+        self.journals = MemoryJournals()
+        self.snapshots = MemorySnapshotStore()
+
+    async def started(
+        self, d: Path, retention_floor: Callable[[], int] | None = None, **options: Any
+    ) -> StateMachineHost[int, Tally]:
+        opts = {"snapshot_every": 0, "fork_snapshots": False, **options}
+        host = StateMachineHost(
+            "tally",
+            d,
+            restore=Tally.restore,
+            codec=CODEC,
+            options=HostOptions(**opts),
+            retention_floor=retention_floor,
+            journals=self.journals,
+            snapshots=lambda: self.snapshots,
+        )
+        await host.start()
+        return host
+
+
+def test_host_on_memory_storage_restarts_and_snapshots(tmp_path: Path) -> None:
+    """Nothing touches the directory; periodic snapshots are taken inline although fork_snapshots is
+    set (a forked child's save would stay in the child's memory, and the journal would then be
+    pruned before a snapshot the parent does not have)."""
+    storage = MemoryStorage()
+    d = tmp_path / "unused"
+
+    async def first() -> None:
+        host = await storage.started(d, snapshot_every=5, fork_snapshots=True)
+        for i, v in enumerate(VALUES, 1):
+            assert await host.submit(v) == i
+        await host.stop(snapshot=False)
+        assert storage.snapshots.list() == [5, 10]
+        assert host.commands.first_seq == 11  # pruned up to the snapshot
+
+    async def second() -> None:
+        host = await storage.started(d)
+        assert (host.snapshot_seq, host.machine.applied_seq) == (10, N)
+        assert_consistent(host)
+        assert await host.submit(22) == N + 1
+        assert_consistent(host)
+        await host.stop()
+        assert storage.snapshots.latest() is not None and storage.snapshots.list()[-1] == N + 1
+
+    run(first())
+    run(second())
+    assert not d.exists()
+
+
+def test_memory_journal_below_the_snapshot_is_refused_then_accepted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The host's damage path through the factory interface, on another backend than files."""
+    storage = MemoryStorage()
+    d = tmp_path / "unused"
+
+    async def build_it() -> None:
+        host = await storage.started(d, lambda: 0)  # keeps every command
+        for v in VALUES:
+            await host.submit(v)
+        await host.snapshot_now()
+        await host.stop(snapshot=False)
+
+    run(build_it())
+    lost = storage.journals.open("commands")  # the store loses commands 10..12 (say a bad restore)
+    assert lost.truncate_after(9) == 3
+    lost.close()
+    with pytest.raises(RecoveryError) as err:
+        run(storage.started(d))
+    assert f"lost acknowledged commands 10..{N}" in str(err.value)
+    assert "memory:commands" in str(err.value)
+
+    async def accepted() -> None:
+        host = await storage.started(d, accept_snapshot_beyond_journal=True)
+        assert (host.commands.first_seq, host.machine.applied_seq) == (N + 1, N)
+        assert await host.submit(4) == N + 1
+        assert_consistent(host)
+        await host.stop()
+
+    with caplog.at_level(logging.CRITICAL, logger="services.common.host"):
+        run(accepted())
+    assert any("quarantined set 1" in r.getMessage() for r in critical_lines(caplog))
+    assert [s for s, _ in storage.journals.quarantined["commands"][0]] == list(range(1, 10))
+
+
+def test_an_append_behind_the_hosts_back_is_fenced(tmp_path: Path) -> None:
+    """Another writer appended to the command journal: the host's next batch is refused before any
+    of it is written (the writer stops), so the journal never holds two writers' records under one
+    numbering."""
+    d = tmp_path / "d"
+
+    async def scenario() -> None:
+        host = await started(d)
+        failures: list[BaseException] = []
+        host.on_failure.append(failures.append)
+        assert await host.submit(4) == 1
+        host.commands.write_after(1, [CODEC.encode(5, 0)])  # the intruder's record 2
+        with pytest.raises(Unavailable) as err:
+            await host.submit(7)
+        assert err.value.reason == Reason.WRITER_FAILED
+        assert host.commands.last_seq == 2, "nothing of the refused batch was written"
+        assert host.events.last_seq == 1  # nor its events
+        assert isinstance(failures[0], FencedError)
+        assert (failures[0].expected, failures[0].last) == (1, 2)
+        assert [CODEC.decode(p)[0] for _, p in read_all(host.commands)] == [4, 5]
+        await host.stop()
+
+    run(scenario())
+
+
+def test_read_commands_serves_durable_commands_only(tmp_path: Path) -> None:
+    storage = MemoryStorage()
+
+    async def scenario() -> None:
+        host = await storage.started(tmp_path / "unused")
+        for v in (4, 5, 7):
+            await host.submit(v)
+        assert host.durable_command_seq == 3
+        got = host.read_commands(1)
+        assert [(s, CODEC.decode(p)[0]) for s, p in got] == [(1, 4), (2, 5), (3, 7)]
+        assert host.read_commands(2, max_records=1) == got[1:2]
+        assert host.read_commands(4) == []
+        await host.snapshot_now()  # prunes the commands before 4
+        assert await host.submit(8) == 4
+        with pytest.raises(JournalGapError) as err:
+            host.read_commands(1)
+        assert isinstance(err.value, JournalError) and err.value.first_seq == 4
+        host.commands.write_after(4, [CODEC.encode(10, 0)])  # appended, not durable yet
+        assert host.durable_command_seq == 4
+        assert [s for s, _ in host.read_commands(4)] == [4]
+        host.commands.sync()
+        assert [s for s, _ in host.read_commands(4)] == [4, 5]
+
+    run(scenario())
+
+
+def test_follow_events_before_the_prune_point_is_out_of_range(tmp_path: Path) -> None:
+    storage = MemoryStorage()
+
+    async def scenario() -> None:
+        host = await storage.started(tmp_path / "unused", event_retention=3)
+        for v in VALUES:
+            await host.submit(v)
+        await host.snapshot_now()
+        first = host.events.first_seq
+        assert first == host.machine.event_seq - 3 + 1
+        with pytest.raises(OutOfRange) as err:
+            await _first_chunk(host, first - 1)
+        assert err.value.reason == Reason.SEQUENCE_OUT_OF_RANGE
+        assert f"the oldest kept is {first}" in err.value.message
+        assert (await _first_chunk(host, first))[0][0] == first
+        await host.stop()
+
+    run(scenario())
+
+
 # --- event streams: from_sequence past the end ---------------------------------------------------
 
 
@@ -494,7 +670,12 @@ def test_streams_refuse_from_sequence_past_the_end(tmp_path: Path) -> None:
         a_last = st.event_sequence
         assert a_last >= 1
         m_last = c.matching().GetMatchingStatus(mpb.GetMatchingStatusRequest()).event_sequence
-        for forged in (a_last + 2, 2**64 - 1):
+        for forged, code, reason in (
+            (a_last + 2, grpc.StatusCode.OUT_OF_RANGE, "SEQUENCE_OUT_OF_RANGE"),
+            (MAX_SEQUENCE, grpc.StatusCode.OUT_OF_RANGE, "SEQUENCE_OUT_OF_RANGE"),
+            # beyond the API edge's bound (services.common.limits.check_sequence): not a sequence at all
+            (2**64 - 1, grpc.StatusCode.INVALID_ARGUMENT, "VALUE_OUT_OF_RANGE"),
+        ):
             for call in (
                 lambda f=forged: c.accounts.StreamAccountEvents(
                     apb.StreamAccountEventsRequest(from_sequence=f), timeout=30
@@ -504,8 +685,8 @@ def test_streams_refuse_from_sequence_past_the_end(tmp_path: Path) -> None:
                 ),
             ):
                 e = _stream_error(call)
-                assert e.code() == grpc.StatusCode.OUT_OF_RANGE, e
-                assert error_reason(e) == "SEQUENCE_OUT_OF_RANGE"
+                assert e.code() == code, e
+                assert error_reason(e) == reason
         for forged in (m_last + 2, 2**64 - 1):
             e = _stream_error(
                 lambda f=forged: c.matching().StreamEvents(

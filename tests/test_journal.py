@@ -1,5 +1,6 @@
-"""FileJournal: numbering, reads and limits, rollover, pruning, torn-tail repair, corruption, reopen,
-concurrent sync, and a property test over random batches and reopen points."""
+"""FileJournal in detail: numbering, reads and limits, rollover, pruning, torn-tail repair, corruption,
+reopen, concurrent sync, and a property test over random batches and reopen points. What every backend
+must do (fencing, follow, ...) is the contract in tests/journal_contract.py, run for files too."""
 
 from __future__ import annotations
 
@@ -16,7 +17,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from services.common import journal as jmod
 from services.common.journal import (
     DATA_START,
     RECORD,
@@ -27,6 +27,7 @@ from services.common.journal import (
     JournalGapError,
     quarantine_segments,
 )
+from services.common.journal import file as jmod
 
 BIG = 1 << 40
 

@@ -1,15 +1,48 @@
-"""SnapshotStore: round trip, keep-N pruning, corrupt newest falls back, empty store, leftover tmp files."""
+"""Snapshot stores: the Snapshots interface on the file and the memory store (round trip, keep-N
+pruning, replacing a sequence, refusing a negative one); the file store's own cases: corrupt newest
+falls back, empty store, leftover tmp files, atomic save."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from services.common.snapshots import HEAD, SnapshotStore
+from services.common.snapshots import HEAD, FileSnapshotStore, MemorySnapshotStore, Snapshots, SnapshotStore
+
+STORES: dict[str, Callable[[Path, int], Snapshots]] = {
+    "file": lambda d, keep: FileSnapshotStore(d, keep=keep),
+    "memory": lambda d, keep: MemorySnapshotStore(keep=keep),
+}
+
+
+@pytest.mark.parametrize("kind", STORES)
+def test_the_snapshots_interface(tmp_path: Path, kind: str) -> None:
+    store = STORES[kind](tmp_path / "snaps", 2)
+    assert store.latest() is None and store.list() == []
+    store.save(5, b"five")
+    assert store.latest() == (5, b"five")
+    store.save(3, b"three")  # older, but only two are stored: kept
+    assert store.list() == [3, 5]
+    store.save(9, b"")
+    assert store.list() == [5, 9] and store.latest() == (9, b"")
+    store.save(1, b"old")  # older than the kept ones
+    assert store.list() == [5, 9]
+    store.save(9, b"nine")  # the same sequence again replaces it
+    assert store.latest() == (9, b"nine")
+    with pytest.raises(ValueError):
+        store.save(-1, b"x")
+    with pytest.raises(ValueError):
+        STORES[kind](tmp_path / "other", 0)
+    assert store.fork_safe is (kind == "file")  # a forked child's save reaches the parent only on disk
+
+
+def test_the_old_name_is_the_file_store() -> None:
+    assert SnapshotStore is FileSnapshotStore
 
 
 def snap_path(d: Path, seq: int) -> Path:

@@ -23,7 +23,8 @@ import logging
 import os
 import sys
 import threading
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,12 @@ EXIT_WRITER_FAILED = 70  # EX_SOFTWARE: the process stopped itself; a restart is
 
 class _Serving(Protocol):
     async def set_serving(self, serving: bool) -> None: ...
+
+
+class _Failing(Protocol):
+    """What FailStop watches: a StateMachineHost's failure hooks."""
+
+    on_failure: list[Callable[[BaseException], None]]
 
 
 class FailStop:
@@ -49,7 +56,7 @@ class FailStop:
     def failed(self) -> bool:
         return self.cause is not None
 
-    def arm(self, host: Any, stop: asyncio.Event) -> None:
+    def arm(self, host: _Failing, stop: asyncio.Event) -> None:
         """Watch `host` (a StateMachineHost); on its failure, set `stop`."""
         self._stop = stop
         host.on_failure.append(self.trigger)

@@ -1,10 +1,15 @@
 """Snapshots of a state machine, keyed by the sequence they were taken at.
 
-File `<seq, 20 digits>.snap`: a 32-byte header - magic "EXSNAP01", u32 format version, u64 sequence,
-u64 data length, u32 crc32(data), little endian - then the data. Written to a temporary file
-(`.<seq>.<pid>.<thread>.tmp`), fsynced, renamed into place and the directory fsynced, so a crash leaves
-either the old set or the new one, never a partial snapshot under a snapshot name. A corrupt or
-truncated newest snapshot is skipped (with a warning) in favour of the next older valid one.
+`Snapshots` is the interface the host uses (save atomically, the latest valid one, the list); the
+file implementation is FileSnapshotStore (also known by its old name SnapshotStore), the one for tests
+MemorySnapshotStore. Shared storage (an object store) can implement the same interface later.
+
+FileSnapshotStore: file `<seq, 20 digits>.snap`: a 32-byte header - magic "EXSNAP01", u32 format
+version, u64 sequence, u64 data length, u32 crc32(data), little endian - then the data. Written to a
+temporary file (`.<seq>.<pid>.<thread>.tmp`), fsynced, renamed into place and the directory fsynced,
+so a crash leaves either the old set or the new one, never a partial snapshot under a snapshot name.
+A corrupt or truncated newest snapshot is skipped (with a warning) in favour of the next older valid
+one.
 
 Safe to use from several threads and from a forked child (temporary names are unique per process and
 thread); temporary files left by processes that no longer exist are removed when a store is opened.
@@ -19,6 +24,9 @@ import struct
 import threading
 import zlib
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+from services.common.journal.file import fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +37,33 @@ SUFFIX = ".snap"
 TMP_SUFFIX = ".tmp"
 
 
-class SnapshotStore:
+class Snapshots(Protocol):
+    """A state machine's snapshots by sequence."""
+
+    # save() may run in a forked child (the host's background snapshots) and the parent then sees the
+    # result: true for files; false for a store that lives in the process's memory (or that holds
+    # connections a child must not share).
+    fork_safe: bool
+
+    def save(self, seq: int, data: bytes) -> None:
+        """Store data as the snapshot at seq, atomically (all or nothing) and durably; then keep only
+        the newest `keep` (a save older than those is therefore removed again at once)."""
+        ...
+
+    def latest(self) -> tuple[int, bytes] | None:
+        """The newest valid snapshot as (seq, data); None when there is none."""
+        ...
+
+    def list(self) -> builtins.list[int]:
+        """Sequences of the stored snapshots (valid or not), ascending."""
+        ...
+
+
+class FileSnapshotStore:
+    """Snapshots as files in one directory (see the module docstring)."""
+
+    fork_safe = True
+
     def __init__(self, directory: str | os.PathLike[str], *, keep: int = 3) -> None:
         if keep < 1:
             raise ValueError(f"keep must be at least 1, not {keep}")
@@ -69,7 +103,7 @@ class SnapshotStore:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        _fsync_dir(self.dir)
+        fsync_dir(self.dir)
         for old in self.list()[: -self.keep]:
             self._path(old).unlink(missing_ok=True)
 
@@ -136,9 +170,41 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+SnapshotStore = FileSnapshotStore  # the name its importers know
+
+
+class MemorySnapshotStore:
+    """Snapshots in a dict (tests). Not fork_safe: a forked child's save would stay in the child."""
+
+    fork_safe = False
+
+    def __init__(self, *, keep: int = 3) -> None:
+        if keep < 1:
+            raise ValueError(f"keep must be at least 1, not {keep}")
+        self.keep = keep
+        self._snaps: dict[int, bytes] = {}
+        self._lock = threading.Lock()
+
+    def save(self, seq: int, data: bytes) -> None:
+        if seq < 0:
+            raise ValueError(f"a snapshot sequence cannot be negative: {seq}")
+        with self._lock:
+            self._snaps[seq] = bytes(data)
+            for old in sorted(self._snaps)[: -self.keep]:
+                del self._snaps[old]
+
+    def latest(self) -> tuple[int, bytes] | None:
+        with self._lock:
+            if not self._snaps:
+                return None
+            seq = max(self._snaps)
+            return seq, self._snaps[seq]
+
+    def list(self) -> builtins.list[int]:
+        with self._lock:
+            return sorted(self._snaps)
+
+
+if TYPE_CHECKING:  # mypy checks that both stores implement the interface
+    _file_store: Snapshots = FileSnapshotStore("")
+    _memory_store: Snapshots = MemorySnapshotStore()

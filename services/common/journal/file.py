@@ -1,6 +1,6 @@
-"""Append-only, segmented, CRC-checked record log (like Redis AOF) with group commit.
-
-Used by the deterministic state machines for their command journal and their event log.
+"""The file backend: an append-only, segmented, CRC-checked record log (like Redis AOF) with group
+commit. FileJournal implements services.common.journal.Journal; FileJournals is its factory (one
+directory per named journal under a service directory).
 
 Layout: a directory of segment files named by the sequence of their first record
 (`00000000000000000001.seg`), so lexical order is sequence order. A segment file is
@@ -13,12 +13,14 @@ all little endian. The header is written together with the first batch, so a seg
 be empty (0 bytes). A new segment starts before a batch that would take the active one past
 `segment_bytes` (a single larger batch makes one oversized segment); a record never spans two files.
 
-`append` writes a whole batch with one pwrite() on a raw file descriptor at the offset the journal
-keeps (so a failed write can be cut off again instead of leaving junk between records); `sync` makes
-everything appended before it durable with one fdatasync per touched file (group commit), and only
-then advances `durable_seq`. A segment that was rolled over is fdatasynced by the next sync and then
-*sealed*: its last sequence and size are written into its header, which tells a later open that the
-segment is complete and durable.
+`write_after` (and `append_after`, its async form) writes a whole batch with one pwrite() on a raw
+file descriptor at the offset the journal keeps (so a failed write can be cut off again instead of
+leaving junk between records), after checking the writer's expected last sequence (FencedError when
+it is not the journal's last: nothing is written); `sync` (and `flush`, which runs it in a worker
+thread) makes everything appended before it durable with one fdatasync per touched file (group
+commit), and only then advances `durable_seq` and wakes the followers (`follow`). A segment that was
+rolled over is fdatasynced by the next sync and then *sealed*: its last sequence and size are written
+into its header, which tells a later open that the segment is complete and durable.
 
 Recovery on open: segments up to the last sealed one are trusted (their record counts follow from the
 file names; their records are CRC-checked when read). Everything after - the active segment, plus any
@@ -39,7 +41,8 @@ INDEX_BYTES bytes), maintained while appending and scanning and extended lazily 
 so a read seeks close to the requested record instead of scanning the segment.
 
 Thread safety: one owner appends (usually the event-loop thread) while another thread runs `sync`
-(e.g. `await asyncio.to_thread(journal.sync)`); `read` may run on any thread at the same time. All
+(`await journal.flush()`); `read` may run on any thread at the same time, and followers on any event
+loop. All
 methods are safe to call concurrently: bookkeeping is under a short lock that is never held across an
 fsync, and syncs are serialized among themselves. The directory is not locked against a second
 process: only one process may open a journal directory at a time.
@@ -47,6 +50,7 @@ process: only one process may open a journal directory at a time.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import logging
@@ -56,10 +60,24 @@ import threading
 import zlib
 from array import array
 from bisect import bisect_right
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import NamedTuple, Protocol
+from typing import TYPE_CHECKING, NamedTuple
+
+from services.common.journal.base import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_RECORDS,
+    DurableSignal,
+    FencedError,
+    Journal,
+    JournalDamagedError,
+    JournalError,
+    JournalFactory,
+    JournalGapError,
+    Record,
+    follow_durable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -86,38 +104,6 @@ SCAN_CHUNK = 4 << 20  # bytes fetched per pread() while verifying a segment
 _datasync: Callable[[int], None] = os.fdatasync if hasattr(os, "fdatasync") else os.fsync
 
 
-class JournalError(Exception):
-    pass
-
-
-class JournalGapError(JournalError):
-    """The requested sequence was pruned (it is older than first_seq)."""
-
-
-class JournalDamagedError(JournalError):
-    """Opening would lose records known to be durable (see `durable_through`): the journal holds good
-    records only up to `kept` where records up to `needed` were durable. Nothing was changed on disk."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        directory: Path,
-        kept: int,
-        needed: int,
-        problem: str,
-        path: Path | None,
-        files: Sequence[Path],
-    ) -> None:
-        super().__init__(message)
-        self.directory = directory
-        self.kept = kept  # last good record (first_seq - 1 when none)
-        self.needed = needed  # records up to here were durable (acknowledged)
-        self.problem = problem  # what is wrong, for people
-        self.path = path  # the damaged segment file, when there is one
-        self.files = list(files)  # every segment file of the journal, untouched
-
-
 DAMAGED_PREFIX = "damaged-"
 
 
@@ -136,53 +122,9 @@ def quarantine_segments(directory: str | os.PathLike[str]) -> Path:
     for entry in sorted(os.scandir(base), key=lambda e: e.name):
         if entry.name.endswith(SUFFIX) and entry.name[: -len(SUFFIX)].isdigit() and entry.is_file():
             os.rename(entry.path, folder / entry.name)
-    _fsync_dir(folder)
-    _fsync_dir(base)
+    fsync_dir(folder)
+    fsync_dir(base)
     return folder
-
-
-class Journal(Protocol):
-    """The backend-neutral interface (local segment files here; a JetStream backend can follow)."""
-
-    @property
-    def first_seq(self) -> int:
-        """Oldest sequence still stored (last_seq + 1 when empty)."""
-        ...
-
-    @property
-    def last_seq(self) -> int:
-        """Last appended sequence (0, or start_seq - 1, when empty). Appended is not durable."""
-        ...
-
-    @property
-    def durable_seq(self) -> int:
-        """Last sequence known durable (<= last_seq)."""
-        ...
-
-    def append(self, payloads: Sequence[bytes]) -> int:
-        """Append records numbered last_seq + 1...; returns the new last_seq. Durable after sync()."""
-        ...
-
-    def sync(self) -> int:
-        """Make everything appended before the call durable; returns durable_seq."""
-        ...
-
-    def read(
-        self, from_seq: int, max_records: int = 1000, max_bytes: int = 4 << 20
-    ) -> list[tuple[int, bytes]]:
-        """Records from from_seq on: at least one if any exists (even past max_bytes); [] when
-        from_seq > last_seq; JournalGapError when from_seq < first_seq."""
-        ...
-
-    def prune_before(self, seq: int) -> int:
-        """Drop stored records below seq where whole segments allow it; returns how many."""
-        ...
-
-    def truncate_after(self, seq: int) -> int:
-        """Recovery only: drop every record after seq; returns how many."""
-        ...
-
-    def close(self) -> None: ...
 
 
 def _crc(seq: int, payload: bytes | memoryview) -> int:
@@ -320,7 +262,8 @@ def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
         offset += n
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a directory's entries (files created, renamed or deleted in it) durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -358,6 +301,7 @@ class FileJournal:
         self._dir_dirty = False  # segment files created or deleted since the last sync
         self._failed: BaseException | None = None
         self._closed = False
+        self._signal = DurableSignal()  # wakes followers
         self.created = False  # True when this open created the journal (no segment was there)
         try:
             self._open(start_seq, durable_through)
@@ -382,7 +326,7 @@ class FileJournal:
         return JournalDamagedError(
             f"{where}{problem}: the journal holds good records only up to {kept}, but {lost} "
             f"had been made durable; the files were left unchanged",
-            directory=self._dir,
+            location=str(self._dir),
             kept=kept,
             needed=needed,
             problem=problem,
@@ -402,7 +346,7 @@ class FileJournal:
         if not found:
             path = self._path(start_seq)
             self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
-            _fsync_dir(self._dir)
+            fsync_dir(self._dir)
             self._install([_Segment(path, start_seq, start_seq - 1, 0)])
             self.created = True
             return
@@ -507,7 +451,7 @@ class FileJournal:
                 if self._fd != fd:
                     os.close(fd)
                 raise
-        _fsync_dir(self._dir)
+        fsync_dir(self._dir)
         self._install(segments)
 
     @staticmethod
@@ -548,10 +492,32 @@ class FileJournal:
 
     # --- writing -------------------------------------------------------------------------------
 
+    def write_after(self, expected_last_seq: int, payloads: Sequence[bytes]) -> range:
+        """Append records numbered expected_last_seq + 1... with one write; returns their sequences.
+        Durable only after sync(). FencedError, writing nothing, when expected_last_seq is not
+        last_seq."""
+        last = self._write(payloads, expected_last_seq)
+        return range(expected_last_seq + 1, last + 1)
+
+    async def append_after(self, expected_last_seq: int, payloads: Sequence[bytes]) -> range:
+        """write_after for async callers (the page-cache write does not wait for the disk)."""
+        return self.write_after(expected_last_seq, payloads)
+
     def append(self, payloads: Sequence[bytes]) -> int:
-        """Append records numbered last_seq + 1... with one write; durable only after sync()."""
+        """Unfenced append for tools and tests (one writer, no fencing needed): records numbered
+        last_seq + 1...; returns the new last_seq. Durable only after sync()."""
+        return self._write(payloads, None)
+
+    def _write(self, payloads: Sequence[bytes], expected: int | None) -> int:
         with self._lock:
             self._check_usable()
+            if expected is not None and expected != self._last:
+                raise FencedError(
+                    f"{self._dir}: append after {expected} refused: the journal's last record is "
+                    f"{self._last}",
+                    expected=expected,
+                    last=self._last,
+                )
             if not payloads:
                 return self._last
             seg = self._segments[-1]
@@ -617,9 +583,13 @@ class FileJournal:
 
     def sync(self) -> int:
         """Make everything appended before this call durable (one fdatasync per touched file);
-        returns durable_seq. After close() it just returns durable_seq."""
+        returns durable_seq. After close() it just returns durable_seq. Blocks: call it in a thread."""
         with self._sync_lock:
             return self._sync_locked()
+
+    async def flush(self) -> int:
+        """sync() in a worker thread."""
+        return await asyncio.to_thread(self.sync)
 
     def _sync_locked(self) -> int:
         with self._lock:
@@ -636,7 +606,7 @@ class FileJournal:
             for rfd, _ in rolled:
                 _datasync(rfd)
             if dir_dirty:
-                _fsync_dir(self._dir)
+                fsync_dir(self._dir)
             _datasync(fd)
             for rfd, seg in rolled:  # complete and durable: record that in the header
                 _pwrite_all(rfd, _seal(seg.first, seg.last, seg.size), SEAL_OFFSET)
@@ -651,13 +621,15 @@ class FileJournal:
         with self._lock:
             if target > self._durable:
                 self._durable = target
-            return self._durable
+            durable = self._durable
+        self._signal.notify()
+        return durable
 
     # --- reading -------------------------------------------------------------------------------
 
     def read(
-        self, from_seq: int, max_records: int = 1000, max_bytes: int = 4 << 20
-    ) -> list[tuple[int, bytes]]:
+        self, from_seq: int, max_records: int = DEFAULT_MAX_RECORDS, max_bytes: int = DEFAULT_MAX_BYTES
+    ) -> list[Record]:
         """Records from from_seq on, in order: at most max_records, and no more than max_bytes of
         payload unless the first record alone is larger (at least one record when any exists).
         [] when from_seq > last_seq; JournalGapError when from_seq < first_seq. Appended records are
@@ -668,8 +640,12 @@ class FileJournal:
             if from_seq > self._last:
                 return []
             if from_seq < self._segments[0].first:
+                first = self._segments[0].first
                 raise JournalGapError(
-                    f"{self._dir}: sequence {from_seq} was pruned (oldest is {self._segments[0].first})"
+                    f"{self._dir}: sequence {from_seq} was pruned (oldest is {first})",
+                    requested=from_seq,
+                    first_seq=first,
+                    last_seq=self._last,
                 )
             i = bisect_right(self._firsts, from_seq) - 1
             plan = [(s, s.gen, s.last, s.size) for s in self._segments[i:] if s.last >= s.first]
@@ -677,7 +653,7 @@ class FileJournal:
             j = bisect_right(seg0.seqs, from_seq) - 1
             start = (seg0.seqs[j], seg0.offs[j])
             known = seg0.seqs[-1]
-        out: list[tuple[int, bytes]] = []
+        out: list[Record] = []
         total = 0
         for k, (seg, gen, last, end) in enumerate(plan):
             seq, pos = start if k == 0 else (seg.first, DATA_START)
@@ -689,6 +665,13 @@ class FileJournal:
                 break
         return out
 
+    def follow(
+        self, from_seq: int, *, max_records: int = DEFAULT_MAX_RECORDS, max_bytes: int = DEFAULT_MAX_BYTES
+    ) -> AsyncIterator[list[Record]]:
+        """Durable records from from_seq on, then new ones as sync() makes them durable; ends after
+        close() (see services.common.journal.JournalReader.follow)."""
+        return follow_durable(self, self._signal, from_seq, max_records, max_bytes)
+
     def _read_segment(
         self,
         seg: _Segment,
@@ -699,7 +682,7 @@ class FileJournal:
         end: int,
         from_seq: int,
         known: int,
-        out: list[tuple[int, bytes]],
+        out: list[Record],
         max_records: int,
         max_bytes: int,
         total: int,
@@ -711,7 +694,12 @@ class FileJournal:
             fd = os.open(seg.path, os.O_RDONLY)
         except FileNotFoundError:
             if seg.last < self.first_seq:
-                raise JournalGapError(f"{seg.path}: pruned while reading") from None
+                raise JournalGapError(
+                    f"{seg.path}: pruned while reading (oldest is now {self.first_seq})",
+                    requested=from_seq,
+                    first_seq=self.first_seq,
+                    last_seq=self._last,
+                ) from None
             raise JournalError(f"{seg.path}: segment file is missing") from None
         hsize = RECORD.size
         unpack = RECORD.unpack_from
@@ -807,7 +795,10 @@ class FileJournal:
                 if seq < self._segments[0].first - 1:
                     raise JournalGapError(
                         f"{self._dir}: cannot truncate after {seq}: records before "
-                        f"{self._segments[0].first} were pruned"
+                        f"{self._segments[0].first} were pruned",
+                        requested=seq,
+                        first_seq=self._segments[0].first,
+                        last_seq=self._last,
                     )
                 k = max(bisect_right(self._firsts, seq) - 1, 0)
                 keep = self._segments[k]
@@ -838,7 +829,7 @@ class FileJournal:
                 self._rolled = []
                 for seg in doomed:
                     seg.path.unlink(missing_ok=True)
-                _fsync_dir(self._dir)
+                fsync_dir(self._dir)
                 keep.last, keep.size, keep.seqs, keep.offs = scan.last, scan.end, scan.seqs, scan.offs
                 keep.gen += 1
                 del self._segments[k + 1 :]
@@ -849,7 +840,8 @@ class FileJournal:
                 return dropped
 
     def close(self) -> None:
-        """Sync and release the files. Idempotent. read() keeps working afterwards; append does not."""
+        """Sync and release the files. Idempotent. read() keeps working afterwards; append does not;
+        followers end after the last durable record."""
         with self._sync_lock:
             if self._closed:
                 return
@@ -864,6 +856,7 @@ class FileJournal:
                     self._rolled = []
                     os.close(self._fd)
                     self._fd = -1
+                self._signal.notify(close=True)
 
     def __enter__(self) -> FileJournal:
         return self
@@ -875,3 +868,30 @@ class FileJournal:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+class FileJournals:
+    """JournalFactory of FileJournals: journal `name` lives in the directory `base / name`."""
+
+    def __init__(self, base: str | os.PathLike[str], *, segment_bytes: int = 64 << 20) -> None:
+        self.base = Path(base)
+        self.segment_bytes = segment_bytes
+
+    def open(self, name: str, *, start_seq: int = 1, durable_through: int = 0) -> FileJournal:
+        return FileJournal(
+            self.base / name,
+            segment_bytes=self.segment_bytes,
+            start_seq=start_seq,
+            durable_through=durable_through,
+        )
+
+    def location(self, name: str) -> str:
+        return str(self.base / name)
+
+    def quarantine(self, name: str) -> str:
+        return str(quarantine_segments(self.base / name))
+
+
+if TYPE_CHECKING:  # mypy checks that the file backend implements the interface
+    _journal: Journal = FileJournal("")
+    _factory: JournalFactory = FileJournals("")
