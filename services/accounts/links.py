@@ -17,6 +17,7 @@ turns each response into a journaled SettleMatchingEvents command.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable
@@ -25,10 +26,12 @@ from typing import Any
 import grpc
 from exchange.v1 import events_pb2 as ev
 from exchange.v1 import matching_service_pb2 as mpb
-from exchange.v1 import matching_service_pb2_grpc as mgrpc
 from prometheus_client import Gauge
 
 from services.accounts.machine import outbox_commands
+from services.clients import EventFollower, MatchingClient
+from services.clients.channels import Connection
+from services.clients.errors import EventGap, EventsOutOfRange
 from services.common.host import StateMachineHost
 from services.common.journal import JournalError
 from services.common.markets import MarketCatalog
@@ -100,10 +103,10 @@ class Forwarder:
         record forwards under its own number, and an amend of price and amount also under the number
         before it, so one record past `end` is read too (if durable)."""
         out: list[tuple[int, bytes]] = []
-        limit = min(end + 1, self.host.commands.durable_seq)
+        limit = min(end + 1, self.host.durable_command_seq)
         seq = start
         while seq <= limit:
-            records = self.host.commands.read(seq, max_records=2000)
+            records = self.host.read_commands(seq, max_records=2000)
             if not records:
                 break
             for rseq, payload in records:
@@ -175,7 +178,7 @@ class Forwarder:
             log.info("shard link up", extra={"shard": self.shard, "acknowledged": self.acked})
             # After a restart memory holds only what was committed since; older commands come from
             # the journal.
-            mem_first = self.queued[0][0] if self.queued else self.host.commands.durable_seq + 1
+            mem_first = self.queued[0][0] if self.queued else self.host.durable_command_seq + 1
             if self.acked + 1 < mem_first:
                 backlog = self._from_journal(self.acked + 1, mem_first - 1)
                 self.queued.extendleft(reversed(backlog))
@@ -215,53 +218,58 @@ class Forwarder:
 
 
 class SettlementFeed:
+    """Follows one shard's events from the last settled (or queued) event and journals each batch as
+    a SettleMatchingEvents command (services.clients' EventFollower: resume from the checkpoint with
+    backoff; OUT_OF_RANGE and gaps need an operator and are never skipped)."""
+
     def __init__(
         self,
         shard: str,
-        address: str,
+        address: str | Connection,
         host: StateMachineHost[Any, Any],
         settled: Callable[[], int],
         *,
         max_queue: int = 20_000,
     ) -> None:
         self.shard = shard
-        self.address = address
+        self.connection = address if isinstance(address, Connection) else Connection.at(address, name=shard)
         self.host = host
         self.settled = settled
         self.max_queue = max_queue
         self.enqueued = 0
         self._stop = False
+        self.follower = EventFollower(
+            MatchingClient(self.connection).events(max_batch=2000, source=shard),
+            checkpoint=lambda: max(self.settled(), self.enqueued),
+            logger=log,
+            log_extra={"shard": shard},
+        )
 
     async def run(self) -> None:
-        backoff = 0.05
-        while not self._stop:
-            start = max(self.settled(), self.enqueued) + 1
-            try:
-                async with channel(self.address) as ch:
-                    stub = mgrpc.MatchingServiceStub(ch)
-                    async for resp in stub.StreamEvents(
-                        mpb.StreamEventsRequest(from_sequence=start, max_batch=2000)
-                    ):
-                        if not resp.events:
-                            continue
-                        while self.host.queue_depth > self.max_queue and not self._stop:
-                            await asyncio.sleep(0.002)
-                        cmd = ev.AccountsCommand()
-                        cmd.settle.shard = self.shard
-                        cmd.settle.events.extend(resp.events)
-                        self.host.enqueue_internal(cmd)
-                        self.enqueued = resp.events[-1].sequence
-                        SETTLED.labels(self.shard).set(self.enqueued)
-                        backoff = 0.05
-            except grpc.aio.AioRpcError as exc:
-                log.warning(
-                    "event feed down",
-                    extra={"shard": self.shard, "code": str(exc.code()), "retry_s": backoff},
-                )
-            if self._stop:
-                return
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 2.0)
+        try:
+            while not self._stop:
+                batches = self.follower.batches()
+                try:
+                    async with contextlib.aclosing(batches):
+                        async for batch in batches:
+                            while self.host.queue_depth > self.max_queue and not self._stop:
+                                await asyncio.sleep(0.002)
+                            if self._stop:
+                                return
+                            cmd = ev.AccountsCommand()
+                            cmd.settle.shard = self.shard
+                            cmd.settle.events.extend(batch.events)
+                            self.host.enqueue_internal(cmd)
+                            self.enqueued = batch.last
+                            SETTLED.labels(self.shard).set(self.enqueued)
+                except (EventsOutOfRange, EventGap) as exc:  # logged by the follower; needs an operator
+                    log.error(
+                        "cannot settle the shard's events; retrying in 10 s",
+                        extra={"shard": self.shard, "reason": exc.reason, "error": exc.message},
+                    )
+                    await asyncio.sleep(10.0)
+        finally:
+            await self.connection.close()
 
     def stop(self) -> None:
         self._stop = True

@@ -104,6 +104,14 @@ def forwarding_commands(draw: st.DrawFn) -> ev.AccountsCommand:
     return cmd
 
 
+def journal_host(journal: Any) -> Any:
+    """What the Forwarder reads of its host: durable commands of a (static) journal."""
+    return SimpleNamespace(
+        read_commands=lambda seq, max_records=2000: journal.read(seq, max_records=max_records),
+        durable_command_seq=journal.durable_seq,
+    )
+
+
 def _expected(source: str, seq: int, cmd: ev.AccountsCommand) -> list[tuple[int, str, bytes]]:
     """What outbox_commands must produce, built with protobuf."""
     previous = {link.shard: link.previous_sequence for link in cmd.forward_links}
@@ -349,7 +357,7 @@ def test_resends_after_restarts_and_reconnects_form_a_valid_chain(
         shard = ChainCheckingShard(applied)
         server = await _serve(shard)
         journal = _journal(tmp_path, x)
-        host = SimpleNamespace(commands=journal)
+        host = journal_host(journal)
         fwd = Forwarder("matching-0", f"127.0.0.1:{server.port}", host, x.source, CATALOG)  # type: ignore[arg-type]
         shard.drop_after = max(1, (len(sent) - first) // 2)  # one reconnect on the way
         task = asyncio.create_task(fwd.run())
@@ -382,7 +390,7 @@ def test_push_ignores_what_the_link_already_holds(tmp_path: Path) -> None:
     x = two_shard_flow()
     journal = _journal(tmp_path, x)
     try:
-        fwd = Forwarder("matching-0", "127.0.0.1:1", SimpleNamespace(commands=journal), x.source, CATALOG)  # type: ignore[arg-type]
+        fwd = Forwarder("matching-0", "127.0.0.1:1", journal_host(journal), x.source, CATALOG)  # type: ignore[arg-type]
         sent = x.forwarded["matching-0"]
         seqs = [_seq(p) for p in sent]
         backlog = fwd._from_journal(1, journal.durable_seq)
