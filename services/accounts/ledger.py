@@ -1,6 +1,6 @@
 """Accounts domain: balances (available / frozen) per user and asset, order holds, settlement.
 
-exchange-core's risk split, in one deterministic object:
+The risk split of exchange-core (the Java engine), in one deterministic object:
 - pre-hold: placing an order freezes what it may spend (limit buy: price x amount of quote, sell: the
   base amount, market buy: its quote budget); moving a buy up freezes the difference first;
 - settle: each matching event adjusts balances: a fill pays from the frozen hold and credits the
@@ -42,6 +42,49 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from services.accounts.lifecycle import (
+    ACCEPTED,
+    DONE_EVENTS,
+    FILL,
+    FINAL,
+    INITIAL,
+    TRANSITIONS,
+    invalid_transition,
+)
+from services.accounts.model import (
+    Accepted,
+    AdjustBalance,
+    Amended,
+    AmendOrder,
+    CancelAllOrders,
+    CancelOrder,
+    Done,
+    MoveOrder,
+    PlaceOrder,
+    ReduceOrder,
+    Rejected,
+    SettleEvents,
+    Trade,
+)
+from services.common.enums import (
+    BUSINESS_DEPOSIT,
+    BUSINESS_FEE,
+    BUSINESS_ORDER_FREEZE,
+    BUSINESS_ORDER_UNFREEZE,
+    BUSINESS_TRADE,
+    BUSINESS_WITHDRAW,
+    BUY,
+    FOK,
+    GTC,
+    GTD,
+    IOC,
+    LIMIT,
+    MAKER,
+    MARKET,
+    SELL,
+    STATUS_NAMES,
+    TAKER,
+)
 from services.common.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -52,21 +95,12 @@ from services.common.errors import (
 )
 from services.common.limits import MAX_TIME_US, MAX_USER_ID
 from services.common.markets import MarketCatalog, MarketSpec
+from services.common.orders import OrderView
+from services.common.quantities import Lots, Ticks
 from services.common.units import INT64_MAX
 
 FEE_ACCOUNT = 0
 
-# Numeric codes equal to the protobuf enums (exchange.v1).
-BUY, SELL = 1, 2
-LIMIT, MARKET = 1, 2
-GTC, IOC, FOK, GTD = 1, 2, 3, 4
-PENDING, OPEN, PARTIALLY_FILLED, FILLED, CANCELED, EXPIRED, REJECTED = 1, 2, 3, 4, 5, 6, 7
-DONE_FILLED, DONE_CANCELED, DONE_EXPIRED, DONE_REJECTED = 1, 2, 3, 4
-DEPOSIT, WITHDRAW, ORDER_FREEZE, ORDER_UNFREEZE, TRADE, FEE = 1, 2, 3, 4, 5, 6
-MAKER, TAKER = 1, 2
-
-_DONE_STATUS = {DONE_FILLED: FILLED, DONE_CANCELED: CANCELED, DONE_EXPIRED: EXPIRED, DONE_REJECTED: REJECTED}
-FINAL = frozenset((FILLED, CANCELED, EXPIRED, REJECTED))
 CLIENT_ID_RE = re.compile(r"[A-Za-z0-9_.:\-]{1,64}")
 BUSINESS_RE = re.compile(r"[A-Za-z0-9_.:\-]{1,64}")
 BUSINESS_ID_RE = re.compile(r"[A-Za-z0-9_.:#/\-]{1,128}")
@@ -90,19 +124,9 @@ class Sink(Protocol):
     def order(self, order: AccountOrder) -> None: ...
 
     def fill(
-        self,
-        user: int,
-        trade_id: int,
-        market: str,
-        order_id: int,
-        side: int,
-        role: int,
-        price: int,
-        lots: int,
-        quote: int,
-        fee: int,
-        fee_asset: str,
-    ) -> None: ...
+        self, user: int, trade: Trade, order_id: int, side: int, role: int, fee: int, fee_asset: str
+    ) -> None:
+        """One side of a trade: `user`'s order `order_id` filled on `side` as `role`, paying `fee`."""
 
 
 class AccountOrder:
@@ -210,6 +234,34 @@ class AccountOrder:
             self.expire_at,
         )
 
+    def view(self) -> OrderView:
+        """The order's state as the API shows it (services.common.orders.order_message)."""
+        return OrderView(
+            self.order_id,
+            self.user_id,
+            self.client_order_id,
+            self.market,
+            self.side,
+            self.type,
+            self.tif,
+            self.post_only,
+            self.stp,
+            self.price,
+            self.amount,
+            self.quote_budget,
+            self.filled,
+            self.filled_quote,
+            self.remaining,
+            self.fee,
+            self.status,
+            self.detail,
+            self.created,
+            self.updated,
+            self.expire_at,
+            self.maker_fee,
+            self.taker_fee,
+        )
+
     def state(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in _ORDER_FIELDS}
 
@@ -298,10 +350,15 @@ class Ledger:
         if user < 1 or user > MAX_USER_ID:
             raise InvalidArgument(f"user_id must be in 1..{MAX_USER_ID}", Reason.VALUE_OUT_OF_RANGE)
 
-    def adjust(
-        self, user: int, asset: str, change: int, business: str, business_id: str, sink: Sink
-    ) -> AdjustResult:
+    def adjust(self, cmd: AdjustBalance, sink: Sink) -> AdjustResult:
         """Deposit (change > 0) or withdraw (change < 0), idempotent by (user, asset, business, id)."""
+        user, asset, change, business, business_id = (
+            cmd.user_id,
+            cmd.asset,
+            cmd.change,
+            cmd.business,
+            cmd.business_id,
+        )
         self._check_user(user)
         if asset not in self.catalog.assets:
             raise NotFound(f"unknown asset {quote(asset)}", Reason.UNKNOWN_ASSET)
@@ -343,7 +400,9 @@ class Ledger:
         bal[0] += change
         self.adjustments[key] = change
         self.net_external[asset] = self.net_external.get(asset, 0) + change
-        sink.balance(user, asset, DEPOSIT if change > 0 else WITHDRAW, business_id, change, 0, bal)
+        sink.balance(
+            user, asset, BUSINESS_DEPOSIT if change > 0 else BUSINESS_WITHDRAW, business_id, change, 0, bal
+        )
         return AdjustResult(False, bal[0], bal[1])
 
     # --- orders: pre-hold ----------------------------------------------------------------------
@@ -367,31 +426,22 @@ class Ledger:
             raise NotFound(f"order {order_id} not found", Reason.ORDER_NOT_FOUND)
         return order
 
-    def place(
-        self,
-        *,
-        user: int,
-        market: str,
-        side: int,
-        type: int,
-        tif: int,
-        price: int,
-        amount: int,
-        quote_budget: int,
-        post_only: bool,
-        stp: int,
-        expire_at: int,
-        client_order_id: str,
-        now: int,
-        sink: Sink,
-        order_id: int = 0,
-    ) -> tuple[AccountOrder, bool]:
+    def place(self, cmd: PlaceOrder, now: int, sink: Sink) -> tuple[AccountOrder, bool]:
         """Validate, freeze and register a new order. Returns (order, duplicate).
 
         A client_order_id the user already gave names that order: the same parameters (as placed)
         return it as a duplicate; different ones are refused (ALREADY_EXISTS, DUPLICATE_CLIENT_ORDER_ID,
         metadata order_id). The repeat is compared before anything else is checked, so a repeat of a
-        GTD order whose expire time has passed since is still recognized."""
+        GTD order whose expire time has passed since is still recognized. A journaled (replayed)
+        command carries the id it was given, which must be the next one."""
+        user, market, side, type, tif = cmd.user_id, cmd.market, cmd.side, cmd.type, cmd.tif
+        price, amount, quote_budget = cmd.price, cmd.amount, cmd.quote_budget
+        post_only, stp, expire_at, client_order_id = (
+            cmd.post_only,
+            cmd.stp,
+            cmd.expire_at,
+            cmd.client_order_id,
+        )
         if user < 1 or user > MAX_USER_ID:
             self._check_user(user)
         if client_order_id:
@@ -517,9 +567,9 @@ class Ledger:
                 f"needed {self._money(hold_asset, hold)}",
                 Reason.INSUFFICIENT_BALANCE,
             )
-        if order_id and order_id != self.next_order_id:
+        if cmd.order_id and cmd.order_id != self.next_order_id:
             raise RuntimeError(
-                f"journaled order id {order_id} differs from the ledger's {self.next_order_id}"
+                f"journaled order id {cmd.order_id} differs from the ledger's {self.next_order_id}"
             )
         order_id = self.next_order_id
         self.next_order_id += 1
@@ -536,7 +586,7 @@ class Ledger:
             amount=amount,
             quote_budget=quote_budget,
             hold=hold,
-            status=PENDING,
+            status=INITIAL,
             client_order_id=client_order_id,
             created=now,
             updated=now,
@@ -552,7 +602,7 @@ class Ledger:
         self.user_orders.setdefault(user, {})[order_id] = order
         if client_order_id:
             self.client_ids[(user, client_order_id)] = order_id
-        sink.balance(user, hold_asset, ORDER_FREEZE, str(order_id), -hold, hold, bal)
+        sink.balance(user, hold_asset, BUSINESS_ORDER_FREEZE, str(order_id), -hold, hold, bal)
         # No order event yet: the caller gets the order (PENDING) in its answer, and the stream reports
         # it once matching has accepted it (OPEN) or decided its fate.
         return order, False
@@ -561,24 +611,24 @@ class Ledger:
         order = self.lookup(user, order_id, client_order_id)
         if order.status in FINAL:
             raise FailedPrecondition(
-                f"order {order.order_id} is already {_STATUS_NAMES[order.status]}", Reason.ORDER_ALREADY_DONE
+                f"order {order.order_id} is already {STATUS_NAMES[order.status]}", Reason.ORDER_ALREADY_DONE
             )
         return order
 
-    def request_cancel(
-        self, user: int, order_id: int, client_order_id: str = "", market: str = ""
-    ) -> tuple[AccountOrder, bool]:
+    def request_cancel(self, cmd: CancelOrder) -> tuple[AccountOrder, bool]:
         """Returns (order, first request). A repeated cancel is not forwarded again."""
-        self._check_user(user)
-        order = self.open_order(user, order_id, client_order_id)
+        self._check_user(cmd.user_id)
+        order = self.open_order(cmd.user_id, cmd.order_id, cmd.client_order_id)
+        market = cmd.market
         if market and order.market != market:
             raise NotFound(f"order {order.order_id} is not on market {quote(market)}", Reason.ORDER_NOT_FOUND)
         first = not order.cancel_requested
         order.cancel_requested = True
         return order, first
 
-    def cancel_all_shards(self, user: int, market: str, side: int) -> tuple[dict[str, list[str]], int]:
+    def cancel_all_shards(self, cmd: CancelAllOrders) -> tuple[dict[str, list[str]], int]:
         """Shards (and markets) holding the user's open orders to cancel, and how many orders."""
+        user, market, side = cmd.user_id, cmd.market, cmd.side
         self._check_user(user)
         if market:
             self.spec(market)
@@ -597,22 +647,15 @@ class Ledger:
 
     # --- orders: amend -------------------------------------------------------------------------
 
-    def plan_amend(
-        self,
-        user: int,
-        order_id: int,
-        client_order_id: str,
-        market: str,
-        new_price: int,
-        new_amount: int,
-    ) -> AmendPlan:
+    def plan_amend(self, cmd: AmendOrder) -> AmendPlan:
         """Check a whole amend (a new amount and/or a new price) against the current state; changes
         nothing. The order must be an open limit order of the user (on `market` when given); a new
         amount must be above zero and below the current amount; a buy moved above what it holds must
         be able to freeze the difference. The hold is sized for the current amount: until matching
         confirms the reduce, the order may still be that large (a reduce can be refused)."""
+        user, market, new_price, new_amount = cmd.user_id, cmd.market, cmd.new_price, cmd.new_amount
         self._check_user(user)
-        order = self.open_order(user, order_id, client_order_id)
+        order = self.open_order(user, cmd.order_id, cmd.client_order_id)
         if market and order.market != market:
             raise NotFound(f"order {order.order_id} is not on market {quote(market)}", Reason.ORDER_NOT_FOUND)
         if order.type != LIMIT:
@@ -666,7 +709,7 @@ class Ledger:
             sink.balance(
                 order.user_id,
                 asset,
-                ORDER_FREEZE,
+                BUSINESS_ORDER_FREEZE,
                 str(order.order_id),
                 -plan.extra_hold,
                 plan.extra_hold,
@@ -676,21 +719,21 @@ class Ledger:
             order.moves[move_seq] = plan.new_price
         return order
 
-    def request_reduce(self, user: int, order_id: int, client_order_id: str, new_amount: int) -> AccountOrder:
+    def request_reduce(self, cmd: ReduceOrder) -> AccountOrder:
         """A journaled reduce_order (before one-command amends): replayed as it was applied."""
-        if new_amount <= 0:
+        if cmd.new_amount <= 0:
             raise InvalidArgument(
                 "new_amount must be greater than zero (use CancelOrder)", Reason.INVALID_FIELD
             )
-        return self.plan_amend(user, order_id, client_order_id, "", 0, new_amount).order
+        amend = AmendOrder(cmd.user_id, cmd.order_id, cmd.client_order_id, "", Ticks(0), cmd.new_amount)
+        return self.plan_amend(amend).order
 
-    def request_move(
-        self, user: int, order_id: int, client_order_id: str, new_price: int, seq: int, sink: Sink
-    ) -> AccountOrder:
+    def request_move(self, cmd: MoveOrder, seq: int, sink: Sink) -> AccountOrder:
         """A journaled move_order (before one-command amends): replayed as it was applied."""
-        if new_price <= 0:
+        if cmd.new_price <= 0:
             raise InvalidArgument("new_price must be greater than zero", Reason.INVALID_FIELD)
-        return self.apply_amend(self.plan_amend(user, order_id, client_order_id, "", new_price, 0), seq, sink)
+        amend = AmendOrder(cmd.user_id, cmd.order_id, cmd.client_order_id, "", cmd.new_price, Lots(0))
+        return self.apply_amend(self.plan_amend(amend), seq, sink)
 
     # --- settlement ----------------------------------------------------------------------------
 
@@ -714,7 +757,57 @@ class Ledger:
             bal[1] -= excess
             bal[0] += excess
             o.hold -= excess
-            sink.balance(o.user_id, asset, ORDER_UNFREEZE, str(o.order_id), excess, -excess, bal)
+            sink.balance(o.user_id, asset, BUSINESS_ORDER_UNFREEZE, str(o.order_id), excess, -excess, bal)
+
+    def settle(self, batch: SettleEvents, sink: Sink) -> list[tuple[str, int, str, str]] | None:
+        """Settle a batch of one shard's matching events. None when it holds nothing new (a resend:
+        not journaled); the events already settled of a batch that overlaps are skipped; a batch that
+        does not continue the shard's sequence is refused (SEQUENCE_GAP, nothing changes). Each event
+        is checked first and quarantined (skipped, recorded) when it cannot be settled (see the module
+        docstring); returns the quarantine records of the batch."""
+        shard = batch.shard
+        last = self.settled.get(shard, 0)
+        events = batch.events
+        if not events or events[-1].sequence <= last:
+            return None
+        if events[0].sequence <= last:  # a resend overlapping what is settled: skip the old part
+            events = tuple(e for e in events if e.sequence > last)
+        if events[0].sequence != last + 1 or events[-1].sequence != last + len(events):
+            # Refused (changes nothing, the writer goes on): settling past a gap would lose events.
+            raise FailedPrecondition(
+                f"matching events of {shard} are not contiguous after {last}", Reason.SEQUENCE_GAP
+            )
+        touched: dict[int, AccountOrder] = {}
+        quarantined: list[tuple[str, int, str, str]] = []
+        for e in events:  # (most frequent first)
+            if isinstance(e, Accepted):
+                why = self.accepted_problem(e)
+                if not why:
+                    self.on_accepted(e, touched)
+            elif isinstance(e, Done):
+                why = self.done_problem(e)
+                if not why:
+                    self.on_done(e, sink, touched)
+            elif isinstance(e, Trade):
+                why = self.trade_problem(e)
+                if not why:
+                    self.on_trade(e, sink, touched)
+            elif isinstance(e, Amended):
+                why = self.amended_problem(e)
+                if not why:
+                    self.on_amended(e, sink, touched)
+            elif isinstance(e, Rejected):
+                why = ""
+                if e.command_seq:
+                    self.on_rejected(e, sink, touched)
+            else:
+                why = "event without a body"
+            if why:
+                quarantined.append(self.quarantine_event(shard, e.sequence, e.kind, why))
+        for o in touched.values():
+            sink.order(o)
+        self.settled[shard] = events[-1].sequence
+        return quarantined
 
     def quarantine_event(self, shard: str, sequence: int, kind: str, why: str) -> tuple[str, int, str, str]:
         """Record a matching event that is not settled (see the module docstring)."""
@@ -733,26 +826,20 @@ class Ledger:
             return None, f"{what} {order_id} belongs to user {o.user_id}, not {user_id}"
         return o, ""
 
-    def accepted_problem(self, order_id: int, user_id: int, market: str) -> str:
+    def accepted_problem(self, a: Accepted) -> str:
         """Why an OrderAccepted cannot be settled ("" when it can); changes nothing."""
-        return self._open(order_id, market, user_id, "order")[1]
+        return self._open(a.order_id, a.market, a.user_id, "order")[1]
 
-    def trade_problem(
-        self,
-        market: str,
-        price: int,
-        lots: int,
-        quote_units: int,
-        base_units: int,
-        taker_side: int,
-        taker_order_id: int,
-        taker_user_id: int,
-        maker_order_id: int,
-        maker_user_id: int,
-        taker_fee: int,
-        maker_fee: int,
-    ) -> str:
+    def trade_problem(self, t: Trade) -> str:
         """Why a trade cannot be settled ("" when both sides can be); changes nothing."""
+        market, price, lots, quote_units, base_units = (
+            t.market,
+            t.price,
+            t.amount,
+            t.quote_units,
+            t.base_units,
+        )
+        taker_side, taker_order_id, maker_order_id = t.taker_side, t.taker_order_id, t.maker_order_id
         spec = self.catalog.markets.get(market)
         if spec is None:
             return f"unknown market {quote(market)}"
@@ -768,8 +855,8 @@ class Ledger:
         if taker_order_id == maker_order_id:
             return f"order {taker_order_id} trades with itself"
         sides = (
-            (taker_order_id, taker_user_id, "taker order", taker_side, taker_fee),
-            (maker_order_id, maker_user_id, "maker order", SELL if taker_side == BUY else BUY, maker_fee),
+            (taker_order_id, t.taker_user_id, "taker order", taker_side, t.taker_fee),
+            (maker_order_id, t.maker_user_id, "maker order", SELL if taker_side == BUY else BUY, t.maker_fee),
         )
         for order_id, user_id, what, side, fee in sides:
             o, why = self._open(order_id, market, user_id, what)
@@ -805,75 +892,63 @@ class Ledger:
     def _needed_after(
         o: AccountOrder, spec: MarketSpec, price: int, amount: int, filled: int, moves: Iterable[int]
     ) -> int:
-        """What a limit order (or a market sell) needs with these values."""
+        """What a limit order (or a market sell) needs with these values (price in ticks, amounts in
+        lots; the result in units of the asset it holds)."""
         if o.side == SELL:
             return (amount - filled) * spec.base_units_per_lot
         return max((price, *moves)) * (amount - filled) * spec.quote_units_per_tick_lot
 
-    def amended_problem(
-        self,
-        seq: int,
-        order_id: int,
-        user_id: int,
-        market: str,
-        price: int,
-        amount: int,
-        remaining: int,
-        priority_kept: bool,
-    ) -> str:
+    def amended_problem(self, a: Amended) -> str:
         """Why an OrderAmended cannot be settled ("" when it can); changes nothing."""
-        o, why = self._open(order_id, market, user_id, "order")
+        order_id, price, amount = a.order_id, a.price, a.amount
+        o, why = self._open(order_id, a.market, a.user_id, "order")
         if o is None:
             return why
         if o.type != LIMIT:
             return f"order {order_id} is not a limit order"
         if price <= 0 or amount <= 0:
             return "price and amount must be positive"
-        if amount - o.filled != remaining:
-            return f"order {order_id}: accounts sees {amount - o.filled} lots open, matching {remaining}"
-        moves = [p for s, p in o.moves.items() if priority_kept or s != seq]
-        spec = self.catalog.markets[market]
+        if amount - o.filled != a.remaining:
+            return f"order {order_id}: accounts sees {amount - o.filled} lots open, matching {a.remaining}"
+        moves = [p for s, p in o.moves.items() if a.priority_kept or s != a.command_seq]
+        spec = self.catalog.markets[a.market]
         if self._needed_after(o, spec, price, amount, o.filled, moves) > o.hold:
             return f"order {order_id}: its hold does not cover the amended order"
         return ""
 
-    def done_problem(self, order_id: int, user_id: int, market: str, reason: int) -> str:
+    def done_problem(self, d: Done) -> str:
         """Why an OrderDone cannot be settled ("" when it can); changes nothing."""
-        _, why = self._open(order_id, market, user_id, "order")
-        if why:
+        o, why = self._open(d.order_id, d.market, d.user_id, "order")
+        if o is None:
             return why
-        if reason not in _DONE_STATUS:
-            return f"unknown done reason {reason}"
+        if (o.status, DONE_EVENTS.get(d.reason)) not in TRANSITIONS:
+            return f"unknown done reason {d.reason}"
         return ""
 
-    def on_accepted(self, order_id: int, now: int, touched: dict[int, AccountOrder]) -> None:
-        o = self.orders.get(order_id)
-        if o is not None and o.status == PENDING:
-            o.status = OPEN
-            o.updated = now
-            touched[order_id] = o
+    def on_accepted(self, a: Accepted, touched: dict[int, AccountOrder]) -> None:
+        o = self.orders[a.order_id]
+        status = TRANSITIONS.get((o.status, ACCEPTED)) or invalid_transition(o.status, ACCEPTED)
+        if status != o.status:
+            o.status = status
+            o.updated = a.time_us
+            touched[a.order_id] = o
 
-    def on_trade(
-        self,
-        market: str,
-        trade_id: int,
-        price: int,
-        lots: int,
-        quote_units: int,
-        base_units: int,
-        taker_side: int,
-        taker_order_id: int,
-        maker_order_id: int,
-        taker_fee: int,
-        maker_fee: int,
-        now: int,
-        sink: Sink,
-        touched: dict[int, AccountOrder],
-    ) -> None:
+    def on_trade(self, t: Trade, sink: Sink, touched: dict[int, AccountOrder]) -> None:
         """Settle both sides of a trade (checked first with trade_problem)."""
+        market = t.market
         spec = self.catalog.markets[market]
-        business_id = f"{market}#{trade_id}"
-        for order_id, role, fee in ((taker_order_id, TAKER, taker_fee), (maker_order_id, MAKER, maker_fee)):
+        business_id = f"{market}#{t.trade_id}"
+        taker_side, quote_units, base_units, lots, now = (
+            t.taker_side,
+            t.quote_units,
+            t.base_units,
+            t.amount,
+            t.time_us,
+        )
+        for order_id, role, fee in (
+            (t.taker_order_id, TAKER, t.taker_fee),
+            (t.maker_order_id, MAKER, t.maker_fee),
+        ):
             o = self.orders[order_id]
             side = taker_side if role == TAKER else (SELL if taker_side == BUY else BUY)
             if side == BUY:
@@ -884,61 +959,51 @@ class Ledger:
             bal = self.balance(user, pay_asset)
             bal[1] -= pay
             o.hold -= pay
-            sink.balance(user, pay_asset, TRADE, business_id, 0, -pay, bal)
+            sink.balance(user, pay_asset, BUSINESS_TRADE, business_id, 0, -pay, bal)
             bal = self.balance(user, get_asset)
             bal[0] += get
-            sink.balance(user, get_asset, TRADE, business_id, get, 0, bal)
+            sink.balance(user, get_asset, BUSINESS_TRADE, business_id, get, 0, bal)
             if fee:
                 bal[0] -= fee
-                sink.balance(user, get_asset, FEE, business_id, -fee, 0, bal)
+                sink.balance(user, get_asset, BUSINESS_FEE, business_id, -fee, 0, bal)
                 fee_bal = self.balance(FEE_ACCOUNT, get_asset)
                 fee_bal[0] += fee
-                sink.balance(FEE_ACCOUNT, get_asset, FEE, business_id, fee, 0, fee_bal)
+                sink.balance(FEE_ACCOUNT, get_asset, BUSINESS_FEE, business_id, fee, 0, fee_bal)
             o.filled += lots
             o.filled_quote += quote_units
             o.fee += fee
-            o.status = PARTIALLY_FILLED
+            o.status = TRANSITIONS.get((o.status, FILL)) or invalid_transition(o.status, FILL)
             o.updated = now
             self._release_excess(o, spec, sink)
-            sink.fill(user, trade_id, market, order_id, side, role, price, lots, quote_units, fee, get_asset)
+            sink.fill(user, t, order_id, side, role, fee, get_asset)
             touched[order_id] = o
 
-    def on_amended(
-        self,
-        seq: int,
-        order_id: int,
-        price: int,
-        amount: int,
-        remaining: int,
-        priority_kept: bool,
-        now: int,
-        sink: Sink,
-        touched: dict[int, AccountOrder],
-    ) -> None:
+    def on_amended(self, a: Amended, sink: Sink, touched: dict[int, AccountOrder]) -> None:
         """Settle an amend (checked first with amended_problem)."""
+        order_id = a.order_id
         o = self.orders[order_id]
         spec = self.catalog.markets[o.market]
-        if not priority_kept:
-            o.moves.pop(seq, None)
-        o.price = price
-        o.amount = amount
-        o.updated = now
+        if not a.priority_kept:
+            o.moves.pop(a.command_seq, None)
+        o.price = a.price
+        o.amount = a.amount
+        o.updated = a.time_us
         self._release_excess(o, spec, sink)
         touched[order_id] = o
 
-    def on_done(
-        self, order_id: int, reason: int, detail: int, now: int, sink: Sink, touched: dict[int, AccountOrder]
-    ) -> None:
+    def on_done(self, d: Done, sink: Sink, touched: dict[int, AccountOrder]) -> None:
         """Settle the end of an order (checked first with done_problem)."""
+        order_id = d.order_id
         o = self.orders.pop(order_id)
         mine = self.user_orders[o.user_id]
         del mine[order_id]
         if not mine:
             del self.user_orders[o.user_id]
         spec = self.catalog.markets[o.market]
-        o.status = _DONE_STATUS[reason]
-        o.detail = detail
-        o.updated = now
+        done = DONE_EVENTS[d.reason]
+        o.status = TRANSITIONS.get((o.status, done)) or invalid_transition(o.status, done)
+        o.detail = d.detail
+        o.updated = d.time_us
         o.moves.clear()
         self._release_excess(o, spec, sink)
         touched[order_id] = o
@@ -948,15 +1013,15 @@ class Ledger:
             if old.client_order_id:
                 self.client_ids.pop((old.user_id, old.client_order_id), None)
 
-    def on_rejected(self, seq: int, order_id: int, sink: Sink, touched: dict[int, AccountOrder]) -> None:
+    def on_rejected(self, r: Rejected, sink: Sink, touched: dict[int, AccountOrder]) -> None:
         """A forwarded cancel/reduce/move was refused by matching (e.g. the order was already done)."""
-        o = self.orders.get(order_id)
+        o = self.orders.get(r.order_id)
         if o is None:
             return
-        if seq in o.moves:
-            del o.moves[seq]
+        if r.command_seq in o.moves:
+            del o.moves[r.command_seq]
             self._release_excess(o, self.catalog.markets[o.market], sink)
-            touched[order_id] = o
+            touched[r.order_id] = o
 
     # --- audit ---------------------------------------------------------------------------------
 
@@ -1020,14 +1085,3 @@ class Ledger:
         led.quarantine.extend((str(a), int(b), str(c), str(d)) for a, b, c, d in data.get("quarantine", ()))
         led.quarantined_total = int(data.get("quarantined_total", 0))
         return led
-
-
-_STATUS_NAMES = {
-    PENDING: "pending",
-    OPEN: "open",
-    PARTIALLY_FILLED: "partially filled",
-    FILLED: "filled",
-    CANCELED: "canceled",
-    EXPIRED: "expired",
-    REJECTED: "rejected",
-}

@@ -10,6 +10,7 @@ from typing import Any
 import grpc
 from exchange.v1 import accounts_service_pb2 as pb
 from exchange.v1 import events_pb2 as ev
+from exchange.v1 import types_pb2
 
 from services.accounts.links import Forwarder
 from services.accounts.machine import (
@@ -19,6 +20,7 @@ from services.accounts.machine import (
     PlaceResult,
     QuarantineReport,
 )
+from services.accounts.user_events import UserEventHub
 from services.accounts.views import (
     account_stream_request,
     adjust_command,
@@ -41,7 +43,14 @@ from services.common.config import AccountsConfig
 from services.common.errors import ExchangeError, InvalidArgument, NotFound, Reason, Unavailable
 from services.common.host import StateMachineHost
 from services.common.markets import MarketCatalog
-from services.common.rpc import abort, bounded_message, error_code, handles_errors, to_exchange_error
+from services.common.rpc import (
+    bounded_message,
+    error_code,
+    handles_errors,
+    handles_stream_errors,
+    to_exchange_error,
+)
+from services.common.streams import Pipeline
 from services.common.wire import repeated_messages
 
 log = logging.getLogger(__name__)
@@ -49,46 +58,6 @@ log = logging.getLogger(__name__)
 AccountsHost = StateMachineHost[ev.AccountsCommand, AccountsMachine]
 MAX_BATCH_COMMANDS = 10_000
 MAX_PLACED_HINTS = 100_000  # client_order_id -> market hints one SubmitOrders stream keeps
-
-
-class UserEventHub:
-    """Fans durable accounts events out to per-user subscribers (routed by the user id the machine
-    reports with each event, so nothing is parsed here)."""
-
-    def __init__(self, host: AccountsHost) -> None:
-        self.host = host
-        self.subscribers: dict[int, set[asyncio.Queue[list[tuple[int, bytes]] | None]]] = {}
-        host.on_events.append(self._publish)
-
-    def subscribe(self, user: int) -> asyncio.Queue[list[tuple[int, bytes]] | None]:
-        q: asyncio.Queue[list[tuple[int, bytes]] | None] = asyncio.Queue(maxsize=1000)
-        self.subscribers.setdefault(user, set()).add(q)
-        return q
-
-    def unsubscribe(self, user: int, q: asyncio.Queue[list[tuple[int, bytes]] | None]) -> None:
-        subs = self.subscribers.get(user)
-        if subs is not None:
-            subs.discard(q)
-            if not subs:
-                del self.subscribers[user]
-
-    def _publish(self, first: int, records: list[bytes], users: list[int]) -> None:
-        if not self.subscribers or not users:
-            return
-        subscribers = self.subscribers
-        per_user: dict[int, list[tuple[int, bytes]]] = {}
-        for i, user in enumerate(users):
-            if user in subscribers:
-                per_user.setdefault(user, []).append((first + i, records[i]))
-        for user, items in per_user.items():
-            for q in list(subscribers.get(user, ())):
-                try:
-                    q.put_nowait(items)
-                except asyncio.QueueFull:  # too slow: tell it to resubscribe from its last sequence
-                    while not q.empty():
-                        q.get_nowait()
-                    q.put_nowait(None)
-                    self.unsubscribe(user, q)
 
 
 class AccountsServicer:
@@ -125,8 +94,6 @@ class AccountsServicer:
 
     @handles_errors
     async def ListAssets(self, request: pb.ListAssetsRequest, context: Any) -> pb.ListAssetsResponse:
-        from exchange.v1 import types_pb2
-
         return pb.ListAssetsResponse(
             assets=[
                 types_pb2.Asset(symbol=a.symbol, decimals=a.decimals) for a in self.catalog.assets.values()
@@ -276,6 +243,7 @@ class AccountsServicer:
             return pb.OrderCommandResult(order_count=value.order_count)
         return pb.OrderCommandResult(order=order_message(value, self.catalog) if full else order_ack(value))
 
+    @handles_stream_errors
     async def SubmitOrders(
         self,
         request_iterator: AsyncIterator[pb.SubmitOrdersRequest],
@@ -285,125 +253,62 @@ class AccountsServicer:
         # reader goes on with the next requests meanwhile (bounded), so batches pipeline.
         Slot = tuple[str, int, int, ExchangeError | None]  # (kind, first index, count, parse error)
         Item = tuple[int, bool, list[Slot], asyncio.Future[list[Any]]]
-        pending: asyncio.Queue[Item | None] = asyncio.Queue(maxsize=16)
         # Markets of the orders this stream placed with a client_order_id: an amend of one that is not
         # applied yet (same or previous batch) is parsed at that market's scales.
         placed: dict[tuple[int, str], str] = {}
 
-        async def reader() -> None:
-            try:
-                async for req in request_iterator:
-                    if len(req.commands) > MAX_BATCH_COMMANDS:
-                        raise InvalidArgument(
-                            f"a batch holds at most {MAX_BATCH_COMMANDS} commands ({len(req.commands)} sent)",
-                            Reason.BATCH_TOO_LARGE,
-                        )
-                    slots: list[Slot] = []
-                    to_submit: list[ev.AccountsCommand] = []
-                    for c in req.commands:
-                        try:
-                            cmds, kind = self._batch_command(c, placed)
-                        except Exception as exc:
-                            err = to_exchange_error(exc)
-                            if err is None:
-                                raise
-                            slots.append(("error", 0, 0, err))
-                            continue
-                        slots.append((kind, len(to_submit), len(cmds), None))
-                        to_submit.extend(cmds)
-                    await self.host.wait_for_room(len(to_submit))
-                    await pending.put(
-                        (req.batch_id, req.full_orders, slots, self.host.submit_batch(to_submit))
+        async def read(batches: Pipeline[Item]) -> None:
+            async for req in request_iterator:
+                if len(req.commands) > MAX_BATCH_COMMANDS:
+                    raise InvalidArgument(
+                        f"a batch holds at most {MAX_BATCH_COMMANDS} commands ({len(req.commands)} sent)",
+                        Reason.BATCH_TOO_LARGE,
                     )
-            finally:
-                await pending.put(None)
-
-        task = asyncio.create_task(reader())
-        try:
-            while True:
-                item = await pending.get()
-                if item is None:
-                    break
-                batch_id, full, slots, fut = item
-                values = await fut
-                results = []
-                for kind, first, count, err in slots:
-                    if err is not None:
-                        results.append(self._result(kind, err, full))
+                slots: list[Slot] = []
+                to_submit: list[ev.AccountsCommand] = []
+                for c in req.commands:
+                    try:
+                        cmds, kind = self._batch_command(c, placed)
+                    except Exception as exc:
+                        err = to_exchange_error(exc)
+                        if err is None:
+                            raise
+                        slots.append(("error", 0, 0, err))
                         continue
-                    outs = values[first : first + count]
-                    failed = next((o for o in outs if isinstance(o, BaseException)), None)
-                    results.append(self._result(kind, failed if failed is not None else outs[-1], full))
-                yield pb.SubmitOrdersResponse(batch_id=batch_id, results=results)
-            if task.done() and task.exception() is not None:
-                exc = task.exception()
-                assert exc is not None
-                err = to_exchange_error(exc)
-                if err is None:
-                    raise exc
-                await abort(context, err)
-        finally:
-            task.cancel()
+                    slots.append((kind, len(to_submit), len(cmds), None))
+                    to_submit.extend(cmds)
+                await self.host.wait_for_room(len(to_submit))
+                await batches.put((req.batch_id, req.full_orders, slots, self.host.submit_batch(to_submit)))
+
+        async for batch_id, full, slots, fut in Pipeline(read, maxsize=16):
+            values = await fut
+            results = []
+            for kind, first, count, err in slots:
+                if err is not None:
+                    results.append(self._result(kind, err, full))
+                    continue
+                outs = values[first : first + count]
+                failed = next((o for o in outs if isinstance(o, BaseException)), None)
+                results.append(self._result(kind, failed if failed is not None else outs[-1], full))
+            yield pb.SubmitOrdersResponse(batch_id=batch_id, results=results)
 
     # --- event streams -------------------------------------------------------------------------
 
+    @handles_stream_errors
     async def StreamAccountEvents(
         self, request: pb.StreamAccountEventsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[bytes]:
-        try:
-            from_seq = account_stream_request(request)
-            async for records in self.host.follow_events(from_seq or 1, max_records=2000):
-                yield repeated_messages(1, [p for _, p in records])
-        except Exception as exc:
-            err = to_exchange_error(exc)
-            if err is None:
-                raise
-            await abort(context, err)
+        from_seq = account_stream_request(request)
+        async for records in self.host.follow_events(from_seq or 1, max_records=2000):
+            yield repeated_messages(1, [p for _, p in records])
 
+    @handles_stream_errors
     async def StreamUserEvents(
         self, request: pb.StreamUserEventsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[bytes]:
-        try:
-            user, from_seq = user_stream_request(request)
-        except ExchangeError as exc:
-            await abort(context, exc)
-            return
-        queue = self.hub.subscribe(user)
-        sent = self.host.durable_event_seq  # the live feed delivers what comes after this
-        try:
-            if from_seq:
-                self.host.check_event_from(from_seq)  # OUT_OF_RANGE past the end + 1
-            if from_seq and from_seq <= sent:
-                # Catch up from the log up to `sent`, then switch to the live feed.
-                live_from = sent + 1
-                async for records in self.host.follow_events(from_seq, max_records=5000):
-                    mine = [
-                        p
-                        for s, p in records
-                        if s < live_from and ev.AccountEvent.FromString(p).user_id == user
-                    ]
-                    if mine:
-                        yield repeated_messages(1, mine)
-                    if records[-1][0] >= live_from - 1:
-                        break
-            while True:
-                items = await queue.get()
-                if items is None:
-                    await abort(
-                        context, Unavailable("subscriber too slow; resubscribe from your last sequence")
-                    )
-                    return
-                fresh = [p for s, p in items if s > sent]
-                if fresh:
-                    sent = items[-1][0]
-                    yield repeated_messages(1, fresh)
-        except Exception as exc:
-            err = to_exchange_error(exc)
-            if err is None:
-                raise
-            await abort(context, err)
-        finally:
-            self.hub.unsubscribe(user, queue)
+        user, from_seq = user_stream_request(request)
+        async for records in self.hub.follow(user, from_seq):
+            yield repeated_messages(1, records)
 
     # --- status --------------------------------------------------------------------------------
 

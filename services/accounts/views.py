@@ -11,7 +11,6 @@ INVALID_DECIMAL.
 
 from __future__ import annotations
 
-import functools
 import re
 from collections.abc import Callable
 
@@ -19,8 +18,9 @@ from exchange.v1 import accounts_service_pb2 as pb
 from exchange.v1 import events_pb2 as ev
 from exchange.v1 import types_pb2
 
-from services.accounts.ledger import BUSINESS_ID_RE, BUSINESS_RE, BUY, CLIENT_ID_RE, MARKET, AccountOrder
+from services.accounts.ledger import BUSINESS_ID_RE, BUSINESS_RE, CLIENT_ID_RE, AccountOrder
 from services.accounts.machine import reservation_for
+from services.common.enums import BUY, LIMIT, MARKET, SELL
 from services.common.errors import QUOTE_LIMIT, InvalidArgument, NotFound, Reason, quote
 from services.common.limits import (
     MAX_BUSINESS,
@@ -39,7 +39,9 @@ from services.common.limits import (
     page_size,
 )
 from services.common.markets import MarketCatalog, MarketSpec
-from services.common.units import AmountError, AmountNotOnLot, PriceNotOnTick, decimals_of, format_units
+from services.common.orders import fee_rate
+from services.common.orders import order_message as order_api_message
+from services.common.units import AmountError, AmountNotOnLot, PriceNotOnTick, decimals_of
 
 
 def market_spec_message(spec: MarketSpec) -> types_pb2.MarketSpec:
@@ -51,8 +53,8 @@ def market_spec_message(spec: MarketSpec) -> types_pb2.MarketSpec:
         lot_size=spec.lot_size,
         min_amount=spec.min_amount,
         min_notional=spec.min_notional,
-        maker_fee_rate=_rate(spec.maker_fee_ppm),
-        taker_fee_rate=_rate(spec.taker_fee_ppm),
+        maker_fee_rate=fee_rate(spec.maker_fee_ppm),
+        taker_fee_rate=fee_rate(spec.taker_fee_ppm),
         quote_units_per_tick_lot=spec.quote_units_per_tick_lot,
         base_units_per_lot=spec.base_units_per_lot,
         base_decimals=spec.base.decimals,
@@ -61,40 +63,8 @@ def market_spec_message(spec: MarketSpec) -> types_pb2.MarketSpec:
     )
 
 
-@functools.lru_cache(maxsize=256)
-def _rate(ppm: int) -> str:
-    return format_units(ppm, 6)
-
-
 def order_message(o: AccountOrder, catalog: MarketCatalog) -> types_pb2.Order:
-    spec = catalog.markets[o.market]
-    is_market_buy = o.type == MARKET and o.side == BUY
-    return types_pb2.Order(
-        order_id=o.order_id,
-        client_order_id=o.client_order_id,
-        user_id=o.user_id,
-        market=o.market,
-        side=o.side,  # type: ignore[arg-type]
-        type=o.type,  # type: ignore[arg-type]
-        time_in_force=o.tif,  # type: ignore[arg-type]
-        post_only=o.post_only,
-        self_trade_prevention=o.stp,  # type: ignore[arg-type]
-        price=spec.format_price(o.price) if o.price else "",
-        amount="" if is_market_buy else spec.format_amount(o.amount),
-        quote_amount=spec.format_quote(o.quote_budget) if is_market_buy else "",
-        filled_amount=spec.format_amount(o.filled),
-        filled_quote=spec.format_quote(o.filled_quote),
-        remaining_amount=spec.format_amount(o.remaining),
-        fee=(spec.format_base(o.fee) if o.side == BUY else spec.format_quote(o.fee)),
-        fee_asset=spec.base.symbol if o.side == BUY else spec.quote.symbol,
-        status=o.status,  # type: ignore[arg-type]
-        done_detail=o.detail,  # type: ignore[arg-type]
-        created_time_us=o.created,
-        updated_time_us=o.updated,
-        expire_time_us=o.expire_at,
-        maker_fee_rate=_rate(o.maker_fee),
-        taker_fee_rate=_rate(o.taker_fee),
-    )
+    return order_api_message(o.view(), catalog.markets[o.market])
 
 
 def order_ack(o: AccountOrder) -> types_pb2.Order:
@@ -113,8 +83,8 @@ def order_ack(o: AccountOrder) -> types_pb2.Order:
 
 # Enum values the API accepts (exchange.v1 Side, OrderType, TimeInForce, SelfTradePrevention; 0 means
 # the default where there is one). The ledger checks the combinations.
-_SIDES = frozenset((types_pb2.SIDE_BUY, types_pb2.SIDE_SELL))
-_TYPES = frozenset((types_pb2.ORDER_TYPE_LIMIT, types_pb2.ORDER_TYPE_MARKET))
+_SIDES = frozenset((BUY, SELL))
+_TYPES = frozenset((LIMIT, MARKET))
 _TIFS = frozenset(range(0, 5))
 _STPS = frozenset(range(0, 4))
 
@@ -204,39 +174,51 @@ def _need_order(order_id: int, client_order_id: str) -> None:
 
 
 def place_command(req: pb.PlaceOrderRequest, catalog: MarketCatalog) -> ev.AccountsCommand:
-    """Parse a PlaceOrderRequest (decimals, enums) into the command accounts journals."""
-    check_user(req.user_id)
-    spec = _spec(catalog, req.market)
-    _client_order_id(req.client_order_id, placing=True)
-    check_time(req.expire_time_us, "expire_time_us")
-    if req.side not in _SIDES:
+    """Parse a PlaceOrderRequest (decimals, enums) into the command accounts journals. (Each request
+    field is read once, and fields at their default value are not set: the same message, cheaper.)"""
+    user, market, side, type_, tif = req.user_id, req.market, req.side, req.type, req.time_in_force
+    stp, expire, client_order_id = req.self_trade_prevention, req.expire_time_us, req.client_order_id
+    price_text, amount_text, quote_text = req.price, req.amount, req.quote_amount
+    check_user(user)
+    spec = _spec(catalog, market)
+    _client_order_id(client_order_id, placing=True)
+    check_time(expire, "expire_time_us")
+    if side not in _SIDES:
         raise InvalidArgument("side must be SIDE_BUY or SIDE_SELL", Reason.INVALID_ORDER)
-    if req.type not in _TYPES:
+    if type_ not in _TYPES:
         raise InvalidArgument("type must be ORDER_TYPE_LIMIT or ORDER_TYPE_MARKET", Reason.INVALID_ORDER)
-    if req.time_in_force not in _TIFS:
+    if tif not in _TIFS:
         raise InvalidArgument("unknown time_in_force", Reason.INVALID_ORDER)
-    if req.self_trade_prevention not in _STPS:
+    if stp not in _STPS:
         raise InvalidArgument("unknown self_trade_prevention", Reason.INVALID_ORDER)
-    price = _price(spec, req.price) if req.price else 0
-    amount = _amount(spec, req.amount) if req.amount else 0
-    budget = _parse(spec.parse_quote, req.quote_amount, "quote_amount") if req.quote_amount else 0
-    if req.type == MARKET and req.price:
+    price = _price(spec, price_text) if price_text else 0
+    amount = _amount(spec, amount_text) if amount_text else 0
+    budget = _parse(spec.parse_quote, quote_text, "quote_amount") if quote_text else 0
+    if type_ == MARKET and price_text:
         raise InvalidArgument("a market order has no price", Reason.INVALID_ORDER)
     cmd = ev.AccountsCommand()
     p = cmd.place_order
-    p.client_order_id = req.client_order_id
+    if client_order_id:
+        p.client_order_id = client_order_id
     o = p.order
-    o.user_id = req.user_id
-    o.market = req.market
-    o.side = req.side
-    o.type = req.type
-    o.time_in_force = req.time_in_force
-    o.post_only = req.post_only
-    o.self_trade_prevention = req.self_trade_prevention
-    o.price_ticks = price
-    o.amount_lots = amount
-    o.quote_budget = budget
-    o.expire_time_us = req.expire_time_us
+    o.user_id = user
+    o.market = market
+    o.side = side
+    o.type = type_
+    if tif:
+        o.time_in_force = tif
+    if req.post_only:
+        o.post_only = True
+    if stp:
+        o.self_trade_prevention = stp
+    if price:
+        o.price_ticks = price
+    if amount:
+        o.amount_lots = amount
+    if budget:
+        o.quote_budget = budget
+    if expire:
+        o.expire_time_us = expire
     return cmd
 
 

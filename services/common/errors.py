@@ -141,8 +141,3 @@ class Unavailable(ExchangeError):
     ) -> None:
         super().__init__(message, reason, metadata)
         self.retry_after_ms = retry_after_ms
-
-
-class Internal(ExchangeError):
-    code = "INTERNAL"
-    default_reason = Reason.INTERNAL

@@ -36,26 +36,20 @@ from typing import Any, Generic, TypeVar
 from sqlalchemy import ColumnElement, Connection, Engine, Select, and_, or_, select
 
 from services.common import limits
+from services.common.enums import BUSINESS_NAMES as BUSINESS_NAMES
+from services.common.enums import BUY, SELL
 from services.common.errors import InvalidArgument, NotFound, Reason, quote
 from services.common.markets import MarketCatalog
+from services.common.orders import OrderView
 from services.common.units import INT64_MAX
 from services.history.schema import balance_history, orders, trades
 
 T = TypeVar("T")
 
-BUY, SELL = 1, 2
-TAKER, MAKER = "taker", "maker"
+TAKER, MAKER = "taker", "maker"  # UserTrade.role
 _ROLE_RANK = {TAKER: 1, MAKER: 0}  # newest first, and within one trade the taker side first
 
 # BalanceBusiness (events.proto) <-> the names used by the API.
-BUSINESS_NAMES = {
-    1: "deposit",
-    2: "withdraw",
-    3: "order_freeze",
-    4: "order_unfreeze",
-    5: "trade",
-    6: "fee",
-}
 BUSINESS_CODES = {name: code for code, name in BUSINESS_NAMES.items()}
 
 
@@ -63,30 +57,9 @@ BUSINESS_CODES = {name: code for code, name in BUSINESS_NAMES.items()}
 
 
 @dataclass(frozen=True, slots=True)
-class OrderRecord:
-    order_id: int
-    user_id: int
-    client_order_id: str
-    market: str
-    side: int
-    type: int
-    time_in_force: int
-    post_only: bool
-    self_trade_prevention: int
-    price_ticks: int
-    amount_lots: int
-    quote_budget: int
-    filled_lots: int
-    filled_quote_units: int
-    remaining_lots: int
-    fee_units: int
-    status: int
-    done_detail: int
-    created_time_us: int
-    updated_time_us: int
-    expire_time_us: int
-    maker_fee_ppm: int
-    taker_fee_ppm: int
+class OrderRecord(OrderView):
+    """An order row: the order's latest state, and when it finished (None while open)."""
+
     finished_time_us: int | None
     sequence: int
 

@@ -9,7 +9,6 @@ failure_reasons)."""
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
@@ -20,14 +19,13 @@ from exchange.v1 import types_pb2
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.exc import DBAPIError
 
+from services.common.enums import BUSINESS_NAMES, BUY
 from services.common.errors import Reason, Unavailable
 from services.common.markets import MarketCatalog, MarketSpec
+from services.common.orders import order_message
 from services.common.rpc import handles_errors
-from services.common.units import format_units
 from services.history.consumer import StoreFailure, describe
 from services.history.queries import (
-    BUSINESS_NAMES,
-    BUY,
     BalanceRecord,
     HistoryQueries,
     OrderRecord,
@@ -39,12 +37,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["HistoryService"].full_name
-MARKET_ORDER = 2
-
-
-@functools.lru_cache(maxsize=256)
-def _rate(ppm: int) -> str:
-    return format_units(ppm, 6)
 
 
 class HistoryServicer(pbg.HistoryServiceServicer):
@@ -171,38 +163,7 @@ class HistoryServicer(pbg.HistoryServiceServicer):
         return spec
 
     def order_message(self, o: OrderRecord) -> types_pb2.Order:
-        msg = types_pb2.Order(
-            order_id=o.order_id,
-            client_order_id=o.client_order_id,
-            user_id=o.user_id,
-            market=o.market,
-            side=o.side,  # type: ignore[arg-type]
-            type=o.type,  # type: ignore[arg-type]
-            time_in_force=o.time_in_force,  # type: ignore[arg-type]
-            post_only=o.post_only,
-            self_trade_prevention=o.self_trade_prevention,  # type: ignore[arg-type]
-            status=o.status,  # type: ignore[arg-type]
-            done_detail=o.done_detail,  # type: ignore[arg-type]
-            created_time_us=o.created_time_us,
-            updated_time_us=o.updated_time_us,
-            expire_time_us=o.expire_time_us,
-            maker_fee_rate=_rate(o.maker_fee_ppm),
-            taker_fee_rate=_rate(o.taker_fee_ppm),
-        )
-        spec = self._spec(o.market)
-        if spec is None:
-            return msg
-        is_buy = o.side == BUY
-        market_buy = o.type == MARKET_ORDER and is_buy
-        msg.price = spec.format_price(o.price_ticks) if o.price_ticks else ""
-        msg.amount = "" if market_buy else spec.format_amount(o.amount_lots)
-        msg.quote_amount = spec.format_quote(o.quote_budget) if market_buy else ""
-        msg.filled_amount = spec.format_amount(o.filled_lots)
-        msg.filled_quote = spec.format_quote(o.filled_quote_units)
-        msg.remaining_amount = spec.format_amount(o.remaining_lots)
-        msg.fee = spec.base.format(o.fee_units) if is_buy else spec.quote.format(o.fee_units)
-        msg.fee_asset = spec.base.symbol if is_buy else spec.quote.symbol
-        return msg
+        return order_message(o, self._spec(o.market))
 
     def trade_message(self, t: UserTradeRecord) -> pb.UserTrade:
         msg = pb.UserTrade(

@@ -8,12 +8,10 @@ MatchingService.GetDepth, merged or not (bids bucket down, asks bucket up to mul
 from __future__ import annotations
 
 from bisect import bisect_left, insort
-from typing import Any, Final
+from typing import Any
 
-BUY: Final = 1
-SELL: Final = 2
-
-Level = tuple[int, int, int]  # (price ticks, lots, order count)
+from services.common.depth import Level
+from services.common.enums import BUY, SELL
 
 
 class DepthMirror:

@@ -30,11 +30,10 @@ from exchange.v1 import types_pb2
 from prometheus_client import Counter, Gauge
 
 from services.common import limits
+from services.common.depth import Level, depth_levels, parse_merge
 from services.common.errors import ExchangeError, InvalidArgument, NotFound, Reason, Unavailable, quote
 from services.common.markets import MarketSpec
 from services.common.rpc import handles_errors, handles_stream_errors
-from services.common.units import AmountError, PriceNotOnTick
-from services.market.depth import Level
 from services.market.klines import LENGTH_US, Bar
 from services.market.state import RECENT_TRADES, Changes, MarketData, MarketDataState, RecentTrade
 from services.market.ticker import change_ratio, rolling_24h
@@ -173,19 +172,6 @@ def trade_pb(spec: MarketSpec, t: RecentTrade) -> types_pb2.PublicTrade:
     )
 
 
-def depth_levels(spec: MarketSpec, levels: list[Level]) -> list[types_pb2.DepthLevel]:
-    return [
-        types_pb2.DepthLevel(
-            price=spec.format_price(p),
-            amount=spec.format_amount(lots),
-            price_ticks=p,
-            amount_lots=lots,
-            order_count=n,
-        )
-        for p, lots, n in levels
-    ]
-
-
 def ticker_pb(md: MarketData, now: int) -> pb.Ticker:
     """The rolling 24h ticker at `now`. Without trades in the window: open/high/low/change_ratio are
     empty and the volumes zero; last_price is the latest trade ever (empty before the first)."""
@@ -210,26 +196,6 @@ def ticker_pb(md: MarketData, now: int) -> pb.Ticker:
     if ask is not None:
         t.best_ask = spec.format_price(ask)
     return t
-
-
-def parse_merge(spec: MarketSpec, merge: str) -> int:
-    """Merge size in ticks (1 = none); InvalidArgument unless a positive multiple of the tick."""
-    if not merge:
-        return 1
-    limits.check_str(merge, "merge", limits.MAX_DECIMAL)
-    try:
-        return spec.parse_price(merge, field="merge")
-    except PriceNotOnTick:
-        raise InvalidArgument(
-            f"merge {quote(merge)} is not a multiple of the price tick {spec.price_tick}",
-            Reason.PRICE_NOT_ON_TICK,
-        ) from None
-    except AmountError:
-        raise InvalidArgument(
-            f"merge {quote(merge)} must be a positive decimal price, a multiple of the price tick "
-            f"{spec.price_tick}",
-            Reason.INVALID_DECIMAL,
-        ) from None
 
 
 def check_limit(limit: int, default: int, maximum: int) -> int:

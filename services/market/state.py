@@ -29,6 +29,7 @@ from typing import Any, Final
 
 from exchange.v1 import events_pb2 as ev
 
+from services.common.enums import LIMIT
 from services.common.errors import quote
 from services.common.markets import MarketSpec
 from services.common.snapshot_codec import dumps_plain, loads_plain
@@ -37,7 +38,6 @@ from services.market.klines import INTERVALS, M1, KlineSeries
 
 SNAPSHOT_VERSION: Final = 1
 RECENT_TRADES: Final = 1000
-LIMIT_ORDER: Final = 1  # ORDER_TYPE_LIMIT
 
 # (number within the market, trade id, price ticks, lots, quote units, taker side, time us)
 RecentTrade = tuple[int, int, int, int, int, int, int]
@@ -217,7 +217,7 @@ class MarketDataState:
         elif kind == "order_accepted":
             o = e.order_accepted.order
             # A duplicate order id is rejected by matching (CommandRejected follows): nothing rests.
-            if o.type == LIMIT_ORDER and o.order_id not in depth:
+            if o.type == LIMIT and o.order_id not in depth:
                 depth.add(o.order_id, o.side, o.price_ticks, o.amount_lots)
         elif kind == "order_amended":
             a = e.order_amended

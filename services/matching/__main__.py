@@ -14,6 +14,7 @@ from services.common.host import HostOptions, StateMachineHost
 from services.common.logs import setup_logging
 from services.common.rpc import configure, register_service, run_until_signal, start_metrics, start_server
 from services.common.security import process_security
+from services.matching.intake import ExpiryTimer
 from services.matching.machine import CODEC, MatchingMachine
 from services.matching.service import MatchingServicer
 
@@ -60,7 +61,7 @@ def main() -> None:
         )
         failstop.set_server(server)
         start_metrics(shard_cfg.metrics_listen)
-        timer = asyncio.create_task(servicer.expiry_timer(shard_cfg.expiry_interval_ms / 1000))
+        timer = asyncio.create_task(ExpiryTimer(host, args.shard).run(shard_cfg.expiry_interval_ms / 1000))
         log.info(
             "matching shard ready",
             extra={"shard": args.shard, "port": server.port, "markets": ",".join(sorted(markets))},

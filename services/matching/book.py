@@ -20,8 +20,7 @@ from collections.abc import Iterator
 from heapq import heapify, heappop, heappush
 from typing import Any
 
-from services.common.markets import FEE_SCALE, MarketSpec
-from services.matching.model import (
+from services.common.enums import (
     BUY,
     DETAIL_CANCEL_ALL,
     DETAIL_EXPIRE_TIME,
@@ -51,6 +50,9 @@ from services.matching.model import (
     SELL,
     STP_CANCEL_BOTH,
     STP_CANCEL_TAKER,
+)
+from services.common.markets import FEE_SCALE, MarketSpec
+from services.matching.model import (
     CommandRejected,
     Event,
     Order,

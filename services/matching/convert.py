@@ -1,10 +1,15 @@
-"""Conversion between the matching domain (services.matching.model) and its protobuf messages."""
+"""Conversion between the matching domain (services.matching.model) and its protobuf messages: commands
+(both ways, and straight to MatchingCommand bytes for the forwarders) and events."""
 
 from __future__ import annotations
 
+import functools
+
 from exchange.v1 import events_pb2 as ev
+from google.protobuf.message import Message
 
 from services.common.errors import InvalidArgument
+from services.common.wire import field_bytes, varint
 from services.matching.model import (
     CancelAll,
     CancelOrder,
@@ -60,34 +65,74 @@ def place_from_proto(p: ev.PlaceOrderCommand) -> PlaceOrder:
     )
 
 
-def command_to_proto(source: str, seq: int, time_us: int, cmd: Command) -> ev.MatchingCommand:
-    m = ev.MatchingCommand(source=source, source_sequence=seq, time_us=time_us)
+# MatchingCommand's field numbers, from the generated descriptor.
+_MC = ev.MatchingCommand.DESCRIPTOR
+BODY_FIELDS: dict[str, int] = {f.name: f.number for f in _MC.oneofs_by_name["command"].fields}
+PLACE_ORDER = BODY_FIELDS["place_order"]
+_SEQ_TAG = varint(_MC.fields_by_name["source_sequence"].number << 3)
+_PREVIOUS_TAG = varint(_MC.fields_by_name["previous_sequence"].number << 3)
+_SOURCE = _MC.fields_by_name["source"].number
+
+
+@functools.lru_cache(maxsize=16)
+def _source_field(source: str) -> bytes:
+    return field_bytes(_SOURCE, source.encode()) if source else b""
+
+
+def encode_command(source: str, seq: int, previous: int, body: int, payload: bytes) -> bytes:
+    """A serialized MatchingCommand (without time_us: the shard stamps it) whose command is field
+    `body` (BODY_FIELDS) holding the serialized `payload`: byte for byte what protobuf writes for that
+    message (fields in number order, zero values left out), without building it. The one hand-built
+    encoding of a matching command (accounts forwards with it)."""
+    return b"".join(
+        (
+            _source_field(source),
+            _SEQ_TAG + varint(seq) if seq else b"",
+            _PREVIOUS_TAG + varint(previous) if previous else b"",
+            field_bytes(body, payload),
+        )
+    )
+
+
+def _body(cmd: Command) -> tuple[str, Message]:
+    """The MatchingCommand oneof field of a domain command, and its message."""
     if isinstance(cmd, PlaceOrder):
-        m.place_order.CopyFrom(place_to_proto(cmd))
-    elif isinstance(cmd, CancelOrder):
-        m.cancel_order.CopyFrom(
-            ev.CancelOrderCommand(order_id=cmd.order_id, user_id=cmd.user_id, market=cmd.market)
+        return "place_order", place_to_proto(cmd)
+    if isinstance(cmd, CancelOrder):
+        return "cancel_order", ev.CancelOrderCommand(
+            order_id=cmd.order_id, user_id=cmd.user_id, market=cmd.market
         )
-    elif isinstance(cmd, CancelAll):
-        m.cancel_all_orders.CopyFrom(
-            ev.CancelAllOrdersCommand(user_id=cmd.user_id, market=cmd.market, side=cmd.side)  # type: ignore[arg-type]
+    if isinstance(cmd, CancelAll):
+        return "cancel_all_orders", ev.CancelAllOrdersCommand(
+            user_id=cmd.user_id,
+            market=cmd.market,
+            side=cmd.side,  # type: ignore[arg-type]
         )
-    elif isinstance(cmd, ReduceOrder):
-        m.reduce_order.CopyFrom(
-            ev.ReduceOrderCommand(
-                order_id=cmd.order_id, user_id=cmd.user_id, market=cmd.market, new_amount_lots=cmd.new_amount
-            )
+    if isinstance(cmd, ReduceOrder):
+        return "reduce_order", ev.ReduceOrderCommand(
+            order_id=cmd.order_id, user_id=cmd.user_id, market=cmd.market, new_amount_lots=cmd.new_amount
         )
-    elif isinstance(cmd, MoveOrder):
-        m.move_order.CopyFrom(
-            ev.MoveOrderCommand(
-                order_id=cmd.order_id, user_id=cmd.user_id, market=cmd.market, new_price_ticks=cmd.new_price
-            )
+    if isinstance(cmd, MoveOrder):
+        return "move_order", ev.MoveOrderCommand(
+            order_id=cmd.order_id, user_id=cmd.user_id, market=cmd.market, new_price_ticks=cmd.new_price
         )
-    elif isinstance(cmd, ExpireOrders):
-        m.expire_orders.SetInParent()
-    else:  # pragma: no cover
-        raise TypeError(f"unknown command {cmd!r}")
+    if isinstance(cmd, ExpireOrders):
+        return "expire_orders", ev.ExpireOrdersCommand()
+    raise TypeError(f"unknown command {cmd!r}")  # pragma: no cover
+
+
+def command_bytes(source: str, seq: int, previous: int, cmd: Command) -> bytes:
+    """A domain command as a serialized MatchingCommand (encode_command)."""
+    name, body = _body(cmd)
+    return encode_command(source, seq, previous, BODY_FIELDS[name], body.SerializeToString())
+
+
+def command_to_proto(
+    source: str, seq: int, time_us: int, cmd: Command, previous: int = 0
+) -> ev.MatchingCommand:
+    m = ev.MatchingCommand(source=source, source_sequence=seq, time_us=time_us, previous_sequence=previous)
+    name, body = _body(cmd)
+    getattr(m, name).CopyFrom(body)
     return m
 
 

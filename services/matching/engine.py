@@ -12,10 +12,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from services.common.enums import REJECT_UNKNOWN_MARKET
 from services.common.markets import MarketSpec
 from services.matching.book import OrderBook
 from services.matching.model import (
-    REJECT_UNKNOWN_MARKET,
     CancelAll,
     CancelOrder,
     Command,
@@ -102,6 +102,11 @@ class MatchingEngine:
             raise TypeError(f"unknown command {cmd!r}")
         self.event_seq += len(out)
         return [Applied(cmd.market, out)] if out else []
+
+    def expiry_due(self, now: int) -> bool:
+        """Whether a GTD order of some book may be due at `now` (the expiry heaps may hold entries of
+        orders gone since: an ExpireOrders command then changes nothing)."""
+        return any(b.expiries and b.expiries[0][0] <= now for b in self.books.values())
 
     # --- snapshot ------------------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from exchange.v1 import events_pb2 as ev
 
+from services.common.codec import stamped_codec
 from services.common.errors import FailedPrecondition, Reason
 from services.common.markets import MarketSpec
 from services.common.snapshot_codec import dumps_plain, loads_plain
@@ -18,12 +19,17 @@ from services.matching.engine import MatchingEngine
 MACHINE_SNAPSHOT_VERSION = 1
 
 
+def timer_source(shard: str) -> str:
+    """The source name of the shard's own expiry timer (services.matching.intake.ExpiryTimer)."""
+    return f"{shard}:timer"
+
+
 class MatchingMachine:
     def __init__(self, engine: MatchingEngine, applied_seq: int = 0) -> None:
         self.engine = engine
         self._applied_seq = applied_seq
         # The shard's own expiry timer numbers its commands itself; every other source is chained.
-        self._timer_source = f"{engine.shard}:timer"
+        self._timer_source = timer_source(engine.shard)
 
     @property
     def applied_seq(self) -> int:
@@ -97,14 +103,4 @@ class MatchingMachine:
         return self.engine.state_hash()
 
 
-def _encode(command: ev.MatchingCommand, time_us: int) -> bytes:
-    command.time_us = time_us
-    return command.SerializeToString()
-
-
-def _decode(record: bytes) -> tuple[ev.MatchingCommand, int]:
-    command = ev.MatchingCommand.FromString(record)
-    return command, command.time_us
-
-
-CODEC: CodecSpec[ev.MatchingCommand] = CodecSpec(encode=_encode, decode=_decode)
+CODEC: CodecSpec[ev.MatchingCommand] = stamped_codec(ev.MatchingCommand.FromString)

@@ -1,64 +1,121 @@
 """Value types of the matching domain: commands in, events out, and the resting order.
 
 Integers only: prices in ticks, amounts in lots, money in the smallest unit of an asset, fee rates in
-parts per million, times in microseconds. The numeric codes equal the protobuf enum values, so the
-service layer converts without tables.
+parts per million, times in microseconds. The enum codes are services.common.enums' (equal to the
+protobuf values, so the service layer converts without tables).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final
 
-# Side
-BUY: Final = 1
-SELL: Final = 2
-
-# OrderType
-LIMIT: Final = 1
-MARKET: Final = 2
-
-# TimeInForce
-GTC: Final = 1
-IOC: Final = 2
-FOK: Final = 3
-GTD: Final = 4
-
-# SelfTradePrevention (0 = market default = cancel maker)
-STP_DEFAULT: Final = 0
-STP_CANCEL_TAKER: Final = 1
-STP_CANCEL_MAKER: Final = 2
-STP_CANCEL_BOTH: Final = 3
-
-# DoneReason
-DONE_FILLED: Final = 1
-DONE_CANCELED: Final = 2
-DONE_EXPIRED: Final = 3
-DONE_REJECTED: Final = 4
-
-# DoneDetail
-DETAIL_NONE: Final = 0
-DETAIL_USER_CANCEL: Final = 1
-DETAIL_CANCEL_ALL: Final = 2
-DETAIL_IOC_REMAINDER: Final = 3
-DETAIL_NO_LIQUIDITY: Final = 4
-DETAIL_SELF_TRADE: Final = 5
-DETAIL_POST_ONLY_WOULD_TAKE: Final = 6
-DETAIL_FOK_NOT_FILLABLE: Final = 7
-DETAIL_EXPIRE_TIME: Final = 8
-DETAIL_REDUCED_TO_ZERO: Final = 9
-DETAIL_MARKET_HALTED: Final = 10
-DETAIL_DUPLICATE_ORDER_ID: Final = 11
-DETAIL_INVALID: Final = 12
-
-# CommandRejectReason
-REJECT_ORDER_NOT_FOUND: Final = 1
-REJECT_NOT_OWNER: Final = 2
-REJECT_UNKNOWN_MARKET: Final = 3
-REJECT_INVALID: Final = 4
-REJECT_POST_ONLY_WOULD_TAKE: Final = 5
-REJECT_MARKET_HALTED: Final = 6
-
+# The enum values of the matching domain, defined once in services.common.enums (re-exported here for
+# the modules that speak in the matching model's terms).
+from services.common.enums import (
+    BUY as BUY,
+)
+from services.common.enums import (
+    DETAIL_CANCEL_ALL as DETAIL_CANCEL_ALL,
+)
+from services.common.enums import (
+    DETAIL_DUPLICATE_ORDER_ID as DETAIL_DUPLICATE_ORDER_ID,
+)
+from services.common.enums import (
+    DETAIL_EXPIRE_TIME as DETAIL_EXPIRE_TIME,
+)
+from services.common.enums import (
+    DETAIL_FOK_NOT_FILLABLE as DETAIL_FOK_NOT_FILLABLE,
+)
+from services.common.enums import (
+    DETAIL_INVALID as DETAIL_INVALID,
+)
+from services.common.enums import (
+    DETAIL_IOC_REMAINDER as DETAIL_IOC_REMAINDER,
+)
+from services.common.enums import (
+    DETAIL_MARKET_HALTED as DETAIL_MARKET_HALTED,
+)
+from services.common.enums import (
+    DETAIL_NO_LIQUIDITY as DETAIL_NO_LIQUIDITY,
+)
+from services.common.enums import (
+    DETAIL_NONE as DETAIL_NONE,
+)
+from services.common.enums import (
+    DETAIL_POST_ONLY_WOULD_TAKE as DETAIL_POST_ONLY_WOULD_TAKE,
+)
+from services.common.enums import (
+    DETAIL_REDUCED_TO_ZERO as DETAIL_REDUCED_TO_ZERO,
+)
+from services.common.enums import (
+    DETAIL_SELF_TRADE as DETAIL_SELF_TRADE,
+)
+from services.common.enums import (
+    DETAIL_USER_CANCEL as DETAIL_USER_CANCEL,
+)
+from services.common.enums import (
+    DONE_CANCELED as DONE_CANCELED,
+)
+from services.common.enums import (
+    DONE_EXPIRED as DONE_EXPIRED,
+)
+from services.common.enums import (
+    DONE_FILLED as DONE_FILLED,
+)
+from services.common.enums import (
+    DONE_REJECTED as DONE_REJECTED,
+)
+from services.common.enums import (
+    FOK as FOK,
+)
+from services.common.enums import (
+    GTC as GTC,
+)
+from services.common.enums import (
+    GTD as GTD,
+)
+from services.common.enums import (
+    IOC as IOC,
+)
+from services.common.enums import (
+    LIMIT as LIMIT,
+)
+from services.common.enums import (
+    MARKET as MARKET,
+)
+from services.common.enums import (
+    REJECT_INVALID as REJECT_INVALID,
+)
+from services.common.enums import (
+    REJECT_MARKET_HALTED as REJECT_MARKET_HALTED,
+)
+from services.common.enums import (
+    REJECT_NOT_OWNER as REJECT_NOT_OWNER,
+)
+from services.common.enums import (
+    REJECT_ORDER_NOT_FOUND as REJECT_ORDER_NOT_FOUND,
+)
+from services.common.enums import (
+    REJECT_POST_ONLY_WOULD_TAKE as REJECT_POST_ONLY_WOULD_TAKE,
+)
+from services.common.enums import (
+    REJECT_UNKNOWN_MARKET as REJECT_UNKNOWN_MARKET,
+)
+from services.common.enums import (
+    SELL as SELL,
+)
+from services.common.enums import (
+    STP_CANCEL_BOTH as STP_CANCEL_BOTH,
+)
+from services.common.enums import (
+    STP_CANCEL_MAKER as STP_CANCEL_MAKER,
+)
+from services.common.enums import (
+    STP_CANCEL_TAKER as STP_CANCEL_TAKER,
+)
+from services.common.enums import (
+    STP_DEFAULT as STP_DEFAULT,
+)
 
 # --- commands ----------------------------------------------------------------------------------
 

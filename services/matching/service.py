@@ -5,18 +5,17 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 from exchange.v1 import events_pb2 as ev
 from exchange.v1 import matching_service_pb2 as pb
-from exchange.v1 import types_pb2
 
 from services.common import limits
+from services.common.depth import depth_levels, parse_merge
+from services.common.enums import BUY, SELL
 from services.common.errors import (
-    FailedPrecondition,
     InvalidArgument,
     NotFound,
     PermissionDenied,
@@ -25,7 +24,6 @@ from services.common.errors import (
 )
 from services.common.host import StateMachineHost
 from services.common.limits import (
-    MAX_DECIMAL,
     MAX_DEPTH_LEVELS,
     MAX_PAGE_TOKEN,
     MAX_SYMBOL,
@@ -33,10 +31,11 @@ from services.common.limits import (
     check_user,
 )
 from services.common.markets import MarketCatalog, MarketSpec
-from services.common.rpc import abort, caller, handles_errors, to_exchange_error
+from services.common.rpc import caller, handles_errors, handles_stream_errors
+from services.common.streams import Pipeline
 from services.common.wire import repeated_messages
+from services.matching.intake import CommandIntake
 from services.matching.machine import MatchingMachine
-from services.matching.model import BUY, SELL
 
 log = logging.getLogger(__name__)
 
@@ -49,33 +48,12 @@ def same_command(last: bytes, nxt: bytes) -> bool:
     return a.command_source == b.command_source and a.command_sequence == b.command_sequence
 
 
-def depth_levels(spec: MarketSpec, levels: list[tuple[int, int, int]]) -> list[types_pb2.DepthLevel]:
-    return [
-        types_pb2.DepthLevel(
-            price=spec.format_price(p),
-            amount=spec.format_amount(lots),
-            price_ticks=p,
-            amount_lots=lots,
-            order_count=n,
-        )
-        for p, lots, n in levels
-    ]
-
-
-def parse_merge(spec: MarketSpec, merge: str) -> int:
-    if not merge:
-        return 1
-    return spec.parse_price(merge, field="merge")
-
-
 class MatchingServicer:
     def __init__(self, host: MatchingHost, catalog: MarketCatalog, shard: str) -> None:
         self.host = host
         self.catalog = catalog
         self.shard = shard
-        self.timer_source = f"{shard}:timer"
-        self._timer_seq = 0
-        self._accepted: dict[str, int] = {}  # highest source sequence queued per source
+        self.intake = CommandIntake(host)
 
     @property
     def engine(self) -> Any:
@@ -95,6 +73,7 @@ class MatchingServicer:
 
     # --- command intake ------------------------------------------------------------------------
 
+    @handles_stream_errors
     async def SubmitCommands(
         self,
         request_iterator: AsyncIterator[pb.SubmitCommandsRequest],
@@ -107,108 +86,59 @@ class MatchingServicer:
             return
         source = first.source
         if not source or source.startswith(self.shard):
-            await abort(context, InvalidArgument("the first request must name the source"))
-            return
+            raise InvalidArgument("the first request must name the source")
         principal = caller(context)
         if principal is None or principal.name != source:
             # Only accounts shard N submits as source N: anybody else could skip its sequence numbers
             # or inject commands for orders accounts never placed.
             who = principal.name if principal is not None else "nobody"
-            await abort(
-                context,
-                PermissionDenied(
-                    f"{who} may not submit commands as {quote(source)}", Reason.SOURCE_NOT_ALLOWED
-                ),
+            raise PermissionDenied(
+                f"{who} may not submit commands as {quote(source)}", Reason.SOURCE_NOT_ALLOWED
             )
-            return
-        applied = self.engine.source_seqs.get(source, 0)
-        start = max(applied, self._accepted.get(source, 0))
-        log.info("source connected", extra={"source": source, "resume_after": start, "peer": context.peer()})
-        yield pb.SubmitCommandsResponse(acknowledged_sequence=start)
-        pending: asyncio.Queue[tuple[int, asyncio.Future[list[Any]]] | None] = asyncio.Queue(maxsize=32)
-        last = [start]
+        stream = self.intake.open(source)
+        log.info(
+            "source connected", extra={"source": source, "resume_after": stream.start, "peer": context.peer()}
+        )
+        yield pb.SubmitCommandsResponse(acknowledged_sequence=stream.start)
 
-        async def take(req: pb.SubmitCommandsRequest) -> None:
+        async def take(
+            req: pb.SubmitCommandsRequest, batches: Pipeline[tuple[int, asyncio.Future[list[Any]]]]
+        ) -> None:
             if req.source and req.source != source:
                 raise InvalidArgument(f"stream of {source} got commands of {req.source}")
-            cmds = []
-            for c in req.commands:
-                if c.source_sequence <= last[0]:
-                    continue  # a resend of something already queued or applied
-                if c.previous_sequence != last[0]:
-                    # A gap (or a command out of order): refused, never skipped; nothing of this
-                    # request is queued, and the source resends from the acknowledged sequence.
-                    raise FailedPrecondition(
-                        f"{source}: command {c.source_sequence} follows {c.previous_sequence}, but the last "
-                        f"command received from {source} is {last[0]}",
-                        Reason.SEQUENCE_GAP,
-                    )
-                c.source = source
-                last[0] = c.source_sequence
-                cmds.append(c)
-            if not cmds:
-                return
-            self._accepted[source] = max(self._accepted.get(source, 0), last[0])
-            await self.host.wait_for_room(len(cmds))
-            await pending.put((last[0], self.host.submit_batch(cmds)))
+            cmds = stream.accept(req.commands)
+            if cmds:
+                await self.host.wait_for_room(len(cmds))
+                await batches.put((stream.last, self.host.submit_batch(cmds)))
 
-        async def reader() -> None:
-            try:
-                await take(first)
-                async for req in it:
-                    await take(req)
-            finally:
-                await pending.put(None)
+        async def read(batches: Pipeline[tuple[int, asyncio.Future[list[Any]]]]) -> None:
+            await take(first, batches)
+            async for req in it:
+                await take(req, batches)
 
-        task = asyncio.create_task(reader())
-        try:
-            while True:
-                item = await pending.get()
-                if item is None:
-                    break
-                seq, fut = item
-                await fut
-                while not pending.empty():  # coalesce acks
-                    nxt = pending.get_nowait()
-                    if nxt is None:
-                        await pending.put(None)
-                        break
-                    seq, fut = nxt
-                    await fut
+        batches = Pipeline(read, maxsize=32)
+        async for seq, fut in batches:
+            await fut
+            if not batches.has_next():  # coalesce the acks of what is already queued
                 yield pb.SubmitCommandsResponse(acknowledged_sequence=seq)
-            if task.done() and task.exception() is not None:
-                exc = task.exception()
-                assert exc is not None
-                err = to_exchange_error(exc)
-                if err is None:
-                    raise exc
-                await abort(context, err)
-        finally:
-            task.cancel()
 
     # --- events --------------------------------------------------------------------------------
 
+    @handles_stream_errors
     async def StreamEvents(
         self, request: pb.StreamEventsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[bytes]:
         max_batch = min(request.max_batch or 2000, 20_000)
-        try:
-            async for records in self.host.follow_events(
-                request.from_sequence or 1, max_records=max_batch, same_group=same_command
-            ):
-                yield repeated_messages(1, [payload for _, payload in records])
-        except Exception as exc:
-            err = to_exchange_error(exc)
-            if err is None:
-                raise
-            await abort(context, err)
+        async for records in self.host.follow_events(
+            request.from_sequence or 1, max_records=max_batch, same_group=same_command
+        ):
+            yield repeated_messages(1, [payload for _, payload in records])
 
     # --- queries -------------------------------------------------------------------------------
 
     @handles_errors
     async def GetDepth(self, request: pb.GetDepthRequest, context: Any) -> pb.GetDepthResponse:
         spec = self._spec(request.market)
-        check_str(request.merge, "merge", MAX_DECIMAL)
         merge = parse_merge(spec, request.merge)
         limit = request.limit or 20
         if limit > MAX_DEPTH_LEVELS:
@@ -294,18 +224,3 @@ class MatchingServicer:
             markets=markets,
             snapshot_sequence=self.host.snapshot_seq,
         )
-
-    # --- timers --------------------------------------------------------------------------------
-
-    async def expiry_timer(self, interval_s: float) -> None:
-        """Journal an expiry command whenever a GTD order is due (the engine never reads a clock)."""
-        while True:
-            await asyncio.sleep(interval_s)
-            now = time.time_ns() // 1000
-            due = any(b.expiries and b.expiries[0][0] <= now for b in self.engine.books.values())
-            if not due:
-                continue
-            self._timer_seq = max(self._timer_seq, self.engine.source_seqs.get(self.timer_source, 0)) + 1
-            cmd = ev.MatchingCommand(source=self.timer_source, source_sequence=self._timer_seq)
-            cmd.expire_orders.SetInParent()
-            self.host.enqueue_internal(cmd)
