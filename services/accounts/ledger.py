@@ -994,14 +994,16 @@ class Ledger:
     def on_done(self, d: Done, sink: Sink, touched: dict[int, AccountOrder]) -> None:
         """Settle the end of an order (checked first with done_problem)."""
         order_id = d.order_id
-        o = self.orders.pop(order_id)
+        o = self.orders[order_id]
+        done = DONE_EVENTS[d.reason]
+        status = TRANSITIONS.get((o.status, done)) or invalid_transition(o.status, done)
+        del self.orders[order_id]
         mine = self.user_orders[o.user_id]
         del mine[order_id]
         if not mine:
             del self.user_orders[o.user_id]
         spec = self.catalog.markets[o.market]
-        done = DONE_EVENTS[d.reason]
-        o.status = TRANSITIONS.get((o.status, done)) or invalid_transition(o.status, done)
+        o.status = status
         o.detail = d.detail
         o.updated = d.time_us
         o.moves.clear()

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from exchange.v1 import events_pb2 as ev
@@ -56,30 +55,31 @@ from services.common.errors import FailedPrecondition, InvalidArgument, Reason
 from services.common.markets import MarketCatalog
 from services.common.snapshot_codec import dumps_plain, loads_plain
 from services.common.statemachine import CodecSpec, Outcome
+from services.common.values import value
 from services.matching import model as matching
 from services.matching.convert import BODY_FIELDS, PLACE_ORDER, command_bytes, encode_command
 
 MACHINE_SNAPSHOT_VERSION = 2  # 2: forward chain, quarantine, placed price/amount (1 is still read)
 
 
-@dataclass(frozen=True)
+@value
 class PlaceResult:
     order: AccountOrder
     duplicate: bool
 
 
-@dataclass(frozen=True)
+@value
 class AdjustOutcome:
     result: AdjustResult
     seq: int
 
 
-@dataclass(frozen=True)
+@value
 class CancelAllResult:
     order_count: int
 
 
-@dataclass(frozen=True)
+@value
 class QuarantineReport:
     """A matching event that was not settled (an effect of the settle command, for the log)."""
 

@@ -1,33 +1,22 @@
 """Value types of the accounts domain: the commands the ledger applies and the matching events it
-settles. Plain frozen dataclasses, decoded from the journaled protobuf by services.accounts.convert
+settles: plain value types, decoded from the journaled protobuf by services.accounts.convert
 at the machine's boundary; the ledger (services.accounts.ledger) knows nothing of protobuf.
 
 Integers only: prices in Ticks, amounts in Lots, money in Units (services.common.quantities), times in
 microseconds; enum codes are services.common.enums'. An order id or client order id of 0 / "" means
 "not given".
 
-Every type is a `value`: a slotted dataclass that the type checker treats as frozen (assigning a field
-is an error under mypy strict), built without frozen's run-time guard. A frozen dataclass's __init__
-sets each field through object.__setattr__, about three times the cost of a plain one, and one of these
-is built per journaled command and per settled matching event (the accounts hot path), as
-services.matching.model's hot types are.
+Every type is a `value` (services.common.values): frozen to the type checker, a plain slotted dataclass
+at run time (one is built per journaled command and per settled matching event: the accounts hot
+path), like services.matching.model's hot types.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar, TypeVar, dataclass_transform
+from typing import ClassVar
 
 from services.common.quantities import Lots, Ticks, Units
-
-T = TypeVar("T")
-
-
-@dataclass_transform(frozen_default=True)
-def value(cls: type[T]) -> type[T]:
-    """A value type: frozen to the type checker, a plain slotted dataclass at run time."""
-    return dataclass(slots=True)(cls)
-
+from services.common.values import value
 
 # --- commands ----------------------------------------------------------------------------------
 

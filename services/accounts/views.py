@@ -67,18 +67,18 @@ def order_message(o: AccountOrder, catalog: MarketCatalog) -> types_pb2.Order:
     return order_api_message(o.view(), catalog.markets[o.market])
 
 
-def order_ack(o: AccountOrder) -> types_pb2.Order:
-    """The order's identity and state only (no decimal formatting): batched entry answers."""
-    return types_pb2.Order(
-        order_id=o.order_id,
-        client_order_id=o.client_order_id,
-        user_id=o.user_id,
-        market=o.market,
-        side=o.side,  # type: ignore[arg-type]
-        type=o.type,  # type: ignore[arg-type]
-        status=o.status,  # type: ignore[arg-type]
-        created_time_us=o.created,
-    )
+def fill_order_ack(msg: types_pb2.Order, o: AccountOrder) -> None:
+    """The order's identity and state only (no decimal formatting), written into `msg` (fresh):
+    batched entry answers."""
+    msg.order_id = o.order_id
+    if o.client_order_id:
+        msg.client_order_id = o.client_order_id
+    msg.user_id = o.user_id
+    msg.market = o.market
+    msg.side = o.side  # type: ignore[assignment]
+    msg.type = o.type  # type: ignore[assignment]
+    msg.status = o.status  # type: ignore[assignment]
+    msg.created_time_us = o.created
 
 
 # Enum values the API accepts (exchange.v1 Side, OrderType, TimeInForce, SelfTradePrevention; 0 means

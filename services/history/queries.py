@@ -42,6 +42,7 @@ from services.common.errors import InvalidArgument, NotFound, Reason, quote
 from services.common.markets import MarketCatalog
 from services.common.orders import OrderView
 from services.common.units import INT64_MAX
+from services.common.values import value
 from services.history.schema import balance_history, orders, trades
 
 T = TypeVar("T")
@@ -56,7 +57,7 @@ BUSINESS_CODES = {name: code for code, name in BUSINESS_NAMES.items()}
 # --- records ---------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class OrderRecord(OrderView):
     """An order row: the order's latest state, and when it finished (None while open)."""
 

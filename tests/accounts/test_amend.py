@@ -7,7 +7,8 @@ import pytest
 from exchange.v1 import accounts_service_pb2 as apb
 from exchange.v1 import events_pb2 as ev
 
-from services.accounts.machine import AccountsMachine, is_reservation, outbox_commands
+from services.accounts.convert import is_reservation
+from services.accounts.machine import AccountsMachine, outbox_commands
 from services.accounts.views import amend_commands
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, Reason
 from tests.accounts.sim import MiniExchange, default_catalog, replay
