@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import platform
 import random
 import sys
@@ -30,6 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import services
+from bench.output import emit
 from services.common.markets import MarketCatalog, MarketSpec
 from services.matching.model import BUY, SELL
 from services.quantizer.backtest import Trade, read_trades_csv, run_backtest, write_trades_csv
@@ -194,10 +194,7 @@ def main() -> int:
             scenario["csv_grid"] = bench_csv(spec, trades, args.levels)
         report[name] = scenario
         del trades
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    emit(report, args.out)
     return 0
 
 

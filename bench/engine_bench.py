@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import platform
 import sys
 import time
@@ -24,6 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.flow import generate
+from bench.output import emit
 from services.common.markets import MarketCatalog, MarketSpec
 from services.matching.book import OrderBook
 from services.matching.engine import MatchingEngine
@@ -206,11 +206,7 @@ def main() -> int:
         "target_commands_per_s": 500_000,
         "target_met_single_pair": best_book["commands_per_s"] >= 500_000,
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    emit(result, args.out)
     return 0
 
 

@@ -4,7 +4,7 @@
                                   [--backends sqlite,postgresql,mariadb] [--process]
                                   [--e2e SECONDS] [--replay SECONDS [--rate N]] [--out FILE]
 
-The events come from the real accounts and matching state machines (tests.history.sim: random limit,
+The events come from the real accounts and matching state machines (testkit.history_sim: random limit,
 market and IOC orders on three markets over two shards, cancels and amends, 40 users), so the mix is the
 real one: per order about 2.7 matching events and 11 accounts events (7-8 balance changes, including the
 fee account's, ~2 order states, ~1.5 user fills).
@@ -13,7 +13,7 @@ fee account's, ~2 order states, ~1.5 user fills).
 written round-robin as the consumers would (one transaction per batch, with its checkpoint) into a fresh
 database. Reported: events/s, rows/s (trades + balance rows + order upserts) and the equivalent orders/s.
 
---e2e SECONDS runs the real exchange (tests.cluster.Cluster: matching, accounts and history processes)
+--e2e SECONDS runs the real exchange (testkit.cluster.Cluster: matching, accounts and history processes)
 under bench/e2e_bench.py's streaming order flow for that long and samples, every second, how far
 history's checkpoints are behind the accounts and matching event sequences: a lag that stays flat means
 history keeps up with the matching rate.
@@ -59,8 +59,9 @@ sys.path[:0] = [str(ROOT), str(ROOT / "gen")]
 from sqlalchemy import create_engine, text  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
+from bench.output import emit  # noqa: E402
 from services.history.store import HistoryStore, create_history_engine, migrate  # noqa: E402
-from tests.history.sim import ACCOUNTS, Flow, generate  # noqa: E402
+from testkit.history_sim import ACCOUNTS, Flow, generate  # noqa: E402
 
 SERVERS = {
     "postgresql": os.environ.get(
@@ -149,7 +150,7 @@ def store_run(backend: str, flow: Flow, size: int) -> dict[str, Any]:
 
 def process_run(backend: str, flow: Flow) -> dict[str, Any]:
     """`python -m services.history` against fake upstreams: first stored event -> last."""
-    from tests.history.fake_upstream import FakeUpstreams
+    from testkit.fake_upstream import FakeUpstreams
 
     with (
         database(backend) as url,
@@ -180,7 +181,7 @@ def e2e_run(backend: str, seconds: float) -> dict[str, Any]:
 
     from bench.e2e_bench import fund, run_mode, use_credentials
     from services.clients import AccountsClient
-    from tests.cluster import Cluster
+    from testkit.cluster import Cluster
 
     async def main(url: str | None) -> dict[str, Any]:
         with tempfile.TemporaryDirectory(prefix="history-bench-e2e-") as tmp:
@@ -264,7 +265,7 @@ def record_run(seconds: float, rate: int) -> tuple[Flow, dict[str, Any]]:
     from bench.e2e_bench import fund, run_mode, use_credentials
     from services.clients import AccountsClient
     from services.common.journal import FileJournal
-    from tests.cluster import Cluster
+    from testkit.cluster import Cluster
 
     async def load(c: Cluster) -> dict[str, Any]:
         use_credentials(str(c.config_path))  # this process acts as admin (services.clients)
@@ -306,7 +307,7 @@ def replay_run(backend: str, flow: Flow, recorded: dict[str, Any]) -> dict[str, 
 
     from exchange.v1 import history_service_pb2 as pb
 
-    from tests.history.fake_upstream import FakeUpstreams
+    from testkit.fake_upstream import FakeUpstreams
 
     streams: list[list[Any]] = [*flow.matching.values(), flow.accounts]
     origin = min(events[0].time_us for events in streams)
@@ -382,7 +383,7 @@ def history_process(
     from services.clients import sync_channel
     from services.common.config import load_config
     from services.common.security import process_security
-    from tests.cluster import DEFAULT_MARKETS, free_port
+    from testkit.cluster import DEFAULT_MARKETS, free_port
 
     with tempfile.TemporaryDirectory(prefix="history-bench-") as d:
         address = f"127.0.0.1:{free_port()}"
@@ -518,11 +519,7 @@ def main() -> None:
                 f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
             )
     result["runs"].extend(e2e_runs)
-    out = json.dumps(result, indent=2)
-    print(out)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(out + "\n")
+    emit(result, args.out)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import platform
 import shutil
@@ -38,6 +37,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.output import emit
 from services.common.host import HostOptions, StateMachineHost
 from services.common.journal import FileJournal
 from services.common.statemachine import CodecSpec, Outcome
@@ -317,10 +317,7 @@ def main() -> None:
         result["seconds"] = round(time.perf_counter() - started, 1)
     finally:
         shutil.rmtree(base, ignore_errors=True)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out is not None:
-        args.out.write_text(text + "\n")
+    emit(result, args.out)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from pathlib import Path
 from types import ModuleType
 
 ACCELERATED = (
+    "services.common.enums",
     "services.common.units",
     "services.common.markets",
     "services.matching.model",

@@ -23,7 +23,7 @@ from services.accounts.machine import AccountsMachine
 from services.common.journal import FileJournal
 from services.matching.engine import MatchingEngine
 from services.matching.machine import MatchingMachine
-from tests.accounts.sim import default_catalog
+from testkit.accounts_sim import default_catalog
 from tests.cluster import Cluster, assert_invariants
 
 pytestmark = pytest.mark.slow

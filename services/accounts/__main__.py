@@ -12,6 +12,7 @@ from exchange.v1 import accounts_service_pb2
 from services.accounts.links import Forwarder, SettlementFeed
 from services.accounts.machine import CODEC, AccountsMachine
 from services.accounts.service import AccountsServicer, outbox_hook
+from services.clients.resolver import config_addresses
 from services.common.config import load_config
 from services.common.failstop import FailStop
 from services.common.host import HostOptions, StateMachineHost
@@ -58,12 +59,12 @@ def main() -> None:
         )
         await host.start()
         failstop.arm(host, stop)
-        for name, shard in config.shards.items():
-            forwarders[name] = Forwarder(name, shard.listen, host, acfg.source, config.catalog)
+        where = config_addresses(config)  # the shards' advertise addresses
+        for name in config.shards:
+            forwarders[name] = Forwarder(name, where[name], host, acfg.source, config.catalog)
         host.on_effects.append(outbox_hook(forwarders))
         feeds = [
-            SettlementFeed(name, shard.listen, host, partial(settled_of, host, name))
-            for name, shard in config.shards.items()
+            SettlementFeed(name, where[name], host, partial(settled_of, host, name)) for name in config.shards
         ]
         servicer = AccountsServicer(host, config.catalog, acfg, forwarders)  # type: ignore[arg-type]
         service = accounts_service_pb2.DESCRIPTOR.services_by_name["AccountsService"]

@@ -83,7 +83,7 @@ class UserEventHub:
                 items = await queue.get()
                 if items is None:
                     raise Unavailable(
-                        "subscriber too slow; resubscribe from your last sequence", 100, Reason.BUSY
+                        "subscriber too slow; resubscribe from your last sequence", 100, Reason.SLOW_CONSUMER
                     )
                 fresh = [p for s, p in items if s > sent]
                 if fresh:

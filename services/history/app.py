@@ -20,13 +20,13 @@ import asyncio
 import logging
 
 from exchange.v1 import history_service_pb2_grpc
-from grpc_health.v1 import health_pb2
 
 from services.clients.channels import Connection
 from services.clients.resolver import ACCOUNTS, Resolver, StaticResolver
 from services.common.config import ExchangeConfig
+from services.common.consumers import SourceFailure, set_health
 from services.common.rpc import ServerHandle, start_metrics, start_server
-from services.history.consumer import DbWorker, StoreFailure, StreamConsumer
+from services.history.consumer import DbWorker, StreamConsumer
 from services.history.queries import HistoryQueries
 from services.history.service import SERVICE_NAME, HistoryServicer
 from services.history.store import HistoryStore, create_history_engine, describe_url, migrate
@@ -85,19 +85,13 @@ class HistoryApp:
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
 
-    def failures(self) -> dict[str, StoreFailure]:
+    def failures(self) -> dict[str, SourceFailure]:
         """The sources whose next event cannot be stored."""
         return {c.source: c.failure for c in self.consumers if c.failure is not None}
 
     async def _update_health(self) -> None:
-        if self.server is None or self._stopping:
-            return
-        status = (
-            health_pb2.HealthCheckResponse.NOT_SERVING
-            if self.failures()
-            else health_pb2.HealthCheckResponse.SERVING
-        )
-        await self.server.health.set(SERVICE_NAME, status)
+        if not self._stopping:
+            await set_health(self.server, SERVICE_NAME, self.failures())
 
     async def start(self) -> None:
         await asyncio.to_thread(migrate, self.engine)

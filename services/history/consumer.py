@@ -38,7 +38,6 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 import grpc
@@ -49,11 +48,19 @@ from services.clients import (
     NO_RETRY,
     AccountsClient,
     ClientError,
-    EventFollower,
     EventsOutOfRange,
     MatchingClient,
 )
 from services.clients.channels import Connection
+from services.common.consumers import (
+    BACKOFF_MAX_S,
+    BACKOFF_START_S,
+    FailureMessages,
+    FailureTracker,
+    SourceConsumer,
+    SourceFailure,
+    one_line,
+)
 from services.history.store import HistoryStore, IngestRefused, IngestResult
 
 log = logging.getLogger(__name__)
@@ -81,23 +88,18 @@ FAILED_SEQUENCE = Gauge(
 
 Kind = Literal["matching", "accounts"]
 
-BACKOFF_START_S = 0.05
-BACKOFF_MAX_S = 2.0
 OUT_OF_RANGE_RETRY_S = 10.0
 STATUS_POLL_S = 5.0
 STORE_FAILED_RETRY_S = 5.0
 REMINDER_S = 60.0
-REASON_CHARS = 300
 
-
-@dataclass(frozen=True)
-class StoreFailure:
-    """A source whose next event history cannot store."""
-
-    source: str
-    sequence: int  # the first event not stored
-    reason: str  # one line
-    since: float  # time.time() when it was first seen
+MESSAGES = FailureMessages(
+    key="source",
+    failed="cannot store an event: this source's ingest stops at it (history reports NOT_SERVING) "
+    "and retries until it can be stored",
+    still="still cannot store an event",
+    cleared="stored the event that could not be stored; ingest goes on",
+)
 
 
 class StoreFailed(Exception):
@@ -112,12 +114,9 @@ class StoreFailed(Exception):
 def describe(exc: BaseException) -> str:
     """One line naming what went wrong: the driver's error without SQLAlchemy's statement and
     parameters, cut to REASON_CHARS characters."""
-    base: BaseException = exc
     if isinstance(exc, DBAPIError) and exc.orig is not None:
-        base = exc.orig
-    text = " ".join(str(base).split())
-    line = f"{type(base).__name__}: {text}" if text else type(base).__name__
-    return line if len(line) <= REASON_CHARS else line[: REASON_CHARS - 1] + "…"
+        return one_line(exc.orig)
+    return one_line(exc)
 
 
 class DbWorker:
@@ -134,7 +133,12 @@ class DbWorker:
         self._executor.shutdown(wait=True)
 
 
-class StreamConsumer:
+def _failure_gauges(source: str, failure: SourceFailure | None) -> None:
+    STORE_FAILED.labels(source).set(0 if failure is None else 1)
+    FAILED_SEQUENCE.labels(source).set(0 if failure is None else failure.sequence)
+
+
+class StreamConsumer(SourceConsumer):
     def __init__(
         self,
         source: str,
@@ -152,7 +156,20 @@ class StreamConsumer:
         reminder_s: float = REMINDER_S,
         on_failure_change: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
-        self.source = source
+        super().__init__(
+            source,
+            address,
+            FailureTracker(
+                source,
+                MESSAGES,
+                log,
+                reminder_s=reminder_s,
+                on_state=lambda failure: _failure_gauges(source, failure),
+                on_change=on_failure_change,
+            ),
+            logger=log,
+            connected=CONNECTED.labels(source),
+        )
         self.kind = kind
         self.store = store
         self.worker = worker
@@ -162,10 +179,6 @@ class StreamConsumer:
         self.out_of_range_retry_s = out_of_range_retry_s
         self.status_poll_s = status_poll_s
         self.store_failed_retry_s = store_failed_retry_s
-        self.reminder_s = reminder_s
-        self.on_failure_change = on_failure_change
-        self.failure: StoreFailure | None = None  # the event that cannot be stored, while it cannot
-        self._reminded = 0.0  # time.monotonic() of the last log line about `failure`
         self.upstream_sequence = 0  # the upstream's latest event, as last polled (0 = unknown)
         self.checkpoint = 0  # last stored (for status and tests; resumption reads the database)
         self.batches = 0
@@ -176,44 +189,33 @@ class StreamConsumer:
         )
         self._backoff = BACKOFF_START_S
         self._quiet = False  # a failure of ours was logged; cleared when events are stored again
-        self.connection = address if isinstance(address, Connection) else Connection.at(address, name=source)
         self.client: MatchingClient | AccountsClient
-        connected = CONNECTED.labels(source)
         if kind == "matching":
             self.client = MatchingClient(self.connection)
             events: Any = self.client.events(max_batch=stream_batch, source=source)
         else:
             self.client = AccountsClient(self.connection)
             events = self.client.account_events(source)
-        self.follower: EventFollower[Any] = EventFollower(
-            events,
-            checkpoint=self._stored_checkpoint,
-            backoff_initial_s=BACKOFF_START_S,
-            backoff_max_s=BACKOFF_MAX_S,
-            prefetch=queue_responses,
-            max_events=self.batch_events,
-            check_gaps=False,  # the store checks them, in the transaction, and names the event
-            logger=log,
-            log_extra={"source": source},
-            on_connected=lambda up: connected.set(1 if up else 0),
+        # gaps: the store checks them, in the transaction, and names the event
+        self.follower = self._follower(
+            events, self._stored_checkpoint, prefetch=queue_responses, max_events=self.batch_events
         )
-        STORE_FAILED.labels(source).set(0)
-        FAILED_SEQUENCE.labels(source).set(0)
 
     @property
-    def address(self) -> str:
-        return self.connection.address
+    def reminder_s(self) -> float:
+        return self.tracker.reminder_s
 
-    async def run(self) -> None:
-        """Consume until cancelled."""
-        poller = asyncio.create_task(self._poll_status(), name=f"history-status-{self.source}")
-        try:
-            await self._consume()
-        finally:
-            poller.cancel()
-            await asyncio.gather(poller, return_exceptions=True)
-            CONNECTED.labels(self.source).set(0)
-            await self.connection.close()
+    @reminder_s.setter
+    def reminder_s(self, value: float) -> None:
+        self.tracker.reminder_s = value
+
+    @property
+    def on_failure_change(self) -> Callable[[], Awaitable[None]] | None:
+        return self.tracker.on_change
+
+    @on_failure_change.setter
+    def on_failure_change(self, value: Callable[[], Awaitable[None]] | None) -> None:
+        self.tracker.on_change = value
 
     async def _stored_checkpoint(self) -> int:
         """Where each (re)connection resumes: the checkpoint in the database (read by its worker)."""
@@ -253,7 +255,7 @@ class StreamConsumer:
             await asyncio.sleep(delay)
             self._backoff = min(self._backoff * 2, BACKOFF_MAX_S)
 
-    async def _poll_status(self) -> None:
+    async def _poll(self) -> None:
         """Every status_poll_s: the upstream's latest sequence, for the lag gauge and to notice an upstream
         that is behind the stored checkpoint (reset or restored from an old backup: an operator must
         look, since new events there would carry sequences history already stored)."""
@@ -317,40 +319,14 @@ class StreamConsumer:
             await self._stored(result, part)
 
     async def _failed(self, exc: StoreFailed, cause: BaseException | None = None) -> None:
-        """Record (and log once) that event `exc.sequence` cannot be stored; a repeat of the same
-        failure only logs a short reminder, at most every reminder_s."""
-        now = time.monotonic()
-        old = self.failure
-        if old is not None and (old.sequence, old.reason) == (exc.sequence, exc.reason):
-            if now - self._reminded >= self.reminder_s:
-                self._reminded = now
-                log.warning(
-                    "still cannot store an event",
-                    extra={
-                        "source": self.source,
-                        "sequence": exc.sequence,
-                        "failing_s": round(time.time() - old.since),
-                    },
-                )
-            return
-        self.failure = StoreFailure(self.source, exc.sequence, exc.reason, time.time())
-        self._reminded = now
-        STORE_FAILED.labels(self.source).set(1)
-        FAILED_SEQUENCE.labels(self.source).set(exc.sequence)
-        log.error(
-            "cannot store an event: this source's ingest stops at it (history reports NOT_SERVING) "
-            "and retries until it can be stored",
-            extra={
-                "source": self.source,
-                "sequence": exc.sequence,
-                "checkpoint": self.checkpoint,
-                "reason": exc.reason,
-                "retry_s": self.store_failed_retry_s,
-            },
+        """Record (and log once) that event `exc.sequence` cannot be stored."""
+        await self.tracker.failed(
+            exc.sequence,
+            exc.reason,
+            checkpoint=self.checkpoint,
+            retry_s=self.store_failed_retry_s,
             exc_info=cause if cause is not None and not isinstance(cause, IngestRefused) else None,
         )
-        if old is None and self.on_failure_change is not None:
-            await self.on_failure_change()
 
     async def _stored(self, result: IngestResult, batch: Sequence[Any]) -> None:
         self.checkpoint = result.checkpoint
@@ -366,22 +342,7 @@ class StreamConsumer:
             self.follower.quiet = False
         if batch:
             EVENT_AGE.labels(self.source).set(max(0.0, time.time() - batch[-1].time_us / 1e6))
-        failure = self.failure
-        if failure is not None and result.checkpoint >= failure.sequence:
-            self.failure = None
-            STORE_FAILED.labels(self.source).set(0)
-            FAILED_SEQUENCE.labels(self.source).set(0)
-            log.info(
-                "stored the event that could not be stored; ingest goes on",
-                extra={
-                    "source": self.source,
-                    "sequence": failure.sequence,
-                    "checkpoint": result.checkpoint,
-                    "failed_s": round(time.time() - failure.since),
-                },
-            )
-            if self.on_failure_change is not None:
-                await self.on_failure_change()
+        await self.tracker.taken_through(result.checkpoint)
 
 
 def _cut(part: Sequence[Any], exc: BaseException) -> int | None:

@@ -219,6 +219,16 @@ class HistoryQueries:
             raise NotFound(f"unknown asset {quote(asset)}", Reason.UNKNOWN_ASSET)
         return asset
 
+    def _check_user_filters(
+        self, user_id: int, market: str, side: int, start_time_us: int, end_time_us: int, page_size: int
+    ) -> int:
+        """Checks the filters a user's order and trade lists share; returns the page size."""
+        limits.check_user(user_id)
+        self.check_market(market)
+        check_side(side)
+        check_time_range(start_time_us, end_time_us)
+        return limits.page_size(page_size)
+
     def _page(self, items: list[T], n: int, scope: str, key: Callable[[T], Sequence[int]]) -> Page[T]:
         if len(items) <= n:
             return Page(items, "")
@@ -246,11 +256,7 @@ class HistoryQueries:
         page_size: int = 0,
         page_token: str = "",
     ) -> Page[OrderRecord]:
-        limits.check_user(user_id)
-        self.check_market(market)
-        check_side(side)
-        check_time_range(start_time_us, end_time_us)
-        n = limits.page_size(page_size)
+        n = self._check_user_filters(user_id, market, side, start_time_us, end_time_us, page_size)
         scope = f"orders|{user_id}|{market}|{side}|{start_time_us}|{end_time_us}"
         c = orders.c
         q = select(orders).where(c.user_id == user_id, c.finished_time_us >= start_time_us)
@@ -299,11 +305,7 @@ class HistoryQueries:
         page_size: int = 0,
         page_token: str = "",
     ) -> Page[UserTradeRecord]:
-        limits.check_user(user_id)
-        self.check_market(market)
-        check_side(side)
-        check_time_range(start_time_us, end_time_us)
-        n = limits.page_size(page_size)
+        n = self._check_user_filters(user_id, market, side, start_time_us, end_time_us, page_size)
         scope = f"user-trades|{user_id}|{market}|{side}|{start_time_us}|{end_time_us}"
         cursor = self.tokens.decode(page_token, scope, 3) if page_token else None
         c = trades.c
@@ -368,7 +370,8 @@ class HistoryQueries:
             code = BUSINESS_CODES.get(business, 0)
             if not code:
                 raise InvalidArgument(
-                    f"unknown business {quote(business)}; one of {', '.join(sorted(BUSINESS_CODES))}",
+                    # a short prefix only: the message lists every name there is
+                    f"unknown business {quote(business, 16)}; one of {', '.join(sorted(BUSINESS_CODES))}",
                     Reason.INVALID_FIELD,
                 )
         check_time_range(start_time_us, end_time_us)

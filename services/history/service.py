@@ -19,12 +19,13 @@ from exchange.v1 import types_pb2
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.exc import DBAPIError
 
+from services.common.consumers import SourceFailure
 from services.common.enums import BUSINESS_NAMES, BUY
 from services.common.errors import Reason, Unavailable
 from services.common.markets import MarketCatalog, MarketSpec
 from services.common.orders import order_message
 from services.common.rpc import handles_errors
-from services.history.consumer import StoreFailure, describe
+from services.history.consumer import describe
 from services.history.queries import (
     BalanceRecord,
     HistoryQueries,
@@ -47,7 +48,7 @@ class HistoryServicer(pbg.HistoryServiceServicer):
         *,
         checkpoints: Callable[[], Mapping[str, int]],
         database: str,
-        failures: Callable[[], Mapping[str, StoreFailure]] = dict,
+        failures: Callable[[], Mapping[str, SourceFailure]] = dict,
     ) -> None:
         self.queries = queries
         self.catalog = catalog

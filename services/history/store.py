@@ -54,6 +54,7 @@ from sqlalchemy import (
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 
+from services.common.enums import FINAL_STATUSES
 from services.common.errors import quote
 from services.history.schema import VERSION_TABLE, balance_history, checkpoints, orders, trades
 
@@ -81,9 +82,6 @@ BATCH_EVENTS = Histogram(
 )
 
 E = TypeVar("E", ev.MatchingEvent, ev.AccountEvent)
-
-# OrderStatus values after which an order never changes (types.proto).
-FINAL_STATUSES = frozenset({4, 5, 6, 7})  # FILLED, CANCELED, EXPIRED, REJECTED
 
 
 class IngestRefused(Exception):
@@ -409,69 +407,76 @@ class HistoryStore:
 
     def ingest_matching(self, source: str, events: Sequence[ev.MatchingEvent]) -> IngestResult:
         """Store a batch of one matching shard's events (trades; the rest only moves the checkpoint)."""
-        t0 = time.perf_counter()
-        with self.engine.begin() as conn:
-            cp = self._locked_checkpoint(conn, source)
-            new = _new_events(source, cp, events)
-            if not new:
-                return IngestResult(source, cp, 0, len(events))
-            rows = [trade_row(e, source) for e in new if e.WhichOneof("event") == "trade_executed"]
-            if rows:
-                bad = self.checker.first_bad(trades, TRADE_COLUMNS, rows)
-                if bad is not None:
-                    raise bad
-                self.writer.insert(conn, trades, TRADE_COLUMNS, rows)
-            last = new[-1].sequence
-            self._write_checkpoint(conn, source, cp, last)
-        self._observe(source, t0, last, len(new), len(events) - len(new), {"trades": len(rows)})
-        return IngestResult(source, last, len(new), len(events) - len(new), trades=len(rows))
+        return self._ingest(source, events, self._write_matching)
 
     def ingest_accounts(self, source: str, events: Sequence[ev.AccountEvent]) -> IngestResult:
         """Store a batch of the accounts events (balance changes; orders' latest states)."""
+        return self._ingest(source, events, self._write_accounts)
+
+    def _ingest(
+        self,
+        source: str,
+        events: Sequence[E],
+        write: Callable[[Connection, str, Sequence[E]], dict[str, int]],
+    ) -> IngestResult:
+        """One transaction: the events after the stored checkpoint, written by `write` (which returns
+        the rows it wrote per table), and the new checkpoint."""
         t0 = time.perf_counter()
         with self.engine.begin() as conn:
             cp = self._locked_checkpoint(conn, source)
             new = _new_events(source, cp, events)
             if not new:
                 return IngestResult(source, cp, 0, len(events))
-            balances: list[Row] = []
-            add_balance = balances.append
-            latest: dict[int, ev.AccountEvent] = {}  # order_id -> its last state in this batch
-            for e in new:
-                kind = e.WhichOneof("event")
-                if kind == "balance_changed":
-                    add_balance(balance_row(e, source))
-                elif kind == "order_updated":
-                    latest[e.order_updated.order_id] = e
-            order_rows = [order_row(e) for e in latest.values()]
-            bad = _lowest(
-                self.checker.first_bad(balance_history, BALANCE_COLUMNS, balances),
-                self.checker.first_bad(orders, ORDER_COLUMNS, order_rows),
-            )
-            if bad is not None:
-                raise bad
-            if balances:
-                self.writer.insert(conn, balance_history, BALANCE_COLUMNS, balances)
-            if order_rows:
-                self.writer.upsert_orders(conn, order_rows)
+            rows = write(conn, source, new)
             last = new[-1].sequence
             self._write_checkpoint(conn, source, cp, last)
-        self._observe(
-            source,
-            t0,
-            last,
-            len(new),
-            len(events) - len(new),
-            {"balance_history": len(balances), "orders": len(latest)},
-        )
+        skipped = len(events) - len(new)
+        self._observe(source, t0, last, len(new), skipped, rows)
         return IngestResult(
             source,
             last,
             len(new),
-            len(events) - len(new),
-            orders=len(latest),
-            balances=len(balances),
+            skipped,
+            trades=rows.get("trades", 0),
+            orders=rows.get("orders", 0),
+            balances=rows.get("balance_history", 0),
         )
+
+    def _write_matching(
+        self, conn: Connection, source: str, new: Sequence[ev.MatchingEvent]
+    ) -> dict[str, int]:
+        rows = [trade_row(e, source) for e in new if e.WhichOneof("event") == "trade_executed"]
+        if rows:
+            bad = self.checker.first_bad(trades, TRADE_COLUMNS, rows)
+            if bad is not None:
+                raise bad
+            self.writer.insert(conn, trades, TRADE_COLUMNS, rows)
+        return {"trades": len(rows)}
+
+    def _write_accounts(
+        self, conn: Connection, source: str, new: Sequence[ev.AccountEvent]
+    ) -> dict[str, int]:
+        balances: list[Row] = []
+        add_balance = balances.append
+        latest: dict[int, ev.AccountEvent] = {}  # order_id -> its last state in this batch
+        for e in new:
+            kind = e.WhichOneof("event")
+            if kind == "balance_changed":
+                add_balance(balance_row(e, source))
+            elif kind == "order_updated":
+                latest[e.order_updated.order_id] = e
+        order_rows = [order_row(e) for e in latest.values()]
+        bad = _lowest(
+            self.checker.first_bad(balance_history, BALANCE_COLUMNS, balances),
+            self.checker.first_bad(orders, ORDER_COLUMNS, order_rows),
+        )
+        if bad is not None:
+            raise bad
+        if balances:
+            self.writer.insert(conn, balance_history, BALANCE_COLUMNS, balances)
+        if order_rows:
+            self.writer.upsert_orders(conn, order_rows)
+        return {"balance_history": len(balances), "orders": len(latest)}
 
     # internals
 

@@ -18,14 +18,14 @@ import time
 from pathlib import Path
 
 from exchange.v1 import market_service_pb2, market_service_pb2_grpc
-from grpc_health.v1 import health_pb2
 
 from services.clients.channels import Connection
 from services.clients.resolver import Resolver, StaticResolver
 from services.common.config import ExchangeConfig
+from services.common.consumers import SourceFailure, set_health
 from services.common.rpc import ServerHandle, start_metrics, start_server
 from services.common.snapshots import SnapshotStore
-from services.market.consumer import ApplyFailure, ShardConsumer
+from services.market.consumer import ShardConsumer
 from services.market.service import Hub, MarketServicer
 from services.market.state import Changes, MarketDataState
 
@@ -107,19 +107,13 @@ class MarketDataApp:
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
 
-    def failures(self) -> dict[str, ApplyFailure]:
+    def failures(self) -> dict[str, SourceFailure]:
         """The shards whose next event cannot be applied."""
         return {c.shard: c.failure for c in self.consumers if c.failure is not None}
 
     async def _update_health(self) -> None:
-        if self.server is None or self._stopping:
-            return
-        status = (
-            health_pb2.HealthCheckResponse.NOT_SERVING
-            if self.failures()
-            else health_pb2.HealthCheckResponse.SERVING
-        )
-        await self.server.health.set(SERVICE_NAME, status)
+        if not self._stopping:
+            await set_health(self.server, SERVICE_NAME, self.failures())
 
     def _on_batch(self, changes: Changes) -> None:
         self.servicer.on_changes(changes)

@@ -26,14 +26,13 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 
 import grpc
-from exchange.v1 import events_pb2 as ev
 from prometheus_client import Counter, Gauge
 
-from services.clients import NO_RETRY, ClientError, EventFollower, EventsOutOfRange, MatchingClient
+from services.clients import NO_RETRY, ClientError, EventsOutOfRange, MatchingClient
 from services.clients.channels import Connection
+from services.common.consumers import FailureMessages, FailureTracker, SourceConsumer, cut, one_line
 from services.market.state import BadEvent, Changes, MarketDataState
 
 log = logging.getLogger(__name__)
@@ -53,38 +52,28 @@ APPLY_FAILED = Gauge(
     ["shard"],
 )
 
-BACKOFF_START_S = 0.05
-BACKOFF_MAX_S = 2.0
 APPLY_FAILED_RETRY_S = 5.0
 OUT_OF_RANGE_RETRY_S = 10.0
 REMINDER_S = 60.0
-REASON_CHARS = 300
 
-
-@dataclass(frozen=True)
-class ApplyFailure:
-    """A shard whose next event the market-data state cannot apply."""
-
-    shard: str
-    sequence: int  # the first event not applied
-    reason: str  # one line
-    since: float  # time.time() when it was first seen
+MESSAGES = FailureMessages(
+    key="shard",
+    failed="cannot apply an event: market data of this shard stops at it (NOT_SERVING) and retries "
+    "until it applies",
+    still="still cannot apply an event",
+    cleared="applied the event that could not be applied; market data goes on",
+)
 
 
 class ApplyFailed(Exception):
     def __init__(self, sequence: int, reason: str, cause: BaseException | None = None) -> None:
         super().__init__(f"event {sequence}: {reason}")
         self.sequence = sequence
-        self.reason = reason if len(reason) <= REASON_CHARS else reason[: REASON_CHARS - 1] + "…"
+        self.reason = cut(reason)
         self.cause = cause  # an unexpected error (its traceback is logged once)
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-class ShardConsumer:
+class ShardConsumer(SourceConsumer):
     def __init__(
         self,
         shard: str,
@@ -99,8 +88,21 @@ class ShardConsumer:
         reminder_s: float = REMINDER_S,
         on_failure_change: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
+        super().__init__(
+            shard,
+            address,
+            FailureTracker(
+                shard,
+                MESSAGES,
+                log,
+                reminder_s=reminder_s,
+                on_state=lambda failure: APPLY_FAILED.labels(shard).set(0 if failure is None else 1),
+                on_change=on_failure_change,
+            ),
+            logger=log,
+            connected=CONNECTED.labels(shard),
+        )
         self.shard = shard
-        self.connection = address if isinstance(address, Connection) else Connection.at(address, name=shard)
         self.client = MatchingClient(self.connection)
         self.state = state
         self.on_batch = on_batch
@@ -108,38 +110,11 @@ class ShardConsumer:
         self.lag_poll_s = lag_poll_s
         self.apply_failed_retry_s = apply_failed_retry_s
         self.out_of_range_retry_s = out_of_range_retry_s
-        self.reminder_s = reminder_s
-        self.on_failure_change = on_failure_change
-        self.failure: ApplyFailure | None = None  # the event that cannot be applied, while it cannot
-        self._reminded = 0.0  # time.monotonic() of the last log line about `failure`
         self.shard_sequence = 0  # the shard's latest event sequence, as last polled
-        connected = CONNECTED.labels(shard)
-        self.follower: EventFollower[ev.MatchingEvent] = EventFollower(
-            self.client.events(max_batch=max_batch, source=shard),
-            checkpoint=lambda: state.checkpoint(shard),
-            backoff_initial_s=BACKOFF_START_S,
-            backoff_max_s=BACKOFF_MAX_S,
-            check_gaps=False,  # the state refuses a gap (GapError) and names it
-            logger=log,
-            log_extra={"shard": shard},
-            on_connected=lambda up: connected.set(1 if up else 0),
+        # gaps: the state refuses them (GapError) and names the event
+        self.follower = self._follower(
+            self.client.events(max_batch=max_batch, source=shard), lambda: state.checkpoint(shard)
         )
-        APPLY_FAILED.labels(shard).set(0)
-
-    @property
-    def address(self) -> str:
-        return self.connection.address
-
-    async def run(self) -> None:
-        """Consume until cancelled."""
-        poller = asyncio.create_task(self._poll_lag())
-        try:
-            await self._consume()
-        finally:
-            poller.cancel()
-            await asyncio.gather(poller, return_exceptions=True)
-            CONNECTED.labels(self.shard).set(0)
-            await self.connection.close()
 
     async def _consume(self) -> None:
         shard = self.shard
@@ -160,7 +135,7 @@ class ShardConsumer:
                             failed = ApplyFailed(exc.sequence, str(exc))
                         except Exception as exc:
                             changes = Changes()
-                            failed = ApplyFailed(state.checkpoint(shard) + 1, _one_line(exc), exc)
+                            failed = ApplyFailed(state.checkpoint(shard) + 1, one_line(exc), exc)
                         if changes.events:
                             self.on_batch(changes)
                             applied.inc(changes.events)
@@ -180,60 +155,20 @@ class ShardConsumer:
             await asyncio.sleep(delay)
 
     async def _failed(self, exc: ApplyFailed) -> None:
-        """Record (and log once) that event `exc.sequence` cannot be applied; a repeat of the same
-        failure only logs a short reminder, at most every reminder_s."""
-        now = time.monotonic()
-        old = self.failure
-        if old is not None and (old.sequence, old.reason) == (exc.sequence, exc.reason):
-            if now - self._reminded >= self.reminder_s:
-                self._reminded = now
-                log.warning(
-                    "still cannot apply an event",
-                    extra={
-                        "shard": self.shard,
-                        "sequence": exc.sequence,
-                        "failing_s": round(time.time() - old.since),
-                    },
-                )
-            return
-        self.failure = ApplyFailure(self.shard, exc.sequence, exc.reason, time.time())
-        self._reminded = now
-        APPLY_FAILED.labels(self.shard).set(1)
-        log.error(
-            "cannot apply an event: market data of this shard stops at it (NOT_SERVING) and retries "
-            "until it applies",
-            extra={
-                "shard": self.shard,
-                "sequence": exc.sequence,
-                "checkpoint": self.state.checkpoint(self.shard),
-                "reason": exc.reason,
-                "retry_s": self.apply_failed_retry_s,
-            },
+        """Record (and log once) that event `exc.sequence` cannot be applied."""
+        await self.tracker.failed(
+            exc.sequence,
+            exc.reason,
+            checkpoint=self.state.checkpoint(self.shard),
+            retry_s=self.apply_failed_retry_s,
             exc_info=exc.cause,
         )
-        if old is None and self.on_failure_change is not None:
-            await self.on_failure_change()
 
     async def _applied(self, checkpoint: int) -> None:
-        failure = self.failure
-        if failure is None or checkpoint < failure.sequence:
-            return
-        self.failure = None
-        self.follower.quiet = False
-        APPLY_FAILED.labels(self.shard).set(0)
-        log.info(
-            "applied the event that could not be applied; market data goes on",
-            extra={
-                "shard": self.shard,
-                "sequence": failure.sequence,
-                "checkpoint": checkpoint,
-                "failed_s": round(time.time() - failure.since),
-            },
-        )
-        if self.on_failure_change is not None:
-            await self.on_failure_change()
+        if await self.tracker.taken_through(checkpoint):
+            self.follower.quiet = False
 
-    async def _poll_lag(self) -> None:
+    async def _poll(self) -> None:
         if self.lag_poll_s <= 0:
             return
         while True:

@@ -23,7 +23,7 @@ import asyncio
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from exchange.v1 import market_service_pb2 as pb
 from exchange.v1 import types_pb2
@@ -42,6 +42,8 @@ SUBSCRIBERS = Gauge("exchange_market_subscribers", "Open market-data subscriptio
 DROPPED = Counter(
     "exchange_market_subscribers_dropped_total", "Subscriptions dropped for falling behind", ["kind"]
 )
+
+V = TypeVar("V")
 
 # Subscriptions open at once, over every market and kind (each costs a task and its buffers).
 MAX_SUBSCRIPTIONS = 10_000
@@ -81,6 +83,18 @@ class Subscription:
 
     def close(self) -> None:
         self.hub.unsubscribe(self)
+
+    async def views(self, view: Callable[[], V], same: Callable[[V, V], bool]) -> AsyncIterator[V]:
+        """`view()` now, then again after every change that alters it (`same` says it did not), until
+        the hub closes."""
+        last: V | None = None
+        while True:
+            current = view()
+            if last is None or not same(last, current):
+                yield current
+                last = current
+            if not await self.next():
+                return
 
 
 class Hub:
@@ -364,15 +378,8 @@ class MarketServicer:
         md = self._market(request.market)
         sub = self._subscribe(context, md.spec.symbol, "ticker", book=True, trades=True)
         try:
-            last: pb.Ticker | None = None
-            while True:
-                ticker = ticker_pb(md, self.clock())
-                same = last is not None and _same_ticker(last, ticker)
-                if not same:
-                    yield pb.SubscribeTickerResponse(ticker=ticker)
-                    last = ticker
-                if not await sub.next():
-                    return
+            async for ticker in sub.views(lambda: ticker_pb(md, self.clock()), _same_ticker):
+                yield pb.SubscribeTickerResponse(ticker=ticker)
         finally:
             sub.close()
 
@@ -385,19 +392,15 @@ class MarketServicer:
         limit, merge = self._depth_args(spec, request.limit, request.merge)
         sub = self._subscribe(context, spec.symbol, "depth", book=True, trades=False)
         try:
-            last: tuple[list[Level], list[Level]] | None = None
-            while True:
-                bids, asks, seq = self._depth_view(md, limit, merge)
-                if last is None or last != (bids, asks):
-                    yield pb.SubscribeDepthResponse(
-                        market=spec.symbol,
-                        bids=depth_levels(spec, bids),
-                        asks=depth_levels(spec, asks),
-                        sequence=seq,
-                    )
-                    last = (bids, asks)
-                if not await sub.next():
-                    return
+            async for bids, asks, seq in sub.views(
+                lambda: self._depth_view(md, limit, merge), lambda a, b: a[:2] == b[:2]
+            ):
+                yield pb.SubscribeDepthResponse(
+                    market=spec.symbol,
+                    bids=depth_levels(spec, bids),
+                    asks=depth_levels(spec, asks),
+                    sequence=seq,
+                )
         finally:
             sub.close()
 

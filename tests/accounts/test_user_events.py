@@ -115,4 +115,4 @@ def test_a_subscriber_too_slow_for_the_live_feed_is_told_to_resubscribe() -> Non
         return info.value
 
     err = asyncio.run(main())
-    assert err.reason == Reason.BUSY and "resubscribe" in err.message
+    assert err.reason == Reason.SLOW_CONSUMER and "resubscribe" in err.message

@@ -19,7 +19,7 @@ from sqlalchemy import Engine, MetaData, create_engine, text
 from sqlalchemy.engine import make_url
 
 from services.history.store import HistoryStore, create_history_engine, migrate
-from tests.history.sim import Flow, generate
+from testkit.history_sim import Flow, generate
 
 BACKENDS = ["sqlite", "postgresql", "mariadb"]
 SERVER_URLS = {

@@ -6,13 +6,8 @@ checkpoint + 1, and in the end every row is there exactly once (SQLite and Postg
 from __future__ import annotations
 
 import bisect
-import contextlib
-import json
-import os
 import random
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -21,17 +16,15 @@ import grpc
 import pytest
 from exchange.v1 import history_service_pb2 as pb
 from exchange.v1 import history_service_pb2_grpc as pbg
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sqlalchemy import Engine, func, select
 
 from services.common.config import load_config
 from services.common.security import process_security
 from services.history import schema
 from services.history.store import create_history_engine
-from tests.cluster import DEFAULT_MARKETS, ROOT, free_port
-from tests.history.conftest import ServerDatabases, backend_url
-from tests.history.fake_upstream import FakeUpstreams, sources_of
-from tests.history.sim import (
+from testkit.cluster import DEFAULT_MARKETS, free_port
+from testkit.fake_upstream import FakeUpstreams, sources_of
+from testkit.history_sim import (
     ACCOUNTS,
     Flow,
     expected_balances,
@@ -40,6 +33,8 @@ from tests.history.sim import (
     generate,
     table_rows,
 )
+from testkit.service_process import ServiceProcess
+from tests.history.conftest import ServerDatabases, backend_url
 
 pytestmark = pytest.mark.slow
 
@@ -54,59 +49,14 @@ def big_flow() -> Flow:
     return flow
 
 
-class HistoryProcess:
+class HistoryProcess(ServiceProcess):
     def __init__(self, directory: Path, config_text: str, address: str) -> None:
-        self.dir = directory
-        self.address = address
-        self.config = directory / "exchange.toml"
-        self.config.write_text(config_text)
-        self.log_path = directory / "history.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self, timeout: float = 30.0) -> None:
-        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "services.history", "--config", str(self.config)],
-            cwd=ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "EXCHANGE_LOG_LEVEL": "INFO"},
-        )
-        log.close()
-
-    def wait_ready(self, timeout: float = 30.0) -> None:
-        assert self.proc is not None
-        deadline = time.monotonic() + timeout
-        with grpc.insecure_channel(self.address) as ch:
-            health = health_pb2_grpc.HealthStub(ch)
-            while time.monotonic() < deadline:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"history exited {self.proc.returncode}:\n{self.log()[-3000:]}")
-                with contextlib.suppress(grpc.RpcError):
-                    if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
-                        return
-                time.sleep(0.05)
-        raise TimeoutError(self.log()[-3000:])
+        super().__init__(directory, "services.history", config_text, address)
 
     def channel(self) -> grpc.Channel:
         """A channel authenticated as admin with the credentials of the process's data directory."""
         creds = process_security(load_config(self.config), "admin").channel_credentials()
         return grpc.secure_channel(self.address, creds)
-
-    def signal(self, sig: int) -> int:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-        return self.proc.wait(30)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def log_entries(self) -> list[dict[str, Any]]:
-        out = []
-        for line in self.log().splitlines():
-            with contextlib.suppress(ValueError):
-                out.append(json.loads(line))
-        return out
 
 
 def checkpoints(engine: Engine) -> dict[str, int]:
@@ -195,9 +145,7 @@ def test_kill_9_mid_ingest_keeps_every_row_exactly_once(
             assert proc.signal(signal.SIGTERM) == 0
             assert any(e.get("msg") == "stopped" for e in proc.log_entries())
         finally:
-            if proc.proc is not None and proc.proc.poll() is None:
-                proc.proc.kill()
-                proc.proc.wait()
+            proc.kill()
     try:
         assert checkpoints(engine) == want
         assert table_rows(engine, schema.trades) == expected_trades(big_flow)

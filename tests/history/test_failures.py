@@ -27,9 +27,9 @@ from services.common.config import ExchangeConfig, config_from_dict
 from services.history import schema
 from services.history.app import HistoryApp
 from services.history.service import SERVICE_NAME
-from tests.cluster import DEFAULT_MARKETS
-from tests.history.fake_upstream import FakeUpstreams, sources_of
-from tests.history.sim import (
+from testkit.cluster import DEFAULT_MARKETS
+from testkit.fake_upstream import FakeUpstreams, sources_of
+from testkit.history_sim import (
     ACCOUNTS,
     Flow,
     expected_balances,

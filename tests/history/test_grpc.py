@@ -23,9 +23,9 @@ from services.common.rpc import channel, error_reason
 from services.history import schema
 from services.history.app import HistoryApp
 from services.history.service import SERVICE_NAME
-from tests.cluster import DEFAULT_MARKETS
-from tests.history.fake_upstream import FakeUpstreams, sources_of
-from tests.history.sim import (
+from testkit.cluster import DEFAULT_MARKETS
+from testkit.fake_upstream import FakeUpstreams, sources_of
+from testkit.history_sim import (
     ACCOUNTS,
     Flow,
     expected_balances,
@@ -109,8 +109,8 @@ async def check_answers(stub: pbg.HistoryServiceStub, flow: Flow) -> None:
             break
     assert len({(x.market, x.trade_id, x.role) for x in seen}) == len(seen)
     [mine] = [x for x in seen if (x.market, x.trade_id, x.role) == (trade.market, t.trade_id, "taker")]
-    from tests.accounts.sim import default_catalog
-    from tests.history.sim import SHARDS
+    from testkit.accounts_sim import default_catalog
+    from testkit.history_sim import SHARDS
 
     spec = default_catalog(SHARDS).markets[trade.market]
     assert mine.price == spec.format_price(t.price_ticks)

@@ -12,7 +12,7 @@ import pytest
 
 from services.common.config import ExchangeConfig, config_from_dict
 from services.history.keys import page_token_key
-from tests.cluster import DEFAULT_MARKETS
+from testkit.cluster import DEFAULT_MARKETS
 
 
 def config_in(directory: Path) -> ExchangeConfig:

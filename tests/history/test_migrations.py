@@ -13,7 +13,7 @@ from services.history.store import (
     head_revision,
     migrate,
 )
-from tests.history.sim import (
+from testkit.history_sim import (
     Flow,
     expected_balances,
     expected_orders,

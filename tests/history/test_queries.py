@@ -11,6 +11,7 @@ import pytest
 from exchange.v1 import events_pb2 as ev
 from sqlalchemy import Engine
 
+from services.common.enums import FINAL_STATUSES
 from services.common.errors import InvalidArgument, NotFound, Reason
 from services.common.limits import MAX_PAGE_SIZE
 from services.history.queries import (
@@ -20,9 +21,9 @@ from services.history.queries import (
     PageTokens,
     UserTradeRecord,
 )
-from services.history.store import FINAL_STATUSES, HistoryStore
-from tests.accounts.sim import default_catalog
-from tests.history.sim import SHARDS, Flow, load
+from services.history.store import HistoryStore
+from testkit.accounts_sim import default_catalog
+from testkit.history_sim import SHARDS, Flow, load
 
 T = TypeVar("T")
 PAGE_SIZES = [1, 7, 100, 1000]

@@ -11,7 +11,7 @@ from sqlalchemy import Boolean, Engine, SmallInteger, String, func, select
 
 from services.history import schema
 from services.history.store import GapError, HistoryStore, SourceMismatch, UnstorableEvent
-from tests.history.sim import (
+from testkit.history_sim import (
     ACCOUNTS,
     Flow,
     expected_balances,

@@ -32,7 +32,7 @@ from services.matching.model import (
     PlaceOrder,
     ReduceOrder,
 )
-from tests.accounts.sim import default_catalog
+from testkit.accounts_sim import default_catalog
 
 
 def kiv(interval: int) -> pb.KlineInterval:

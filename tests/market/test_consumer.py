@@ -23,9 +23,9 @@ from services.clients import MarketClient
 from services.common.config import config_from_dict
 from services.market.app import SERVICE_NAME, MarketDataApp
 from services.market.state import MarketDataState
-from tests.cluster import DEFAULT_MARKETS
-from tests.history.fake_upstream import FakeUpstreams
-from tests.history.sim import Flow
+from testkit.cluster import DEFAULT_MARKETS
+from testkit.fake_upstream import FakeUpstreams
+from testkit.history_sim import Flow
 from tests.market.sim import Generator, default_catalog
 
 SHARD = "matching-0"

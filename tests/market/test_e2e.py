@@ -13,7 +13,7 @@ from exchange.v1 import market_service_pb2_grpc as pbg
 from exchange.v1 import matching_service_pb2 as mpb
 from exchange.v1 import types_pb2
 
-from tests.cluster import Cluster
+from testkit.cluster import Cluster
 from tests.market.sim import kiv
 
 pytestmark = pytest.mark.slow

@@ -3,12 +3,7 @@ kill -9 it mid-way, restart it, and compare with the straight computation (no ev
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from concurrent import futures
@@ -22,12 +17,12 @@ from exchange.v1 import market_service_pb2 as pb
 from exchange.v1 import market_service_pb2_grpc as pbg
 from exchange.v1 import matching_service_pb2 as mpb
 from exchange.v1 import matching_service_pb2_grpc as mgrpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common.config import load_config
 from services.common.security import process_security
 from services.market.klines import INTERVALS
-from tests.cluster import DEFAULT_MARKETS, ROOT, free_port
+from testkit.cluster import DEFAULT_MARKETS, free_port
+from testkit.service_process import ServiceProcess
 from tests.market.sim import Generator, kiv, reference_klines, trades_of
 
 pytestmark = pytest.mark.slow
@@ -68,52 +63,36 @@ class FakeShard(mgrpc.MatchingServiceServicer):
             time.sleep(self.delay_s)
 
 
-class MarketProcess:
+def serve(fake: FakeShard, workers: int) -> tuple[grpc.Server, int]:
+    """The fake shard on an ephemeral port, started; returns the server and its port."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers))
+    mgrpc.add_MatchingServiceServicer_to_server(fake, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    return server, port
+
+
+class MarketProcess(ServiceProcess):
     def __init__(self, directory: Path, shard_address: str) -> None:
-        self.dir = directory
-        self.address = f"127.0.0.1:{free_port()}"
-        self.config = directory / "exchange.toml"
-        self.config.write_text(
-            "\n".join(
-                [
-                    'data_dir = "data"',
-                    '[shards."matching-0"]',
-                    f'listen = "{shard_address}"',
-                    "[market]",
-                    f'listen = "{self.address}"',
-                    "snapshot_every = 150",
-                    "[assets]" + DEFAULT_MARKETS,
-                ]
-            )
-        )
-        self.log_path = directory / "market.log"
-        self.proc: subprocess.Popen[bytes] | None = None
+        address = f"127.0.0.1:{free_port()}"
+        config = [
+            'data_dir = "data"',
+            '[shards."matching-0"]',
+            f'listen = "{shard_address}"',
+            "[market]",
+            f'listen = "{address}"',
+            "snapshot_every = 150",
+            "[assets]" + DEFAULT_MARKETS,
+        ]
+        super().__init__(directory, "services.market", "\n".join(config), address)
         # authenticated as admin with the credentials of the process's data directory
         creds = process_security(load_config(self.config), "admin").channel_credentials()
         self.channel = grpc.secure_channel(self.address, creds)
         self.stub = pbg.MarketServiceStub(self.channel)
 
-    def start(self, timeout: float = 30.0) -> None:
-        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "services.market", "--config", str(self.config)],
-            cwd=ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "EXCHANGE_LOG_LEVEL": "INFO"},
-        )
-        health = health_pb2_grpc.HealthStub(self.channel)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"market exited {self.proc.returncode}:\n{self.log()[-3000:]}")
-            try:
-                if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.05)
-        raise TimeoutError(self.log()[-3000:])
+    def start(self) -> None:
+        super().start()
+        self.wait_ready()
 
     def checkpoint(self) -> int:
         st = self.stub.GetMarketDataStatus(pb.GetMarketDataStatusRequest(), timeout=5)
@@ -128,21 +107,6 @@ class MarketProcess:
             time.sleep(0.01)
         raise TimeoutError(f"checkpoint stuck below {at_least}:\n{self.log()[-3000:]}")
 
-    def signal(self, sig: int) -> int:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-        return self.proc.wait(30)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def log_entries(self) -> list[dict[str, Any]]:
-        out = []
-        for line in self.log().splitlines():
-            with contextlib.suppress(ValueError):
-                out.append(json.loads(line))
-        return out
-
 
 def test_kill_9_restart_resumes_without_double_counting(tmp_path: Path) -> None:
     gen = Generator(seed=99, markets=MARKETS, quiet=0.004)
@@ -151,10 +115,7 @@ def test_kill_9_restart_resumes_without_double_counting(tmp_path: Path) -> None:
     assert total > 2500
 
     fake = FakeShard(events)
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
-    mgrpc.add_MatchingServiceServicer_to_server(fake, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
+    server, port = serve(fake, workers=8)
     market = MarketProcess(tmp_path, f"127.0.0.1:{port}")
     try:
         market.start()
@@ -200,9 +161,7 @@ def test_kill_9_restart_resumes_without_double_counting(tmp_path: Path) -> None:
         assert any(e.get("msg") == "stopped" and e.get("applied") == total for e in entries)
         assert max(int(p.stem) for p in (tmp_path / "data" / "market").glob("*.snap")) == total
     finally:
-        if market.proc is not None and market.proc.poll() is None:
-            market.proc.kill()
-            market.proc.wait()
+        market.kill()
         market.channel.close()
         server.stop(0)
 
@@ -212,10 +171,7 @@ def test_restart_from_clean_shutdown_streams_nothing_twice(tmp_path: Path) -> No
     gen = Generator(seed=5, markets=["BTC_USDT"])
     events = gen.run(300)
     fake = FakeShard(events, per_response=50, delay_s=0)
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    mgrpc.add_MatchingServiceServicer_to_server(fake, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
+    server, port = serve(fake, workers=4)
     market = MarketProcess(tmp_path, f"127.0.0.1:{port}")
     try:
         market.start()
@@ -229,8 +185,6 @@ def test_restart_from_clean_shutdown_streams_nothing_twice(tmp_path: Path) -> No
         assert market.checkpoint() == len(events)
         assert market.stub.GetKlines(query, timeout=5) == before
     finally:
-        if market.proc is not None and market.proc.poll() is None:
-            market.proc.kill()
-            market.proc.wait()
+        market.kill()
         market.channel.close()
         server.stop(0)

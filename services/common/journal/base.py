@@ -40,6 +40,26 @@ class JournalGapError(JournalRangeError):
     def __init__(self, message: str, *, requested: int = 0, first_seq: int = 0, last_seq: int = 0) -> None:
         super().__init__(message, requested=requested, first_seq=first_seq, last_seq=last_seq)
 
+    @classmethod
+    def pruned(cls, where: str, requested: int, first_seq: int, last_seq: int) -> JournalGapError:
+        """A read or follow of `requested`, older than the journal `where` still holds."""
+        return cls(
+            f"{_prefix(where)}sequence {requested} was pruned (oldest is {first_seq})",
+            requested=requested,
+            first_seq=first_seq,
+            last_seq=last_seq,
+        )
+
+    @classmethod
+    def truncate_pruned(cls, where: str, seq: int, first_seq: int, last_seq: int) -> JournalGapError:
+        """truncate_after(seq) where records up to seq were pruned already."""
+        return cls(
+            f"{_prefix(where)}cannot truncate after {seq}: records before {first_seq} were pruned",
+            requested=seq,
+            first_seq=first_seq,
+            last_seq=last_seq,
+        )
+
 
 class FencedError(JournalError):
     """An append named an expected last sequence that is not the journal's last: another writer
@@ -52,6 +72,15 @@ class FencedError(JournalError):
         super().__init__(message)
         self.expected = expected  # what the writer said the last sequence was
         self.last = last  # what it was
+
+    @classmethod
+    def refused(cls, where: str, expected: int, last: int) -> FencedError:
+        """The append after `expected` to the journal `where`, whose last record is `last`."""
+        return cls(
+            f"{_prefix(where)}append after {expected} refused: the journal's last record is {last}",
+            expected=expected,
+            last=last,
+        )
 
 
 class JournalDamagedError(JournalError):
@@ -76,6 +105,37 @@ class JournalDamagedError(JournalError):
         self.problem = problem  # what is wrong, for people
         self.path = path  # the damaged file, when there is one
         self.files = list(files)  # every file of the journal, untouched (none for other backends)
+
+    @classmethod
+    def lost(
+        cls,
+        where: str,
+        *,
+        location: str,
+        kept: int,
+        needed: int,
+        problem: str,
+        unchanged: str = "nothing was changed",
+        path: Path | None = None,
+        files: Sequence[Path] = (),
+    ) -> JournalDamagedError:
+        """Opening the journal at `location` (`where`: it, or its damaged file) would lose the durable
+        records kept + 1..needed because of `problem`; `unchanged` says what was left as it was."""
+        lost = f"record {needed}" if kept + 1 == needed else f"records {kept + 1}..{needed}"
+        return cls(
+            f"{_prefix(where)}{problem}: the journal holds good records only up to {kept}, but {lost} "
+            f"had been made durable; {unchanged}",
+            location=location,
+            kept=kept,
+            needed=needed,
+            problem=problem,
+            path=path,
+            files=files,
+        )
+
+
+def _prefix(where: str) -> str:
+    return f"{where}: " if where else ""
 
 
 class JournalReader(Protocol):
@@ -246,12 +306,7 @@ async def follow_durable(
         raise ValueError(f"max_records must be positive, not {max_records}")
     first, last = journal.first_seq, journal.last_seq
     if from_seq < first:
-        raise JournalGapError(
-            f"sequence {from_seq} was pruned (oldest is {first})",
-            requested=from_seq,
-            first_seq=first,
-            last_seq=last,
-        )
+        raise JournalGapError.pruned("", from_seq, first, last)
     if from_seq > last + 1:
         raise JournalRangeError(
             f"sequence {from_seq} is past the end of the journal (last {last}; the next is {last + 1})",

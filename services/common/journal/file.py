@@ -321,15 +321,13 @@ class FileJournal:
     def _damaged(
         self, kept: int, needed: int, problem: str, path: Path | None, files: Sequence[Path]
     ) -> JournalDamagedError:
-        where = f"{path}: " if path is not None else f"{self._dir}: "
-        lost = f"record {needed}" if kept + 1 == needed else f"records {kept + 1}..{needed}"
-        return JournalDamagedError(
-            f"{where}{problem}: the journal holds good records only up to {kept}, but {lost} "
-            f"had been made durable; the files were left unchanged",
+        return JournalDamagedError.lost(
+            str(path if path is not None else self._dir),
             location=str(self._dir),
             kept=kept,
             needed=needed,
             problem=problem,
+            unchanged="the files were left unchanged",
             path=path,
             files=files,
         )
@@ -512,12 +510,7 @@ class FileJournal:
         with self._lock:
             self._check_usable()
             if expected is not None and expected != self._last:
-                raise FencedError(
-                    f"{self._dir}: append after {expected} refused: the journal's last record is "
-                    f"{self._last}",
-                    expected=expected,
-                    last=self._last,
-                )
+                raise FencedError.refused(str(self._dir), expected, self._last)
             if not payloads:
                 return self._last
             seg = self._segments[-1]
@@ -640,13 +633,7 @@ class FileJournal:
             if from_seq > self._last:
                 return []
             if from_seq < self._segments[0].first:
-                first = self._segments[0].first
-                raise JournalGapError(
-                    f"{self._dir}: sequence {from_seq} was pruned (oldest is {first})",
-                    requested=from_seq,
-                    first_seq=first,
-                    last_seq=self._last,
-                )
+                raise JournalGapError.pruned(str(self._dir), from_seq, self._segments[0].first, self._last)
             i = bisect_right(self._firsts, from_seq) - 1
             plan = [(s, s.gen, s.last, s.size) for s in self._segments[i:] if s.last >= s.first]
             seg0 = plan[0][0]
@@ -793,12 +780,8 @@ class FileJournal:
                 if seq >= self._last:
                     return 0
                 if seq < self._segments[0].first - 1:
-                    raise JournalGapError(
-                        f"{self._dir}: cannot truncate after {seq}: records before "
-                        f"{self._segments[0].first} were pruned",
-                        requested=seq,
-                        first_seq=self._segments[0].first,
-                        last_seq=self._last,
+                    raise JournalGapError.truncate_pruned(
+                        str(self._dir), seq, self._segments[0].first, self._last
                     )
                 k = max(bisect_right(self._firsts, seq) - 1, 0)
                 keep = self._segments[k]

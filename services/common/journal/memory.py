@@ -89,12 +89,7 @@ class MemoryJournal:
                 raise JournalError(f"{self.name}: journal is closed")
             last = store.last
             if expected_last_seq != last:
-                raise FencedError(
-                    f"{self.name}: append after {expected_last_seq} refused: the journal's last record "
-                    f"is {last}",
-                    expected=expected_last_seq,
-                    last=last,
-                )
+                raise FencedError.refused(self.name, expected_last_seq, last)
             store.records.extend(bytes(p) for p in payloads)
             return range(last + 1, store.last + 1)
 
@@ -134,12 +129,7 @@ class MemoryJournal:
             if from_seq > last:
                 return []
             if from_seq < store.first:
-                raise JournalGapError(
-                    f"{self.name}: sequence {from_seq} was pruned (oldest is {store.first})",
-                    requested=from_seq,
-                    first_seq=store.first,
-                    last_seq=last,
-                )
+                raise JournalGapError.pruned(self.name, from_seq, store.first, last)
             out: list[Record] = []
             total = 0
             i = from_seq - store.first
@@ -176,12 +166,7 @@ class MemoryJournal:
             if seq >= last:
                 return 0
             if seq < store.first - 1:
-                raise JournalGapError(
-                    f"{self.name}: cannot truncate after {seq}: records before {store.first} were pruned",
-                    requested=seq,
-                    first_seq=store.first,
-                    last_seq=last,
-                )
+                raise JournalGapError.truncate_pruned(self.name, seq, store.first, last)
             del store.records[seq - store.first + 1 :]
             store.durable = min(store.durable, seq)
             return last - seq
@@ -223,15 +208,8 @@ class MemoryJournals:
         return MemoryJournal(name=self.location(name), _store=store, _created=False)
 
     def _damaged(self, name: str, kept: int, needed: int, problem: str) -> JournalDamagedError:
-        lost = f"record {needed}" if kept + 1 == needed else f"records {kept + 1}..{needed}"
-        return JournalDamagedError(
-            f"{self.location(name)}: {problem}: the journal holds good records only up to {kept}, but "
-            f"{lost} had been made durable; nothing was changed",
-            location=self.location(name),
-            kept=kept,
-            needed=needed,
-            problem=problem,
-        )
+        where = self.location(name)
+        return JournalDamagedError.lost(where, location=where, kept=kept, needed=needed, problem=problem)
 
     def location(self, name: str) -> str:
         return f"memory:{name}"

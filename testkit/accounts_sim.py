@@ -19,14 +19,16 @@ from services.accounts.views import (
     amend_commands,
     cancel_all_command,
     cancel_command,
+    open_sub_account_command,
     place_command,
+    transfer_command,
 )
 from services.common.markets import MarketCatalog
 from services.common.statemachine import Outcome
 from services.matching.engine import MatchingEngine
 from services.matching.machine import MatchingMachine
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def default_catalog(shards: dict[str, list[str]] | None = None) -> MarketCatalog:
@@ -190,6 +192,25 @@ class MiniExchange:
         if auto:
             self.settle()
         return result
+
+    def open_sub_account(self, owner: int, label: str) -> Any:
+        """An OpenOutcome (services.accounts.machine)."""
+        self.tick()
+        return self._accounts_apply(
+            open_sub_account_command(apb.OpenSubAccountRequest(owner_user_id=owner, label=label))
+        )
+
+    def transfer(self, src: int, dst: int, asset: str, amount: str, transfer_id: str | None = None) -> Any:
+        """A TransferOutcome (services.accounts.machine)."""
+        self.tick()
+        req = apb.TransferRequest(
+            from_user_id=src,
+            to_user_id=dst,
+            asset=asset,
+            amount=amount,
+            transfer_id=f"t{self.time_us}" if transfer_id is None else transfer_id,
+        )
+        return self._accounts_apply(transfer_command(req, self.catalog))
 
     # --- checks --------------------------------------------------------------------------------
 

@@ -1,5 +1,5 @@
 """Realistic event streams for the history tests and benchmark: the real accounts and matching state
-machines (tests.accounts.sim.MiniExchange) driven by random orders, cancels and amends, plus what the
+machines (testkit.accounts_sim.MiniExchange) driven by random orders, cancels and amends, plus what the
 history database should hold afterwards."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from sqlalchemy import Engine, Table, select
 from services.common.errors import ExchangeError
 from services.common.units import AmountError
 from services.history.store import HistoryStore, balance_row, order_row, trade_row
-from tests.accounts.sim import MiniExchange, default_catalog
+from testkit.accounts_sim import MiniExchange, default_catalog
 
 ACCOUNTS = "accounts-0"
 SHARDS = {"matching-0": ["BTC_USDT", "ETH_BTC"], "matching-1": ["ETH_USDT", "SOL_USDT", "DOGE_USDT"]}

@@ -32,7 +32,7 @@ from exchange.v1 import matching_service_pb2_grpc as mgrpc
 
 from services.common.rpc import register_service
 from services.common.wire import repeated_messages
-from tests.history.sim import ACCOUNTS, Flow
+from testkit.history_sim import ACCOUNTS, Flow
 
 
 @dataclass
@@ -95,7 +95,7 @@ class FakeMatching(mgrpc.MatchingServiceServicer):
 
     async def StreamEvents(
         self, request: mpb.StreamEventsRequest, context: Any
-    ) -> AsyncIterator[mpb.StreamEventsResponse]:
+    ) -> AsyncIterator[mpb.StreamEventsResponse | bytes]:
         async for chunk in self.feed.stream(request.from_sequence, context):
             yield chunk if isinstance(chunk, bytes) else mpb.StreamEventsResponse(events=chunk)
 
@@ -106,7 +106,7 @@ class FakeAccounts(agrpc.AccountsServiceServicer):
 
     async def StreamAccountEvents(
         self, request: apb.StreamAccountEventsRequest, context: Any
-    ) -> AsyncIterator[apb.StreamAccountEventsResponse]:
+    ) -> AsyncIterator[apb.StreamAccountEventsResponse | bytes]:
         async for chunk in self.feed.stream(request.from_sequence, context):
             yield chunk if isinstance(chunk, bytes) else apb.StreamAccountEventsResponse(events=chunk)
 
@@ -178,7 +178,7 @@ class FakeUpstreams:
         batch_size: int | None = 5000,
     ) -> str:
         """An exchange.toml whose shards (default: the simulation's) and accounts are these fakes."""
-        from tests.history.sim import SHARDS
+        from testkit.history_sim import SHARDS
 
         lines = ['data_dir = "data"', "", "[accounts]", f'listen = "{self.addresses[ACCOUNTS]}"', ""]
         for name, markets in (shards or SHARDS).items():
