@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import grpc
 from exchange.v1 import accounts_service_pb2 as apb
+from exchange.v1 import events_pb2 as ev
 from exchange.v1 import history_service_pb2 as hpb
 from exchange.v1 import matching_service_pb2 as mpb
 from exchange.v1 import types_pb2
@@ -41,7 +42,7 @@ from services.clients.channels import Connection
 from services.common import rpc
 from services.common.config import load_config
 from services.common.security import process_security
-from tests.cluster import Cluster
+from testkit.cluster import Cluster
 
 MARKETS = {"BTC_USDT": 30000, "ETH_USDT": 2000, "SOL_USDT": 20}
 BUY, SELL = types_pb2.SIDE_BUY, types_pb2.SIDE_SELL
@@ -57,6 +58,26 @@ def percentile(xs: list[float], q: float) -> float:
         return float("nan")
     xs = sorted(xs)
     return round(xs[min(len(xs) - 1, int(q * len(xs)))], 2)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc), every thread included."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def service_cpu(c: Cluster) -> dict[str, float]:
+    return {name: cpu_seconds(proc.pid) for name, proc in c.procs.items()}
+
+
+def spread(xs: list[float]) -> dict[str, Any]:
+    return {
+        "samples": len(xs),
+        "p50": percentile(xs, 0.5),
+        "p99": percentile(xs, 0.99),
+        "p99.9": percentile(xs, 0.999),
+        "max": round(max(xs), 2) if xs else None,
+    }
 
 
 def make_orders(rng: random.Random, users: int, n: int, crossing: float) -> list[apb.OrderCommand]:
@@ -130,28 +151,73 @@ def probe_process(
     out.put(asyncio.run(_probe(accounts, matching, history, user, seconds)))
 
 
+HOPS = ("accounts_journal", "forward", "matching_journal_event", "settlement", "user_stream")
+
+
+def _us() -> int:
+    return time.time_ns() // 1000
+
+
 async def _probe(accounts: str, matching: str, history: str, user: int, seconds: float) -> dict[str, Any]:
-    sent: dict[int, float] = {}
+    """Per probe order, six points in time: sent, answered, seen on the shard's event stream (in
+    this process), and received as UserFill on the user stream, all from this process's clock; and
+    the two stamps the services journal themselves: the matching command's time_us (the shard's
+    commit) and the UserFill event's time_us (the accounts commit of the settlement). The services
+    stamp with the wall clock (time.time_ns, the only clock a journal record carries), so the probe
+    reads the wall clock too: one clock for every process on one machine (valid as long as it is not
+    stepped during the run; intervals measured inside the probe alone would be no better)."""
+    sent: dict[int, int] = {}
+    answered: dict[int, int] = {}
+    matched: dict[int, tuple[int, int]] = {}  # order id -> (shard's stamp, seen on the shard stream)
     latencies: list[float] = []
+    hops: dict[str, list[float]] = {h: [] for h in HOPS}
     samples: list[dict[str, Any]] = []
     async with (
         AccountsClient.at(accounts) as stub,
         MatchingClient.at(matching) as mstub,
         HistoryClient.at(history or "127.0.0.1:1") as hstub,
     ):
+        st0 = await mstub.get_matching_status(mpb.GetMatchingStatusRequest())
+
+        async def follow_shard() -> None:
+            request = mpb.StreamEventsRequest(from_sequence=st0.event_sequence + 1)
+            async for resp in mstub.stream_events(request):
+                now = _us()
+                for e in resp.events:
+                    if e.WhichOneof("event") == "trade_executed":
+                        t = e.trade_executed
+                        if t.taker_user_id == user and t.taker_order_id not in matched:
+                            matched[t.taker_order_id] = (e.time_us, now)
+
+        early: dict[int, tuple[int, int]] = {}  # fills seen before their order's answer
+
+        def record(oid: int, settled_us: int, now: int) -> None:
+            if oid not in sent:
+                early[oid] = (settled_us, now)
+                return
+            t0 = sent.pop(oid)
+            latencies.append((now - t0) / 1000)
+            t1 = answered.pop(oid, None)
+            shard = matched.pop(oid, None)
+            if t1 is None or shard is None:
+                return
+            stamp, seen = shard
+            hops["accounts_journal"].append((t1 - t0) / 1000)
+            hops["forward"].append((stamp - t1) / 1000)
+            hops["matching_journal_event"].append((seen - stamp) / 1000)
+            hops["settlement"].append((settled_us - seen) / 1000)
+            hops["user_stream"].append((now - settled_us) / 1000)
 
         async def follow() -> None:
             async for resp in stub.stream_user_events(apb.StreamUserEventsRequest(user_id=user)):
-                now = time.monotonic()
+                now = _us()
                 for e in resp.events:
-                    if e.WhichOneof("event") == "user_fill":
-                        t0 = sent.pop(e.user_fill.order_id, None)
-                        if t0 is not None:
-                            latencies.append((now - t0) * 1000)
+                    if e.WhichOneof("event") == "user_fill" and e.user_fill.role == ev.LIQUIDITY_ROLE_TAKER:
+                        record(e.user_fill.order_id, e.time_us, now)
 
         async def place() -> None:
             while time.monotonic() < until:
-                t0 = time.monotonic()
+                t0 = _us()
                 resp = await stub.place_order(
                     apb.PlaceOrderRequest(
                         user_id=user,
@@ -163,7 +229,12 @@ async def _probe(accounts: str, matching: str, history: str, user: int, seconds:
                         time_in_force=types_pb2.TIME_IN_FORCE_IOC,
                     )
                 )
-                sent[resp.order.order_id] = t0
+                t1 = _us()
+                oid = resp.order.order_id
+                sent[oid] = t0
+                answered[oid] = t1
+                if oid in early:
+                    record(oid, *early.pop(oid))
                 await asyncio.sleep(0.02)
 
         async def sample() -> None:
@@ -197,11 +268,13 @@ async def _probe(accounts: str, matching: str, history: str, user: int, seconds:
 
         start = time.monotonic()
         until = start + seconds
-        follower = asyncio.create_task(follow())
+        followers = [asyncio.create_task(follow()), asyncio.create_task(follow_shard())]
+        await asyncio.sleep(0.2)  # both streams open before the first probe
         await asyncio.gather(place(), sample())
         await asyncio.sleep(1.0)
-        follower.cancel()
-    return {"latencies_ms": latencies, "unmatched": len(sent), "samples": samples}
+        for f in followers:
+            f.cancel()
+    return {"latencies_ms": latencies, "hops_ms": hops, "unmatched": len(sent), "samples": samples}
 
 
 async def drive_stream(
@@ -245,19 +318,26 @@ async def drive_stream(
 
 
 def unary_client_process(
-    config_path: str, address: str, payloads: list[bytes], seconds: float, concurrency: int, out: Any
+    config_path: str,
+    address: str,
+    payloads: list[bytes],
+    seconds: float,
+    concurrency: int,
+    rate: float,
+    out: Any,
 ) -> None:
     """One unary client process (a Python gRPC client tops out near a thousand calls a second, so the
-    unary load comes from several processes)."""
+    unary load comes from several processes); with a rate, calls start at that pace (orders/s)."""
     use_credentials(config_path)
-    out.put(asyncio.run(_unary_client(address, payloads, seconds, concurrency)))
+    out.put(asyncio.run(_unary_client(address, payloads, seconds, concurrency, rate)))
 
 
 async def _unary_client(
-    address: str, payloads: list[bytes], seconds: float, concurrency: int
+    address: str, payloads: list[bytes], seconds: float, concurrency: int, rate: float = 0.0
 ) -> tuple[int, int]:
     counter = [0, 0]
     until = time.monotonic() + seconds
+    next_at = [time.monotonic()]
     conn = Connection.at(address)  # pre-serialized requests on the library's channel
     try:
         call = conn.channel().unary_unary(
@@ -269,6 +349,9 @@ async def _unary_client(
 
         async def worker() -> None:
             while time.monotonic() < until:
+                if rate:
+                    slot = next_at[0] = max(next_at[0] + 1.0 / rate, time.monotonic() - 0.05)
+                    await asyncio.sleep(max(0.0, slot - time.monotonic()))
                 req = payloads[idx[0] % len(payloads)]
                 idx[0] += 1
                 try:
@@ -290,6 +373,7 @@ async def drive_unary(
     concurrency: int,
     counter: list[int],
     processes: int = 3,
+    rate: int = 0,
 ) -> None:
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
@@ -304,6 +388,7 @@ async def drive_unary(
                 payloads[k::processes],
                 seconds,
                 concurrency // processes,
+                rate / processes,
                 queue,
             ),
         )
@@ -355,7 +440,7 @@ async def run_mode(
             ).SerializeToString()
             for i in range(len(orders) // batch)
         ]
-    else:
+    elif mode == "unary":
         requests = [cmd.place_order for cmd in make_orders(rng, users, 50_000, crossing=0.1)]
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
@@ -372,6 +457,7 @@ async def run_mode(
         ),
     )
     probe.start()
+    cpu0 = service_cpu(c)
     start = time.monotonic()
     until = start + seconds
     if mode == "stream":
@@ -379,8 +465,10 @@ async def run_mode(
         load = [
             drive_stream(c, batches[k::streams], until, window, counter, interval) for k in range(streams)
         ]
-    else:
-        load = [drive_unary(c, requests, until, 64, counter)]
+    elif mode == "unary":
+        load = [drive_unary(c, requests, until, 64, counter, rate=rate)]
+    else:  # idle: the probes alone
+        load = [asyncio.sleep(seconds)]
     await asyncio.gather(*load)
     elapsed = time.monotonic() - start
     report = queue.get(timeout=60)
@@ -389,6 +477,8 @@ async def run_mode(
     t_drain = time.monotonic()
     c.wait_quiet(timeout=300)
     drain = time.monotonic() - t_drain
+    cpu1 = service_cpu(c)
+    orders_done = counter[0] + len(report["latencies_ms"])
     trades1, events1 = await shard_counters(c)
     samples = report["samples"]
     per_second = [
@@ -412,20 +502,31 @@ async def run_mode(
         "fills_per_s": round((trades1 - trades0) / (elapsed + drain)),
         "matching_events": events1 - events0,
         "drain_seconds_after_load": round(drain, 2),
+        "cpu_us_per_order": {
+            name: round((cpu1[name] - cpu0[name]) * 1e6 / max(1, orders_done)) for name in cpu0
+        },
+        "cpu_cores_used": {name: round((cpu1[name] - cpu0[name]) / (elapsed + drain), 2) for name in cpu0},
         "place_to_fill_latency_ms": {
             "what": "unary PlaceOrder of a crossing IOC order -> its UserFill event, under the load",
-            "samples": len(lat),
-            "p50": percentile(lat, 0.5),
-            "p99": percentile(lat, 0.99),
-            "max": round(max(lat), 1) if lat else None,
+            **spread(lat),
             "probes_without_fill": report["unmatched"],
+        },
+        "hop_latency_ms": {
+            "what": (
+                "per probe: accounts_journal = PlaceOrder sent -> answered (durable); forward = answered "
+                "-> the shard's commit stamp; matching_journal_event = that stamp -> the trade seen on "
+                "the shard's event stream; settlement = seen -> the accounts commit stamp of the "
+                "settlement; user_stream = that stamp -> UserFill received (includes the settlement's "
+                "fsync). One wall clock for every process of this machine."
+            ),
+            **{hop: spread(xs) for hop, xs in report["hops_ms"].items()},
         },
         "pipeline_lag_per_second": [
             {k: v for k, v in s.items() if k in ("accounts_queue", "outbox", "unsettled_events")}
             for s in samples
         ],
         **history_lag(samples),
-        "target_rate_orders_per_s": rate if mode == "stream" else 0,
+        "target_rate_orders_per_s": rate,
         "batch_size": batch if mode == "stream" else 1,
         "streams": streams if mode == "stream" else 0,
         "unary_concurrency": 64 if mode == "unary" else 0,
@@ -469,7 +570,14 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                     )
                 results["runs"].append(
                     await run_mode(
-                        c, mode, args.seconds, args.users, args.batch, args.streams, args.window, args.rate
+                        c,
+                        mode,
+                        args.seconds,
+                        args.users,
+                        args.batch,
+                        args.streams,
+                        args.window,
+                        args.unary_rate if mode == "unary" else args.rate,
                     )
                 )
             finally:
@@ -484,12 +592,13 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=20)
-    ap.add_argument("--mode", choices=["stream", "unary", "both"], default="both")
+    ap.add_argument("--mode", choices=["stream", "unary", "both", "idle"], default="both")
     ap.add_argument("--users", type=int, default=1000)
     ap.add_argument("--batch", type=int, default=500)
     ap.add_argument("--streams", type=int, default=2)
     ap.add_argument("--window", type=int, default=4)
-    ap.add_argument("--rate", type=int, default=0, help="streaming: target orders/s (0 = as fast as it goes)")
+    ap.add_argument("--rate", type=int, default=0, help="target orders/s (0 = as fast as it goes)")
+    ap.add_argument("--unary-rate", type=int, default=0, help="unary: target orders/s (0 = closed loop)")
     ap.add_argument("--with-history", action="store_true")
     ap.add_argument("--with-market", action="store_true")
     ap.add_argument("--out", type=Path)

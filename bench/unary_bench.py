@@ -1,6 +1,6 @@
 """Unary order entry measured by a C load generator (h2load), beside the same server's health Check.
 
-    python bench/unary_bench.py [--seconds 10] [--clients 64] [--root DIR] [--out FILE]
+    python bench/unary_bench.py [--seconds 10] [--clients 64] [--repeat 2] [--root DIR] [--out FILE]
 
 Starts accounts and one matching shard (durable journals) in a temporary directory, funds one user,
 then runs h2load (Debian's nghttp2-client) against the accounts server, side by side in one run:
@@ -9,6 +9,15 @@ then runs h2load (Debian's nghttp2-client) against the accounts server, side by 
   at c=1 (latency) and c=--clients (throughput).
 h2load cannot read gRPC trailers, so successes are counted by the exchange itself: the orders accepted
 (last order id) must equal the requests h2load completed.
+
+The runs alternate (Check, PlaceOrder, Check, PlaceOrder, ... --repeat times at each concurrency), so
+a neighbour's load on a shared machine hits both sides alike; the report gives every run, the best and
+the median ratio, the CPU each service spent per request (from /proc: accounts and matching, every
+thread), and the two targets of issue 12: PlaceOrder at c=--clients >= 0.8x Check, and PlaceOrder's
+c=1 mean latency <= Check's + 2 fdatasyncs (an fdatasync measured in the same directory, same minute).
+
+h2load comes from Debian's nghttp2-client (`apt-get install -y nghttp2-client`); --install-h2load
+runs that when it is missing.
 
 --root runs the same measurement against another checkout (e.g. a commit before authentication: the
 token is then simply ignored), so "before" and "after" come from the same script on the same machine.
@@ -22,7 +31,9 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import struct
+import subprocess
 import sys
 import tempfile
 import time
@@ -33,6 +44,8 @@ from typing import Any
 ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 ap.add_argument("--seconds", type=float, default=10.0)
 ap.add_argument("--clients", type=int, default=64)
+ap.add_argument("--repeat", type=int, default=2, help="alternating Check/PlaceOrder pairs per concurrency")
+ap.add_argument("--install-h2load", action="store_true", help="apt-get install nghttp2-client if missing")
 ap.add_argument("--root", type=Path, default=Path(__file__).resolve().parent.parent)
 ap.add_argument("--out", type=Path)
 ARGS = ap.parse_args()
@@ -45,12 +58,57 @@ from exchange.v1 import types_pb2  # noqa: E402
 from grpc_health.v1 import health_pb2  # noqa: E402
 from h2load import h2load  # noqa: E402  (bench/h2load.py, beside this script)
 
-from tests.cluster import Cluster  # noqa: E402
+from testkit.cluster import Cluster  # noqa: E402
 
 
 def frame(message: Any) -> bytes:
     body: bytes = message.SerializeToString()
     return b"\x00" + struct.pack(">I", len(body)) + body
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc), every thread included."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def fdatasync_ms(directory: Path, n: int = 200) -> float:
+    """Median latency of appending a small record and fdatasyncing it, in `directory`."""
+    path = directory / "fdatasync.probe"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        times = []
+        for _ in range(n):
+            os.write(fd, b"x" * 128)
+            t = time.perf_counter()
+            os.fdatasync(fd)
+            times.append(time.perf_counter() - t)
+    finally:
+        os.close(fd)
+        path.unlink()
+    return round(statistics.median(times) * 1000, 3)
+
+
+def latency_ms(text: str) -> float:
+    """h2load's mean latency ("605us", "2.41ms", "1.2s") in milliseconds."""
+    for unit, scale in (("us", 0.001), ("ms", 1.0), ("s", 1000.0)):
+        if text.endswith(unit):
+            return round(float(text[: -len(unit)]) * scale, 3)
+    return float("nan")
+
+
+def ensure_h2load(install: bool) -> bool:
+    if shutil.which("h2load") is not None:
+        return True
+    if install and shutil.which("apt-get") is not None:
+        print("h2load not found: installing nghttp2-client", file=sys.stderr)
+        subprocess.run(["apt-get", "install", "-y", "-q", "nghttp2-client"], check=False)
+        return shutil.which("h2load") is not None
+    print(
+        "h2load not found: apt-get install -y nghttp2-client (or run with --install-h2load)",
+        file=sys.stderr,
+    )
+    return False
 
 
 def _with_clients(c: Any, fund: Any) -> Callable[[], int]:
@@ -82,8 +140,7 @@ def _with_stubs(c: Any, fund: Any, has_auth: bool) -> Callable[[], int]:
 
 
 def main() -> int:
-    if shutil.which("h2load") is None:
-        print("h2load not found: apt-get install -y nghttp2-client", file=sys.stderr)
+    if not ensure_h2load(ARGS.install_h2load):
         return 2
     with tempfile.TemporaryDirectory(prefix="unary-bench-") as tmp:
         c = Cluster(Path(tmp), accounts_options={"max_outbox_lag": 10_000_000})
@@ -112,27 +169,41 @@ def main() -> int:
             base = f"http://{c.addresses['accounts-0']}"
             auth = [f"authorization: Bearer {token}"]
 
-            runs: dict[str, Any] = {}
-            for name, path, data, clients in (
-                ("check_c1", "/grpc.health.v1.Health/Check", "check.bin", 1),
-                ("place_order_c1", "/exchange.v1.AccountsService/PlaceOrder", "order.bin", 1),
-                (f"check_c{ARGS.clients}", "/grpc.health.v1.Health/Check", "check.bin", ARGS.clients),
-                (
-                    f"place_order_c{ARGS.clients}",
-                    "/exchange.v1.AccountsService/PlaceOrder",
-                    "order.bin",
-                    ARGS.clients,
-                ),
-            ):
-                before = last_order()
-                result = h2load(base + path, files / data, clients, ARGS.seconds, auth)
-                time.sleep(0.5)
-                if "place_order" in name:
-                    result["orders_accepted"] = last_order() - before
-                runs[name] = result
+            pids = {name: proc.pid for name, proc in c.procs.items()}
+            runs: dict[str, list[dict[str, Any]]] = {}
+            fsync_ms: list[float] = []
+            for clients in (1, ARGS.clients):
+                for _ in range(ARGS.repeat):
+                    for kind, path, data in (
+                        ("check", "/grpc.health.v1.Health/Check", "check.bin"),
+                        ("place_order", "/exchange.v1.AccountsService/PlaceOrder", "order.bin"),
+                    ):
+                        before = last_order()
+                        cpu0 = {n: cpu_seconds(pid) for n, pid in pids.items()}
+                        result = h2load(base + path, files / data, clients, ARGS.seconds, auth)
+                        cpu1 = {n: cpu_seconds(pid) for n, pid in pids.items()}
+                        done = max(1, result["requests_done"])
+                        result["cpu_us_per_request"] = {
+                            n: round((cpu1[n] - cpu0[n]) * 1e6 / done) for n in pids
+                        }
+                        result["mean_latency_ms"] = latency_ms(result["mean_latency"])
+                        time.sleep(0.5)
+                        if kind == "place_order":
+                            result["orders_accepted"] = last_order() - before
+                        runs.setdefault(f"{kind}_c{clients}", []).append(result)
+                    fsync_ms.append(fdatasync_ms(files))
         finally:
             c.stop()
-    check, place = runs[f"check_c{ARGS.clients}"], runs[f"place_order_c{ARGS.clients}"]
+    n = ARGS.clients
+    ratios = [
+        p["requests_per_s"] / ch["requests_per_s"]
+        for ch, p in zip(runs[f"check_c{n}"], runs[f"place_order_c{n}"], strict=True)
+    ]
+    c1_excess = [
+        p["mean_latency_ms"] - ch["mean_latency_ms"]
+        for ch, p in zip(runs["check_c1"], runs["place_order_c1"], strict=True)
+    ]
+    fsync = statistics.median(fsync_ms)
     report = {
         "benchmark": "unary order entry (h2load)",
         "root": str(ROOT),
@@ -141,7 +212,16 @@ def main() -> int:
         "cpus": os.cpu_count(),
         "seconds_per_run": ARGS.seconds,
         "runs": runs,
-        "place_over_check_ratio": round(place["requests_per_s"] / check["requests_per_s"], 3),
+        "place_over_check_ratio": round(statistics.median(ratios), 3),
+        "place_over_check_ratio_best": round(max(ratios), 3),
+        "place_over_check_ratio_target": 0.8,
+        "c1_place_minus_check_ms": round(statistics.median(c1_excess), 3),
+        "fdatasync_ms": fsync,
+        "c1_target_ms": round(2 * fsync, 3),
+        "targets_met": {
+            f"place_over_check_c{n}": statistics.median(ratios) >= 0.8,
+            "c1_mean_within_check_plus_2_fdatasyncs": statistics.median(c1_excess) <= 2 * fsync,
+        },
     }
     text = json.dumps(report, indent=2)
     print(text)

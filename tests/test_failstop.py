@@ -219,7 +219,7 @@ def test_failstop_hook_sets_not_serving_stops_and_exits(tmp_path: Path) -> None:
         fs.set_server(server)
         await host.submit(4)
         assert not stop.is_set() and not fs.failed
-        host.commands.append_after = eperm  # type: ignore[method-assign,assignment]
+        host.commands.write_after = eperm  # type: ignore[method-assign,assignment]
         with pytest.raises(Unavailable):
             await host.submit(5)
         await asyncio.wait_for(stop.wait(), 10)

@@ -184,16 +184,17 @@ class Forwarder:
                 self.queued.extendleft(reversed(backlog))
                 log.info("resending from journal", extra={"shard": self.shard, "commands": len(backlog)})
             reader = asyncio.create_task(self._read_acks(call))
+            # The reader ending (the stream failed or closed) wakes the sender too: one event to wait
+            # on, no task per wait.
+            reader.add_done_callback(lambda _: self._more.set())
             try:
                 while not self._stop:
+                    if reader.done():
+                        reader.result()  # raises the stream error
+                        return
                     if not self.queued:
                         self._more.clear()
-                        waiter = asyncio.create_task(self._more.wait())
-                        done, _ = await asyncio.wait([reader, waiter], return_when=asyncio.FIRST_COMPLETED)
-                        waiter.cancel()
-                        if reader in done:
-                            reader.result()  # raises the stream error
-                            return
+                        await self._more.wait()
                         continue
                     batch: list[bytes] = []
                     while self.queued and len(batch) < SEND_BATCH:
