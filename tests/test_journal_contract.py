@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from typing import ClassVar
@@ -46,3 +47,68 @@ class TestMemoryJournal(JournalContract):
 
     def make_factory(self, base: Path) -> MemoryJournals:
         return MemoryJournals()
+
+
+# --- JetStream: the local single node (R1) and a 3-node cluster (R3) --------------------------------
+
+from collections.abc import Iterator  # noqa: E402
+from itertools import count  # noqa: E402
+
+import pytest  # noqa: E402
+
+from services.cluster.servers import NatsCluster  # noqa: E402
+from services.common.journal.jetstream import JetStreamJournals  # noqa: E402
+from tests.cluster_fixtures import nats_local, nats_r3  # noqa: E402, F401
+
+_streams = count(1)
+
+
+class TestJetStreamJournal(JournalContract):
+    """Against the local NATS (R1). torn_tails n/a: a publish reaches the stream whole or not at all
+    (the backend's messages are whole batches, never partial records)."""
+
+    survives_crash: ClassVar[bool] = True
+    torn_tails: ClassVar[bool] = False
+    shared_writers: ClassVar[bool] = True
+    replicas: ClassVar[int] = 1
+
+    servers: list[str]
+    _service: str
+
+    @pytest.fixture(autouse=True)
+    def _servers(self, nats_local: list[str]) -> None:  # noqa: F811
+        self.servers = nats_local
+
+    @pytest.fixture
+    def factory(self, tmp_path: Path) -> Iterator[JournalFactory]:  # type: ignore[override]
+        made: list[JetStreamJournals] = []
+        self._made = made
+        self._service = f"contract-{os.getpid()}-{next(_streams)}"
+        f = self.make_factory(tmp_path / "journals")
+        try:
+            yield f
+        finally:
+            made[0].delete_streams()
+            for m in made:
+                m.close()
+
+    def make_factory(self, base: Path) -> JetStreamJournals:
+        f = JetStreamJournals(
+            self.servers, service=self._service, replicas=self.replicas, max_message_bytes=200
+        )
+        self._made.append(f)
+        return f
+
+    def crash(self, journal: Journal, factory: JournalFactory, name: str, base: Path) -> JetStreamJournals:
+        """The stream as the next process finds it: a new connection (the old one still open)."""
+        return self.make_factory(base)
+
+
+class TestJetStreamJournalR3(TestJetStreamJournal):
+    """The same contract on R3 streams of a 3-node cluster started by services.cluster.servers."""
+
+    replicas: ClassVar[int] = 3
+
+    @pytest.fixture(autouse=True)
+    def _servers(self, nats_r3: NatsCluster) -> None:  # type: ignore[override]  # noqa: F811
+        self.servers = nats_r3.urls

@@ -109,3 +109,15 @@ __all__ = [
     "fsync_dir",
     "quarantine_segments",
 ]
+
+_JETSTREAM = ("JetStreamJournal", "JetStreamJournals", "JetStreamReader")
+
+
+def __getattr__(name: str) -> object:
+    """The JetStream backend (jetstream.py), imported on first use: importing nats-py costs every
+    process that keeps file journals. For types, import from services.common.journal.jetstream."""
+    if name in _JETSTREAM:
+        from services.common.journal import jetstream
+
+        return getattr(jetstream, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
