@@ -18,12 +18,14 @@ from services.accounts.model import (
     Command,
     Done,
     MoveOrder,
+    OpenSubAccount,
     PlaceOrder,
     ReduceOrder,
     Rejected,
     SettleEvents,
     SettlementEvent,
     Trade,
+    Transfer,
     Unreadable,
 )
 from services.common.errors import InvalidArgument, Reason
@@ -93,6 +95,12 @@ def command_from_proto(cmd: ev.AccountsCommand, source: str) -> Command:
     if kind == "move_order":
         m = cmd.move_order
         return MoveOrder(m.user_id, m.order_id, m.client_order_id, Ticks(m.new_price_ticks))
+    if kind == "open_sub_account":
+        o = cmd.open_sub_account
+        return OpenSubAccount(o.owner_user_id, o.label)
+    if kind == "transfer":
+        t = cmd.transfer
+        return Transfer(t.from_user_id, t.to_user_id, t.asset, Units(t.amount), t.transfer_id)
     raise InvalidArgument("empty accounts command", Reason.INVALID_FIELD)
 
 

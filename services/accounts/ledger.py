@@ -2,7 +2,8 @@
 
 The risk split of exchange-core (the Java engine), in one deterministic object:
 - pre-hold: placing an order freezes what it may spend (limit buy: price x amount of quote, sell: the
-  base amount, market buy: its quote budget); moving a buy up freezes the difference first;
+  base amount, market buy: its quote budget, also when it buys by amount); moving a buy up freezes the
+  difference first;
 - settle: each matching event adjusts balances: a fill pays from the frozen hold and credits the
   proceeds net of fee (fees go to the fee account, user 0); when an order needs less (a fill at a
   better price, a reduce, a move down) or is done, the excess hold is released.
@@ -60,11 +61,20 @@ from services.accounts.model import (
     CancelOrder,
     Done,
     MoveOrder,
+    OpenSubAccount,
     PlaceOrder,
     ReduceOrder,
     Rejected,
     SettleEvents,
     Trade,
+    Transfer,
+)
+from services.accounts.subaccounts import (
+    OpenResult,
+    SubAccounts,
+    TransferRecord,
+    TransferResult,
+    check_transfer_id,
 )
 from services.common.enums import (
     BUSINESS_DEPOSIT,
@@ -72,6 +82,8 @@ from services.common.enums import (
     BUSINESS_ORDER_FREEZE,
     BUSINESS_ORDER_UNFREEZE,
     BUSINESS_TRADE,
+    BUSINESS_TRANSFER_IN,
+    BUSINESS_TRANSFER_OUT,
     BUSINESS_WITHDRAW,
     BUY,
     FOK,
@@ -297,6 +309,14 @@ class AmendPlan:
     extra_hold: int  # quote to freeze first (a buy moved above what it holds)
 
 
+# A market buy by amount alone is refused: accounts freezes before matching, so it needs a bound it can
+# hold. Freezing the whole available quote instead would lock every other order of the user and spend at
+# any price; the caller (the gateway computes one from the book with a price cap) states the most it pays.
+MARKET_BUY_NEEDS_BUDGET = (
+    "a market buy by amount needs quote_amount too: the most it may spend, frozen until the order is done"
+)
+
+
 def _normalized_tif(type: int, tif: int) -> int:
     """Time in force as `place` stores it (limit: unspecified = GTC; market: unspecified = IOC)."""
     if type == LIMIT:
@@ -322,6 +342,7 @@ class Ledger:
         # Matching events that could not be settled: (shard, event sequence, kind, why), the newest.
         self.quarantine: deque[tuple[str, int, str, str]] = deque(maxlen=QUARANTINE_KEEP)
         self.quarantined_total = 0
+        self.subs = SubAccounts()  # sub-accounts and the transfers between them and their owners
 
     # --- formatting (messages people read) -----------------------------------------------------
 
@@ -360,6 +381,12 @@ class Ledger:
             cmd.business_id,
         )
         self._check_user(user)
+        if user in self.subs.by_id:
+            raise FailedPrecondition(
+                f"user {user} is a sub-account: funds enter and leave it only by Transfer from/to its "
+                f"owner (user {self.subs.by_id[user].owner_user_id})",
+                Reason.SUB_ACCOUNT_NOT_ALLOWED,
+            )
         if asset not in self.catalog.assets:
             raise NotFound(f"unknown asset {quote(asset)}", Reason.UNKNOWN_ASSET)
         if change == 0:
@@ -404,6 +431,55 @@ class Ledger:
             user, asset, BUSINESS_DEPOSIT if change > 0 else BUSINESS_WITHDRAW, business_id, change, 0, bal
         )
         return AdjustResult(False, bal[0], bal[1])
+
+    # --- sub-accounts and transfers ------------------------------------------------------------
+
+    def open_sub_account(self, cmd: OpenSubAccount, seq: int) -> OpenResult:
+        """Open (or, for a known label, find) a sub-account; its id skips ids holding an account."""
+        return self.subs.open(cmd, seq, lambda u: u in self.balances or u in self.user_orders)
+
+    def transfer(self, cmd: Transfer, seq: int, sink: Sink) -> TransferResult:
+        """Move available funds between an owner and one of its sub-accounts; idempotent by (owner,
+        transfer_id). Every check first: a refused transfer changes nothing."""
+        src, dst, asset, amount, transfer_id = (
+            cmd.from_user_id,
+            cmd.to_user_id,
+            cmd.asset,
+            cmd.amount,
+            cmd.transfer_id,
+        )
+        owner = self.subs.transfer_owner(cmd)
+        if asset not in self.catalog.assets:
+            raise NotFound(f"unknown asset {quote(asset)}", Reason.UNKNOWN_ASSET)
+        if amount <= 0:
+            raise InvalidArgument("amount must be greater than zero", Reason.INVALID_FIELD)
+        if amount > INT64_MAX:
+            raise InvalidArgument(f"amount {self._money(asset, amount)} is too large", Reason.VALUE_TOO_LARGE)
+        check_transfer_id(transfer_id)
+        previous = self.subs.previous_transfer(owner, cmd)
+        if previous is not None:
+            return TransferResult(previous, True)
+        avail, _ = self.peek_balance(src, asset)
+        if avail < amount:
+            raise FailedPrecondition(
+                f"insufficient {asset} in user {src}: available {self._money(asset, avail)}, "
+                f"needed {self._money(asset, amount)}",
+                Reason.INSUFFICIENT_BALANCE,
+            )
+        if self.peek_balance(dst, asset)[0] + amount > INT64_MAX:
+            raise InvalidArgument(
+                f"the {asset} balance of user {dst} would exceed {self._money(asset, INT64_MAX)}",
+                Reason.VALUE_TOO_LARGE,
+            )
+        out = self.balance(src, asset)
+        into = self.balance(dst, asset)
+        out[0] -= amount
+        into[0] += amount
+        sink.balance(src, asset, BUSINESS_TRANSFER_OUT, transfer_id, -amount, 0, out)
+        sink.balance(dst, asset, BUSINESS_TRANSFER_IN, transfer_id, amount, 0, into)
+        record = TransferRecord(src, dst, asset, amount, seq, (out[0], out[1]), (into[0], into[1]))
+        self.subs.record_transfer(owner, transfer_id, record)
+        return TransferResult(record, False)
 
     # --- orders: pre-hold ----------------------------------------------------------------------
 
@@ -528,9 +604,15 @@ class Ledger:
             if expire_at:
                 raise InvalidArgument("expire_time_us is only for GTD orders", Reason.INVALID_ORDER)
             if side == BUY:
-                if amount:
+                # By budget (quote_amount alone) or by amount within a budget (both): accounts freezes
+                # before matching and cannot know the fill price, so the budget is the bound it holds.
+                if amount and not quote_budget:
+                    raise InvalidArgument(MARKET_BUY_NEEDS_BUDGET, Reason.INVALID_ORDER)
+                if amount and amount < spec.min_amount_lots:
                     raise InvalidArgument(
-                        "a market buy spends quote_amount, not amount", Reason.INVALID_ORDER
+                        f"amount {spec.format_amount(max(amount, 0))} {base} is below the minimum "
+                        f"{spec.min_amount} {base}",
+                        Reason.BELOW_MIN_AMOUNT,
                     )
                 minimum = max(1, spec.min_notional_units)
                 if quote_budget < minimum:
@@ -875,6 +957,8 @@ class Ledger:
             if o.type == MARKET and side == BUY:
                 left = o.quote_budget - filled_quote
                 needed_after = left
+                if o.amount and filled > o.amount:  # a market buy by amount: its amount bounds it too
+                    left = o.amount - filled
             else:
                 left = o.amount - filled
                 needed_after = self._needed_after(o, spec, o.price, o.amount, filled, o.moves.values())
@@ -1065,6 +1149,7 @@ class Ledger:
             "settled": sorted(self.settled.items()),
             "quarantine": list(self.quarantine),
             "quarantined_total": self.quarantined_total,
+            **self.subs.snapshot(),
         }
 
     @classmethod
@@ -1086,4 +1171,5 @@ class Ledger:
         led.settled = dict(data["settled"])
         led.quarantine.extend((str(a), int(b), str(c), str(d)) for a, b, c, d in data.get("quarantine", ()))
         led.quarantined_total = int(data.get("quarantined_total", 0))
+        led.subs = SubAccounts.restore(data)
         return led

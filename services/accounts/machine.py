@@ -26,6 +26,11 @@ forwards the reduce as N - 1 (the reservation's number: nothing else can ever us
 the move as N. A crash between the two leaves only the harmless reservation; the amend itself is all or
 nothing. The older reduce_order / move_order commands are still applied (journals written before).
 
+Sub-accounts (services.accounts.subaccounts): open_sub_account allocates the sub-account's user id
+while applied (so a replay allocates the same) and forwards nothing; transfer moves available funds
+between an owner and its sub-account (two BalanceChanged events, TRANSFER_OUT and TRANSFER_IN). A
+repeated (owner, label) or (owner, transfer_id) answers the original result and is not journaled.
+
 Settlement quarantine: see services.accounts.ledger. Quarantined events are reported as QuarantineReport
 effects (logged by the service once durable); the settle command is journaled and advances the shard's
 settled sequence as usual.
@@ -47,9 +52,12 @@ from services.accounts.model import (
     CancelAllOrders,
     CancelOrder,
     MoveOrder,
+    OpenSubAccount,
     ReduceOrder,
     SettleEvents,
+    Transfer,
 )
+from services.accounts.subaccounts import OpenResult, TransferResult
 from services.common.codec import stamped_codec
 from services.common.errors import FailedPrecondition, InvalidArgument, Reason
 from services.common.markets import MarketCatalog
@@ -72,6 +80,21 @@ class PlaceResult:
 class AdjustOutcome:
     result: AdjustResult
     seq: int
+
+
+@value
+class OpenOutcome:
+    """OpenSubAccount's answer; seq is the sequence of the command that opened it."""
+
+    result: OpenResult
+    seq: int
+
+
+@value
+class TransferOutcome:
+    """Transfer's answer; the record carries the sequence of the command that applied it."""
+
+    result: TransferResult
 
 
 @value
@@ -253,6 +276,16 @@ class AccountsMachine:
         elif isinstance(cmd, MoveOrder):
             order = result = led.request_move(cmd, seq, sink)
             shards = (catalog.markets[order.market].shard,)
+        elif isinstance(cmd, Transfer):
+            moved = led.transfer(cmd, seq, sink)
+            if moved.duplicate:
+                return Outcome(result=TransferOutcome(moved), journal=False)
+            result = TransferOutcome(moved)
+        elif isinstance(cmd, OpenSubAccount):
+            opened = led.open_sub_account(cmd, seq)
+            if opened.duplicate:
+                return Outcome(result=OpenOutcome(opened, opened.sub_account.sequence), journal=False)
+            result = OpenOutcome(opened, seq)
         else:  # pragma: no cover - command_from_proto decodes the place_order handled above
             raise TypeError(f"unexpected command {cmd!r}")
         if order is not None:  # cancel_order, amend_order, reduce_order, move_order

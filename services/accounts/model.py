@@ -100,6 +100,27 @@ class MoveOrder:
     new_price: Ticks
 
 
+@value
+class OpenSubAccount:
+    """Open a sub-account of `owner_user_id` (an ordinary user) labelled `label`, idempotent by
+    (owner, label); its user id is allocated when applied."""
+
+    owner_user_id: int
+    label: str
+
+
+@value
+class Transfer:
+    """Move `amount` units of available `asset` between an owner and one of its sub-accounts
+    (either direction), idempotent by (owner, transfer_id)."""
+
+    from_user_id: int
+    to_user_id: int
+    asset: str
+    amount: Units
+    transfer_id: str
+
+
 # --- matching events, as settlement sees them --------------------------------------------------
 #
 # Each carries its shard's event `sequence`, its `market` and `time_us`; `kind` is the MatchingEvent
@@ -204,4 +225,6 @@ Command = (
     | ReduceOrder
     | MoveOrder
     | SettleEvents
+    | OpenSubAccount
+    | Transfer
 )

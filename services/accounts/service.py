@@ -17,8 +17,10 @@ from services.accounts.machine import (
     AccountsMachine,
     AdjustOutcome,
     CancelAllResult,
+    OpenOutcome,
     PlaceResult,
     QuarantineReport,
+    TransferOutcome,
 )
 from services.accounts.user_events import UserEventHub
 from services.accounts.views import (
@@ -34,14 +36,19 @@ from services.accounts.views import (
     fill_order_ack,
     market_spec_message,
     open_orders_request,
+    open_sub_account_command,
     order_message,
     page_token,
     place_command,
+    sub_account_message,
+    sub_accounts_request,
+    transfer_command,
     user_stream_request,
 )
 from services.common.config import AccountsConfig
 from services.common.errors import ExchangeError, InvalidArgument, NotFound, Reason, Unavailable
 from services.common.host import StateMachineHost
+from services.common.limits import check_ordinary_user
 from services.common.markets import MarketCatalog
 from services.common.rpc import (
     bounded_message,
@@ -110,6 +117,8 @@ class AccountsServicer:
         cmd = adjust_command(
             req.user_id, req.asset, req.amount, req.business, req.business_id, self.catalog, sign
         )
+        if not self.ledger.subs.is_sub_account(req.user_id):  # (a sub-account: the machine refuses it)
+            check_ordinary_user(req.user_id)  # no ordinary account from 2^62: those are sub-accounts
         out: AdjustOutcome = await self.host.submit(cmd)
         bal = balance_message(self.catalog, req.asset, out.result.available, out.result.frozen)
         return bal, out.result.duplicate, out.seq
@@ -129,6 +138,42 @@ class AccountsServicer:
         user, assets = balances_request(request, self.catalog)
         return pb.GetBalancesResponse(
             balances=[balance_message(self.catalog, a, *self.ledger.peek_balance(user, a)) for a in assets]
+        )
+
+    # --- sub-accounts --------------------------------------------------------------------------
+
+    @handles_errors
+    async def OpenSubAccount(
+        self, request: pb.OpenSubAccountRequest, context: Any
+    ) -> pb.OpenSubAccountResponse:
+        out: OpenOutcome = await self.host.submit(open_sub_account_command(request))
+        return pb.OpenSubAccountResponse(
+            sub_account=sub_account_message(out.result.sub_account),
+            duplicate=out.result.duplicate,
+            sequence=out.seq,
+        )
+
+    @handles_errors
+    async def ListSubAccounts(
+        self, request: pb.ListSubAccountsRequest, context: Any
+    ) -> pb.ListSubAccountsResponse:
+        owner, size, after = sub_accounts_request(request)
+        subs = self.ledger.subs.of_owner(owner, after)
+        page = [s for _, s in zip(range(size + 1), subs, strict=False)]
+        token = page_token(page[size - 1].user_id) if len(page) > size else ""
+        return pb.ListSubAccountsResponse(
+            sub_accounts=[sub_account_message(s) for s in page[:size]], next_page_token=token
+        )
+
+    @handles_errors
+    async def Transfer(self, request: pb.TransferRequest, context: Any) -> pb.TransferResponse:
+        out: TransferOutcome = await self.host.submit(transfer_command(request, self.catalog))
+        r = out.result.record
+        return pb.TransferResponse(
+            from_balance=balance_message(self.catalog, r.asset, *r.from_balance),
+            to_balance=balance_message(self.catalog, r.asset, *r.to_balance),
+            duplicate=out.result.duplicate,
+            sequence=r.sequence,
         )
 
     # --- orders --------------------------------------------------------------------------------

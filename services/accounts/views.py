@@ -18,8 +18,15 @@ from exchange.v1 import accounts_service_pb2 as pb
 from exchange.v1 import events_pb2 as ev
 from exchange.v1 import types_pb2
 
-from services.accounts.ledger import BUSINESS_ID_RE, BUSINESS_RE, CLIENT_ID_RE, AccountOrder
+from services.accounts.ledger import (
+    BUSINESS_ID_RE,
+    BUSINESS_RE,
+    CLIENT_ID_RE,
+    MARKET_BUY_NEEDS_BUDGET,
+    AccountOrder,
+)
 from services.accounts.machine import reservation_for
+from services.accounts.subaccounts import SubAccount, check_label, check_transfer_id
 from services.common.enums import BUY, LIMIT, MARKET, SELL
 from services.common.errors import QUOTE_LIMIT, InvalidArgument, NotFound, Reason, quote
 from services.common.limits import (
@@ -196,6 +203,10 @@ def place_command(req: pb.PlaceOrderRequest, catalog: MarketCatalog) -> ev.Accou
     budget = _parse(spec.parse_quote, quote_text, "quote_amount") if quote_text else 0
     if type_ == MARKET and price_text:
         raise InvalidArgument("a market order has no price", Reason.INVALID_ORDER)
+    if type_ == MARKET and side == BUY and amount and not budget:
+        # A market buy gives quote_amount (spend it) or amount and quote_amount (buy that much, spending
+        # at most quote_amount): the budget is what accounts freezes (see the ledger).
+        raise InvalidArgument(MARKET_BUY_NEEDS_BUDGET, Reason.INVALID_ORDER)
     cmd = ev.AccountsCommand()
     p = cmd.place_order
     if client_order_id:
@@ -329,6 +340,54 @@ def adjust_command(
     a.business = business
     a.business_id = business_id
     return cmd
+
+
+def open_sub_account_command(req: pb.OpenSubAccountRequest) -> ev.AccountsCommand:
+    check_user(req.owner_user_id)  # the machine refuses sub-accounts and other ids from 2^62
+    check_label(req.label)
+    cmd = ev.AccountsCommand()
+    o = cmd.open_sub_account
+    o.owner_user_id = req.owner_user_id
+    o.label = req.label
+    return cmd
+
+
+def transfer_command(req: pb.TransferRequest, catalog: MarketCatalog) -> ev.AccountsCommand:
+    """A TransferRequest (amount a decimal of the asset's scale, > 0) as the journaled command; the
+    machine checks the accounts (owner and own sub-account), the id's reuse and the funds."""
+    check_user(req.from_user_id)
+    check_user(req.to_user_id)
+    check_str(req.asset, "asset", MAX_SYMBOL)
+    check_transfer_id(req.transfer_id)
+    asset = catalog.assets.get(req.asset)
+    if asset is None:
+        raise NotFound(f"unknown asset {quote(req.asset)}", Reason.UNKNOWN_ASSET)
+    units = _parse(asset.parse, req.amount, "amount")  # > 0, at most INT64_MAX, the asset's scale
+    cmd = ev.AccountsCommand()
+    t = cmd.transfer
+    t.from_user_id = req.from_user_id
+    t.to_user_id = req.to_user_id
+    t.asset = req.asset
+    t.amount = units
+    t.transfer_id = req.transfer_id
+    return cmd
+
+
+def sub_account_message(s: SubAccount) -> pb.SubAccount:
+    return pb.SubAccount(user_id=s.user_id, owner_user_id=s.owner_user_id, label=s.label)
+
+
+def sub_accounts_request(req: pb.ListSubAccountsRequest) -> tuple[int, int, int]:
+    """(owner, page size, after user id) of a ListSubAccountsRequest."""
+    check_user(req.owner_user_id, allow_fee_account=False)
+    size = page_size(req.page_size)
+    after = 0
+    if req.page_token:
+        check_str(req.page_token, "page_token", MAX_PAGE_TOKEN)
+        if not _PAGE_TOKEN.fullmatch(req.page_token):
+            raise InvalidArgument(f"malformed page_token {quote(req.page_token)}", Reason.INVALID_PAGE_TOKEN)
+        after = int(req.page_token, 16)
+    return req.owner_user_id, size, after
 
 
 # --- reads -----------------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 Retried on UNAVAILABLE (see services.clients.retry): the reads; Deposit and Withdraw when they carry a
 business_id (accounts applies one business id once); PlaceOrder when it carries a client_order_id (a
-repeat answers the same order, duplicate=True). Never retried: CancelOrder, CancelAllOrders, AmendOrder,
+repeat answers the same order, duplicate=True); OpenSubAccount (idempotent by owner and label) and
+Transfer (idempotent by transfer_id). Never retried: CancelOrder, CancelAllOrders, AmendOrder,
 SubmitOrders (a repeat may answer differently from the first).
 
 account_events() and user_events(user_id) are event sources for services.clients.follow.
@@ -154,6 +155,31 @@ class AccountsClient(ServiceClient):
             safe=True,
             timeout=timeout,
             retry=retry,
+        )
+
+    async def open_sub_account(
+        self, request: pb.OpenSubAccountRequest, *, timeout: float | None = None, retry: Options = None
+    ) -> pb.OpenSubAccountResponse:
+        """Idempotent by (owner, label): retried; a repeat answers the same sub-account (duplicate)."""
+        return await self._unary(
+            "OpenSubAccount", request, pb.OpenSubAccountResponse, safe=True, timeout=timeout, retry=retry
+        )
+
+    async def list_sub_accounts(
+        self, request: pb.ListSubAccountsRequest, *, timeout: float | None = None, retry: Options = None
+    ) -> pb.ListSubAccountsResponse:
+        """One page of the owner's sub-accounts (in the order opened); next_page_token for the rest."""
+        return await self._unary(
+            "ListSubAccounts", request, pb.ListSubAccountsResponse, safe=True, timeout=timeout, retry=retry
+        )
+
+    async def transfer(
+        self, request: pb.TransferRequest, *, timeout: float | None = None, retry: Options = None
+    ) -> pb.TransferResponse:
+        """Between an owner and one of its sub-accounts; `amount` a decimal string. Idempotent by
+        transfer_id (always required): retried, a repeat answers duplicate=True."""
+        return await self._unary(
+            "Transfer", request, pb.TransferResponse, safe=True, timeout=timeout, retry=retry
         )
 
     def submit_orders(

@@ -76,6 +76,8 @@ BUSINESS_ORDER_FREEZE: Final = 3
 BUSINESS_ORDER_UNFREEZE: Final = 4
 BUSINESS_TRADE: Final = 5
 BUSINESS_FEE: Final = 6
+BUSINESS_TRANSFER_OUT: Final = 7
+BUSINESS_TRANSFER_IN: Final = 8
 
 # LiquidityRole (LIQUIDITY_ROLE_*)
 MAKER: Final = 1
@@ -108,4 +110,6 @@ BUSINESS_NAMES: Final = {
     BUSINESS_ORDER_UNFREEZE: "order_unfreeze",
     BUSINESS_TRADE: "trade",
     BUSINESS_FEE: "fee",
+    BUSINESS_TRANSFER_OUT: "transfer_out",
+    BUSINESS_TRANSFER_IN: "transfer_in",
 }

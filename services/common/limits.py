@@ -17,6 +17,13 @@ MAX_ORDER_ID = INT64_MAX
 MAX_SEQUENCE = INT64_MAX
 MAX_TIME_US = INT64_MAX
 
+# Sub-accounts (services.accounts): their user ids are SUB_ACCOUNT_BASE + n (n from 1), allocated by the
+# accounts machine; ordinary user ids are below SUB_ACCOUNT_BASE (refused at the edge where an ordinary
+# account would be created: Deposit, Withdraw, OpenSubAccount's owner).
+SUB_ACCOUNT_BASE = 2**62
+MAX_ORDINARY_USER_ID = SUB_ACCOUNT_BASE - 1
+MAX_SUB_ACCOUNTS_PER_OWNER = 10_000
+
 # --- strings (characters) ---------------------------------------------------------------------
 MAX_SYMBOL = 32  # market and asset symbols
 MAX_CLIENT_ORDER_ID = 64
@@ -26,6 +33,8 @@ MAX_DECIMAL = 64  # a decimal string (price, amount, ...)
 MAX_PAGE_TOKEN = 512
 MAX_SOURCE = 64  # a journal source name ("accounts-0", "matching-1")
 MAX_TEXT = 256  # any other free text
+MAX_SUB_ACCOUNT_LABEL = 64
+MAX_TRANSFER_ID = 64
 
 # --- paging: one rule everywhere ------------------------------------------------------------
 DEFAULT_PAGE_SIZE = 100
@@ -63,6 +72,16 @@ def check_user(user_id: int, *, allow_fee_account: bool = False) -> int:
         raise InvalidArgument(f"user_id must be at most {MAX_USER_ID}", Reason.VALUE_OUT_OF_RANGE)
     if user_id < 1 and not (allow_fee_account and user_id == 0):
         raise InvalidArgument("user_id must be positive", Reason.VALUE_OUT_OF_RANGE)
+    return user_id
+
+
+def check_ordinary_user(user_id: int, name: str = "user_id") -> int:
+    """An ordinary (not sub-account) user id: 1..MAX_ORDINARY_USER_ID."""
+    if user_id < 1 or user_id > MAX_ORDINARY_USER_ID:
+        raise InvalidArgument(
+            f"{name} must be in 1..{MAX_ORDINARY_USER_ID} (ids from 2^62 are sub-accounts)",
+            Reason.VALUE_OUT_OF_RANGE,
+        )
     return user_id
 
 

@@ -376,12 +376,15 @@ class OrderBook:
             # FOK, GTD and unknown values are refused rather than silently run as IOC.
             if cmd.post_only or cmd.expire_at or (cmd.tif != IOC and cmd.tif != GTC):
                 return False
-            return cmd.quote_budget > 0 and cmd.amount == 0 if cmd.side == BUY else cmd.amount > 0
+            # A market buy always carries its budget (what accounts froze); an amount too bounds it.
+            return cmd.quote_budget > 0 and cmd.amount >= 0 if cmd.side == BUY else cmd.amount > 0
         return False
 
     def _market_exhausted(self, order: Order) -> bool:
-        """A market order used up: a sell has no amount left, a buy cannot afford a lot at the best ask."""
-        if order.side == SELL:
+        """A market order used up: a sell has no amount left, a buy cannot afford a lot at the best ask
+        (a buy by amount is used up only when its amount is filled: stopped by its budget first, the rest
+        is canceled like any market remainder)."""
+        if order.side == SELL or order.amount > 0:
             return order.remaining == 0
         best = self.asks.best()
         return order.budget == 0 or (best is not None and order.budget < best * self._qptl)
@@ -459,6 +462,8 @@ class OrderBook:
         tcmd = taker.cmd
         is_market = tcmd.type == MARKET
         by_budget = is_market and buy
+        # A market buy by amount: bounded by its amount and by its budget, whichever is reached first.
+        by_amount = by_budget and taker.amount > 0
         limit = taker.price
         qptl = self._qptl
         bpl = self._bpl
@@ -480,6 +485,8 @@ class OrderBook:
                 break
             if by_budget:
                 affordable = taker.budget // (price * qptl)
+                if by_amount and affordable > taker.remaining:
+                    affordable = taker.remaining
                 if affordable == 0:
                     break
             queue = level.orders
@@ -523,6 +530,8 @@ class OrderBook:
                 if by_budget:
                     taker.budget -= quote
                     affordable -= lots
+                    if by_amount:
+                        taker.remaining -= lots
                 else:
                     taker.remaining -= lots
                 trade_id = self.next_trade_id

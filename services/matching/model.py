@@ -131,8 +131,8 @@ class PlaceOrder:
     type: int = LIMIT
     tif: int = GTC
     price: int = 0  # ticks; 0 for market orders
-    amount: int = 0  # lots; 0 for a market buy
-    quote_budget: int = 0  # quote units, market buy only
+    amount: int = 0  # lots; a market buy: 0 = spend the budget, > 0 = buy up to this many lots
+    quote_budget: int = 0  # quote units, market buy only (always given): the most it may spend
     post_only: bool = False
     stp: int = STP_DEFAULT
     expire_at: int = 0  # microseconds; GTD only

@@ -11,7 +11,7 @@ from services.accounts.convert import is_reservation
 from services.accounts.machine import AccountsMachine, outbox_commands
 from services.accounts.views import amend_commands
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, Reason
-from tests.accounts.sim import MiniExchange, default_catalog, replay
+from testkit.accounts_sim import MiniExchange, default_catalog, replay
 
 BUY, SELL = 1, 2
 USDT = 10**8

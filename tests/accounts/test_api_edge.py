@@ -13,7 +13,7 @@ from exchange.v1 import accounts_service_pb2 as apb
 from services.accounts import views
 from services.common.errors import ExchangeError, InvalidArgument, Reason
 from services.common.limits import MAX_PAGE_SIZE
-from tests.accounts.sim import default_catalog
+from testkit.accounts_sim import default_catalog
 
 CATALOG = default_catalog()
 TOO_BIG_USERS = [2**63, 2**64 - 1]

@@ -37,7 +37,7 @@ from services.common.orders import OrderView
 from services.common.orders import order_message as api_order_message
 from services.history.queries import OrderRecord
 from services.matching.machine import CODEC as MATCHING_CODEC
-from tests.accounts.sim import MiniExchange, default_catalog
+from testkit.accounts_sim import MiniExchange, default_catalog
 
 BUY, SELL = 1, 2
 STATUSES = (PENDING, OPEN, PARTIALLY_FILLED, FILLED, CANCELED, EXPIRED, REJECTED)

@@ -9,7 +9,7 @@ import pytest
 
 from services.accounts.machine import AccountsMachine
 from services.common.errors import AlreadyExists, Reason
-from tests.accounts.sim import MiniExchange
+from testkit.accounts_sim import MiniExchange
 
 BUY, SELL = 1, 2
 LIMIT, MARKET = 1, 2

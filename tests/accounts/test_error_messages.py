@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from services.common.errors import ExchangeError, Reason
-from tests.accounts.sim import MiniExchange
+from testkit.accounts_sim import MiniExchange
 
 BUY, SELL = 1, 2
 ACCOUNTS = Path(__file__).resolve().parents[2] / "services" / "accounts"

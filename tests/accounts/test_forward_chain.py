@@ -21,7 +21,7 @@ from services.accounts.links import Forwarder
 from services.accounts.machine import AccountsMachine, outbox_commands, reservation_for
 from services.common import rpc
 from services.common.journal import FileJournal
-from tests.accounts.sim import MiniExchange, default_catalog, replay
+from testkit.accounts_sim import MiniExchange, default_catalog, replay
 
 BUY, SELL = 1, 2
 TWO_SHARDS = {"matching-0": ["BTC_USDT", "ETH_BTC"], "matching-1": ["ETH_USDT", "SOL_USDT", "DOGE_USDT"]}

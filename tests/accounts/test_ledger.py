@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from services.accounts.ledger import FEE_ACCOUNT
 from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Reason
-from tests.accounts.sim import MiniExchange, default_catalog, replay
+from testkit.accounts_sim import MiniExchange, default_catalog, replay
 
 BUY, SELL = 1, 2
 LIMIT, MARKET = 1, 2

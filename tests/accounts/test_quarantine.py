@@ -20,7 +20,7 @@ from services.accounts.service import AccountsServicer, outbox_hook
 from services.common.config import AccountsConfig
 from services.common.errors import FailedPrecondition, Reason
 from services.common.host import HostOptions, StateMachineHost
-from tests.accounts.sim import MiniExchange, default_catalog, replay
+from testkit.accounts_sim import MiniExchange, default_catalog, replay
 
 BUY, SELL = 1, 2
 USDT = BTC = 10**8

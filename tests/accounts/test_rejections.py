@@ -13,10 +13,11 @@ from hypothesis import strategies as st
 
 from services.accounts.machine import reservation_for
 from services.common.errors import ExchangeError
-from tests.accounts.sim import MiniExchange, replay
+from testkit.accounts_sim import MiniExchange, replay
 
 BUY, SELL = 1, 2
 NEW_USER = 77  # never deposited anything
+SUB = 2**62  # sub-account ids are SUB + n
 
 
 def funded() -> MiniExchange:
@@ -55,7 +56,21 @@ def _refused_commands() -> list[ev.AccountsCommand]:
     move.move_order.CopyFrom(ev.MoveOrderCommand(user_id=NEW_USER, order_id=1, new_price_ticks=5))
     reduce = ev.AccountsCommand()
     reduce.reduce_order.CopyFrom(ev.ReduceOrderCommand(user_id=NEW_USER, order_id=1, new_amount_lots=5))
+    transfers = []
+    for src, dst, amount in ((NEW_USER, SUB + 1, 5), (1, 2, 5), (1, SUB + 1, 5), (1, 1, 5), (SUB + 1, 1, 5)):
+        t = ev.AccountsCommand()
+        t.transfer.CopyFrom(
+            ev.TransferCommand(from_user_id=src, to_user_id=dst, asset="USDT", amount=amount, transfer_id="t")
+        )
+        transfers.append(t)
+    opens = []
+    for owner, label in ((SUB + 5, "a"), (0, "a"), (NEW_USER, ""), (NEW_USER, "x" * 65), (2**63, "a")):
+        o = ev.AccountsCommand()
+        o.open_sub_account.CopyFrom(ev.OpenSubAccountCommand(owner_user_id=owner, label=label))
+        opens.append(o)
     return [
+        *transfers,
+        *opens,
         withdraw,
         _place(NEW_USER, "BTC_USDT", BUY, 3_000_000, 10_000),  # unaffordable: no USDT at all
         _place(NEW_USER, "BTC_USDT", SELL, 3_000_000, 10_000),  # no BTC
@@ -89,7 +104,7 @@ def test_a_refused_command_of_an_unknown_user_leaves_no_trace(index: int) -> Non
 # --- random commands straight into the machine ---------------------------------------------------
 
 # Mostly plausible values (so orders get placed, amended and filled), often wild ones.
-WILD_U64 = st.sampled_from([0, NEW_USER, 2**63 - 1, 2**63, 2**64 - 1])
+WILD_U64 = st.sampled_from([0, NEW_USER, SUB, SUB + 1, SUB + 2, SUB + 3, 2**63 - 1, 2**63, 2**64 - 1])
 OWNER = 1000  # replaced by the owner of the order the command names, when there is one
 U64 = st.one_of(st.sampled_from([1, 2, 3]), st.sampled_from([1, 2, 3]), WILD_U64)
 ORDER_USER = st.one_of(st.just(OWNER), st.just(OWNER), U64)
@@ -124,6 +139,9 @@ def commands(draw: st.DrawFn) -> list[ev.AccountsCommand]:
                 "amend",
                 "old",
                 "settle",
+                "open_sub_account",
+                "transfer",
+                "transfer",
             ]
         )
     )
@@ -141,7 +159,7 @@ def commands(draw: st.DrawFn) -> list[ev.AccountsCommand]:
         cmd.place_order.client_order_id = draw(CLIENT_IDS)
         cmd.place_order.order.CopyFrom(
             ev.PlaceOrderCommand(
-                user_id=draw(st.integers(1, 3)),
+                user_id=draw(st.sampled_from([1, 2, 3, SUB + 1, SUB + 2])),
                 market="BTC_USDT",
                 side=draw(st.integers(1, 2)),  # type: ignore[arg-type]
                 type=1,  # type: ignore[arg-type]
@@ -165,6 +183,22 @@ def commands(draw: st.DrawFn) -> list[ev.AccountsCommand]:
                 amount_lots=draw(AMOUNTS),
                 quote_budget=draw(st.one_of(st.just(0), st.just(0), I64)),
                 expire_time_us=draw(st.one_of(st.just(0), st.just(0), I64)),
+            )
+        )
+    elif kind == "open_sub_account":
+        cmd.open_sub_account.CopyFrom(
+            ev.OpenSubAccountCommand(
+                owner_user_id=draw(U64), label=draw(st.sampled_from(["s", "s", "t", "", "x" * 65, "a\nb"]))
+            )
+        )
+    elif kind == "transfer":
+        cmd.transfer.CopyFrom(
+            ev.TransferCommand(
+                from_user_id=draw(st.one_of(st.sampled_from([1, 3, SUB + 1, SUB + 2]), U64)),
+                to_user_id=draw(st.one_of(st.sampled_from([1, 3, SUB + 1, SUB + 2]), U64)),
+                asset=draw(st.sampled_from(["USDT", "BTC", "XYZ", ""])),
+                amount=draw(st.one_of(st.integers(-10, 10**12), I64)),
+                transfer_id=draw(st.sampled_from(["t1", "t2", "t3", "", "bad id"])),
             )
         )
     elif kind == "cancel":
@@ -280,6 +314,10 @@ def test_random_commands_refused_change_nothing_and_the_invariant_holds(
     x.place(2, "BTC_USDT", SELL, price="30010", amount="0.2")
     x.place(3, "BTC_USDT", BUY, price="29995", amount="0.05", client_order_id="c1")
     x.settle()
+    x.open_sub_account(1, "s")  # SUB + 1
+    x.open_sub_account(3, "s")  # SUB + 2
+    x.transfer(1, SUB + 1, "USDT", "5000")
+    x.transfer(3, SUB + 2, "BTC", "0.05")
     led = x.accounts.ledger
     for cmd in (c for group in flow for c in group):
         x.tick()

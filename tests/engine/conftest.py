@@ -394,8 +394,8 @@ class RefBook:
         if c.type == MARKET:
             if c.post_only or c.expire_at or c.tif not in (GTC, IOC):
                 return False
-            if c.side == BUY:
-                return c.quote_budget > 0 and c.amount == 0
+            if c.side == BUY:  # by budget (amount 0) or by amount within a budget
+                return c.quote_budget > 0 and c.amount >= 0
             return c.amount > 0
         return False
 
@@ -422,8 +422,9 @@ class RefBook:
         """True when self-trade prevention canceled the taker."""
         qptl = self.spec.quote_units_per_tick_lot
         by_budget = t.cmd.type == MARKET and t.side == BUY
+        by_amount = by_budget and t.amount > 0  # both limits: the amount and the budget
         opposite = SELL if t.side == BUY else BUY
-        while by_budget or t.remaining > 0:
+        while (by_budget and not by_amount) or t.remaining > 0:
             makers = self.side_orders(opposite)
             if not makers:
                 return False
@@ -431,6 +432,8 @@ class RefBook:
             if t.cmd.type != MARKET and not self._crosses(t.side, t.price, m.price):
                 return False
             affordable = t.budget // (m.price * qptl) if by_budget else 0
+            if by_amount:
+                affordable = min(affordable, t.remaining)
             if by_budget and affordable == 0:
                 return False
             if m.user_id == t.user_id:
@@ -461,7 +464,7 @@ class RefBook:
             t.filled_quote += quote
             if by_budget:
                 t.budget -= quote
-            else:
+            if not by_budget or by_amount:
                 t.remaining -= lots
             out.append(
                 TradeExecuted(
@@ -509,7 +512,7 @@ class RefBook:
             if o.filled == 0:
                 out.append(OrderDone(o, DONE_CANCELED, DETAIL_NO_LIQUIDITY))
                 return
-            if o.side == SELL:
+            if o.side == SELL or o.amount > 0:
                 exhausted = o.remaining == 0
             else:
                 best = self.best(SELL)

@@ -13,7 +13,7 @@ from services.matching.engine import MatchingEngine
 from services.matching.intake import CommandIntake, ExpiryTimer
 from services.matching.machine import MatchingMachine, timer_source
 from services.matching.model import BUY, GTD, LIMIT, PlaceOrder
-from tests.accounts.sim import default_catalog
+from testkit.accounts_sim import default_catalog
 
 CATALOG = default_catalog()
 

@@ -12,6 +12,7 @@ from services.matching.model import (
     DETAIL_CANCEL_ALL,
     DETAIL_EXPIRE_TIME,
     DETAIL_FOK_NOT_FILLABLE,
+    DETAIL_INVALID,
     DETAIL_IOC_REMAINDER,
     DETAIL_NO_LIQUIDITY,
     DETAIL_NONE,
@@ -26,6 +27,7 @@ from services.matching.model import (
     FOK,
     GTD,
     IOC,
+    MARKET,
     REJECT_INVALID,
     REJECT_NOT_OWNER,
     REJECT_ORDER_NOT_FOUND,
@@ -484,6 +486,94 @@ def test_market_buy_too_small_for_one_lot_keeps_its_budget() -> None:
     before = d.view()
     taker = mbuy(2, 2, 999)
     assert evs(d.place(taker)) == evs([OrderAccepted(taker), done(taker, DONE_CANCELED, DETAIL_NO_LIQUIDITY)])
+    assert d.view() == before
+
+
+# --- MARKET BUY by amount (within a budget) -------------------------------------------------------
+
+
+def mbuyq(order_id: int, user: int, lots: int, budget: int) -> PlaceOrder:
+    """A market buy of `lots` spending at most `budget` quote units."""
+    return PlaceOrder(order_id, user, BTC, BUY, MARKET, IOC, amount=lots, quote_budget=budget)
+
+
+def test_market_buy_by_amount_stops_at_its_amount_and_returns_the_budget_left() -> None:
+    d = BookDriver()
+    a1 = lim(1, 1, SELL, 100, 2)  # 1000 quote units a lot
+    a2 = lim(2, 1, SELL, 101, 3)  # 1010
+    d.placed(a1, a2)
+    taker = mbuyq(3, 2, 3, 10_000)
+    # 2 lots at 100 (2000), then 1 at 101 (1010): the amount is reached with 6990 of the budget left.
+    assert evs(d.place(taker)) == evs(
+        [
+            OrderAccepted(taker),
+            trade(1, 100, 2, taker, a1, 1, 0, budget=8000),
+            done(a1, DONE_FILLED, DETAIL_NONE, filled=2, filled_quote=2000),
+            trade(2, 101, 1, taker, a2, 0, 2, budget=6990),
+            done(taker, DONE_FILLED, DETAIL_NONE, filled=3, filled_quote=3010, budget=6990, remaining=0),
+        ]
+    )
+    assert d.l2() == ([], [(101, 2, 1)])
+
+
+def test_market_buy_by_amount_stopped_by_its_budget_cancels_the_rest() -> None:
+    d = BookDriver()
+    a1 = lim(1, 1, SELL, 100, 2)
+    a2 = lim(2, 1, SELL, 110, 5)  # 1100 a lot: above what the budget allows
+    d.placed(a1, a2)
+    taker = mbuyq(3, 2, 4, 3000)
+    # 2 lots at 100 (2000); 1000 left cannot buy a lot at 110: 2 of 4 lots filled, the rest canceled.
+    assert evs(d.place(taker)) == evs(
+        [
+            OrderAccepted(taker),
+            trade(1, 100, 2, taker, a1, 2, 0, budget=1000),
+            done(a1, DONE_FILLED, DETAIL_NONE, filled=2, filled_quote=2000),
+            done(taker, DONE_CANCELED, DETAIL_IOC_REMAINDER, filled=2, filled_quote=2000, budget=1000),
+        ]
+    )
+    assert d.l2() == ([], [(110, 5, 1)])
+
+
+def test_market_buy_by_amount_within_one_level_takes_exactly_the_amount() -> None:
+    d = BookDriver()
+    a1 = lim(1, 1, SELL, 100, 10)
+    d.placed(a1)
+    taker = mbuyq(2, 2, 3, 3000)  # budget and amount reached together: filled, nothing returned
+    assert evs(d.place(taker)) == evs(
+        [
+            OrderAccepted(taker),
+            trade(1, 100, 3, taker, a1, 0, 7, budget=0),
+            done(taker, DONE_FILLED, DETAIL_NONE, filled=3, filled_quote=3000, budget=0, remaining=0),
+        ]
+    )
+
+
+def test_market_buy_by_amount_larger_than_the_book_cancels_the_rest() -> None:
+    d = BookDriver()
+    a1 = lim(1, 1, SELL, 100, 2)
+    d.placed(a1)
+    taker = mbuyq(2, 2, 5, 10**6)
+    assert evs(d.place(taker))[-1] == ev(
+        done(taker, DONE_CANCELED, DETAIL_IOC_REMAINDER, filled=2, filled_quote=2000, budget=10**6 - 2000)
+    )
+    assert d.l2() == ([], []) and len(d.book) == 0
+
+
+def test_market_buy_by_amount_that_cannot_afford_one_lot_changes_nothing() -> None:
+    d = BookDriver()
+    d.placed(lim(1, 1, SELL, 100, 2))
+    before = d.view()
+    taker = mbuyq(2, 2, 1, 999)
+    assert evs(d.place(taker)) == evs([OrderAccepted(taker), done(taker, DONE_CANCELED, DETAIL_NO_LIQUIDITY)])
+    assert d.view() == before
+
+
+def test_market_buy_by_amount_without_a_budget_is_rejected() -> None:
+    d = BookDriver()
+    d.placed(lim(1, 1, SELL, 100, 2))
+    before = d.view()
+    taker = mbuyq(2, 2, 1, 0)
+    assert evs(d.place(taker)) == evs([OrderAccepted(taker), done(taker, DONE_REJECTED, DETAIL_INVALID)])
     assert d.view() == before
 
 

@@ -72,7 +72,19 @@ MARKETS = (BTC, ETH)
 SPECS = {BTC: BTC_USDT, ETH: ETH_USDT}
 FEES = [(0, 0), (1000, 2000), (1, 999_999), (333, 777)]
 
-PLACE_KINDS = ["gtc"] * 5 + ["ioc", "fok", "gtd", "gtd", "post", "mbuy", "msell", "junk", "dup", "late"]
+PLACE_KINDS = ["gtc"] * 5 + [
+    "ioc",
+    "fok",
+    "gtd",
+    "gtd",
+    "post",
+    "mbuy",
+    "mbuyq",
+    "msell",
+    "junk",
+    "dup",
+    "late",
+]
 JUNK = [
     "zero_price",
     "zero_amount",
@@ -82,7 +94,7 @@ JUNK = [
     "gtc_expire",
     "post_market",
     "mbuy_no_budget",
-    "mbuy_amount",
+    "mbuyq_no_budget",
     "market_fok",
 ]
 
@@ -186,6 +198,17 @@ def realize(raw: list[tuple[Any, ...]], markets: tuple[str, ...]) -> list[Step]:
                 budget = k * 61 * spec.quote_units_per_tick_lot + k * 7 % spec.quote_units_per_tick_lot
                 fields.update(type=MARKET, tif=IOC, price=0, amount=0, quote_budget=budget)
                 side = BUY
+            elif pk == "mbuyq":
+                # By amount within a budget: a cap of 91..150 ticks a lot on average, so on prices 95..106
+                # either limit may end it (and a budget may not afford even one lot).
+                budget = (
+                    lots * (90 + k) * spec.quote_units_per_tick_lot + k * 7 % spec.quote_units_per_tick_lot
+                )
+                if k % 5 == 0:
+                    budget //= 3 * lots
+                tif = GTC if k % 2 else IOC
+                fields.update(type=MARKET, tif=tif, price=0, amount=lots, quote_budget=budget)
+                side = BUY
             elif pk == "msell":
                 fields.update(type=MARKET, tif=IOC if k % 3 else GTC, price=0)
                 side = SELL
@@ -209,8 +232,8 @@ def realize(raw: list[tuple[Any, ...]], markets: tuple[str, ...]) -> list[Step]:
                 elif j == "mbuy_no_budget":
                     fields.update(type=MARKET, tif=IOC, price=0, amount=0)
                     side = BUY
-                elif j == "mbuy_amount":
-                    fields.update(type=MARKET, tif=IOC, price=0, quote_budget=10**6)
+                elif j == "mbuyq_no_budget":
+                    fields.update(type=MARKET, tif=IOC, price=0)  # an amount but no budget
                     side = BUY
                 else:
                     fields.update(type=MARKET, tif=FOK, price=0)
@@ -283,6 +306,11 @@ class Conservation:
         assert o.filled == self.filled[oid] and o.filled_quote == self.quote[oid], oid
         if c.type == MARKET and c.side == BUY:
             assert self.quote[oid] + o.budget == c.quote_budget, oid
+            if c.amount > 0:  # by amount: both limits hold
+                assert self.filled[oid] + o.remaining == c.amount, oid
+                assert o.budget >= 0 and o.remaining >= 0, oid
+                if filled_reason:
+                    assert o.remaining == 0
         else:
             assert self.filled[oid] + o.remaining + self.reduced[oid] == c.amount, oid
             if filled_reason:
