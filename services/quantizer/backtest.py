@@ -540,9 +540,47 @@ def write_equity_png(
 # --- command line ------------------------------------------------------------------------------
 
 
-def main(argv: list[str] | None = None) -> int:
-    from services.quantizer.params import strategy_from_config
+def backtest_files(
+    spec: MarketSpec,
+    trades_csv: str,
+    strategy_json: str,
+    *,
+    fill_model: str = TOUCH,
+    progress: bool = False,
+    png: str | None = None,
+) -> BacktestResult:
+    """A backtest of the strategy in a JSON file (params.py names) over a CSV file of trades; the
+    equity curve written to `png` when given. Used by this module's command and `exchange backtest`."""
+    from services.quantizer.params import strategy_from_config  # params builds on this module
 
+    with open(strategy_json, encoding="utf-8") as f:
+        config = json.load(f)
+    result = run_backtest(
+        spec,
+        strategy_from_config(spec, 1, config),
+        read_trades_csv(trades_csv, spec),
+        fill_model=fill_model,
+        progress=progress,
+    )
+    if png:
+        write_equity_png(png, spec, result.equity)
+    return result
+
+
+def result_lines(spec: MarketSpec, result: BacktestResult, as_json: bool) -> list[str]:
+    """What the commands print: the report as JSON, or in lines for people."""
+    if as_json:
+        fields = report_fields(spec, result.report)
+        fields["trades"] = result.trades
+        fields["counter_orders"] = result.counter_orders
+        return [json.dumps(fields, indent=2)]
+    return [
+        f"{result.trades} trades, {result.counter_orders} reached the strategy's orders",
+        *describe(spec, result.report),
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
     root = Path(__file__).resolve().parent.parent.parent
     ap = argparse.ArgumentParser(
         description="Backtest a grid, DCA or recurring-buy strategy on recorded trades."
@@ -564,30 +602,14 @@ def main(argv: list[str] | None = None) -> int:
         spec = catalog.markets.get(args.market)
         if spec is None:
             raise InvalidArgument(f"unknown market {args.market}", Reason.UNKNOWN_MARKET)
-        with open(args.strategy, encoding="utf-8") as f:
-            config = json.load(f)
-        strategy = strategy_from_config(spec, 1, config)
-        result = run_backtest(
-            spec,
-            strategy,
-            read_trades_csv(args.trades, spec),
-            fill_model=args.fill_model,
-            progress=args.progress,
+        result = backtest_files(
+            spec, args.trades, args.strategy, fill_model=args.fill_model, progress=args.progress, png=args.png
         )
-        if args.png:
-            write_equity_png(args.png, spec, result.equity)
     except (ExchangeError, OSError, ValueError, RuntimeError) as exc:
         print(f"backtest: {exc}", file=sys.stderr)
         return 1
-    if args.json:
-        fields = report_fields(spec, result.report)
-        fields["trades"] = result.trades
-        fields["counter_orders"] = result.counter_orders
-        print(json.dumps(fields, indent=2))
-    else:
-        print(f"{result.trades} trades, {result.counter_orders} reached the strategy's orders")
-        for line in describe(spec, result.report):
-            print(line)
+    for line in result_lines(spec, result, args.json):
+        print(line)
     return 0
 
 
