@@ -1,0 +1,86 @@
+"""Request parameters at the HTTP edge: the query string and a form body, merged (Binance sends either),
+each value bounded and checked before anything is called. Errors are ApiErrors with Binance codes."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from urllib.parse import parse_qsl
+
+from services.common.errors import Reason
+from services.common.units import INT64_MAX
+from services.gateway.errors import ILLEGAL_CHARS, INVALID_PARAMETER, MANDATORY_PARAM, ApiError
+
+MAX_PARAMS = 40
+MAX_VALUE = 256
+
+
+def parse(raw: str) -> dict[str, str]:
+    pairs = parse_qsl(raw, keep_blank_values=True, max_num_fields=MAX_PARAMS)
+    return dict(pairs)
+
+
+class Params:
+    def __init__(self, values: dict[str, str]) -> None:
+        for key, value in values.items():
+            if len(value) > MAX_VALUE or len(key) > 64:
+                raise ApiError(
+                    400,
+                    ILLEGAL_CHARS,
+                    f"Parameter {key[:32]!r} is too long.",
+                    reason=str(Reason.FIELD_TOO_LONG),
+                )
+        self.values = values
+
+    @classmethod
+    def of(cls, query: str, body: str = "") -> Params:
+        try:
+            values = parse(query)
+            if body:
+                values.update(parse(body))
+        except ValueError:
+            raise ApiError(
+                400,
+                INVALID_PARAMETER,
+                f"More than {MAX_PARAMS} parameters.",
+                reason=str(Reason.INVALID_FIELD),
+            ) from None
+        return cls(values)
+
+    def get(self, name: str, default: str = "") -> str:
+        return self.values.get(name, default)
+
+    def required(self, name: str) -> str:
+        value = self.values.get(name, "")
+        if not value:
+            raise ApiError(
+                400,
+                MANDATORY_PARAM,
+                f"Mandatory parameter '{name}' was not sent, was empty/null, or malformed.",
+                reason=str(Reason.INVALID_FIELD),
+            )
+        return value
+
+    def integer(self, name: str, default: int = 0, *, low: int = 0, high: int = INT64_MAX) -> int:
+        text = self.values.get(name, "")
+        if not text:
+            return default
+        if not text.isdigit() or len(text) > 19 or not low <= int(text) <= high:
+            raise ApiError(
+                400,
+                INVALID_PARAMETER,
+                f"Illegal value for parameter '{name}': an integer in {low}..{high}.",
+                reason=str(Reason.VALUE_OUT_OF_RANGE),
+            )
+        return int(text)
+
+    def choice(self, name: str, allowed: Collection[str], default: str = "") -> str:
+        value = self.values.get(name, default).upper()
+        if value not in allowed:
+            shown = value[:32]
+            raise ApiError(
+                400,
+                INVALID_PARAMETER,
+                f"Invalid {name} {shown!r}; one of {', '.join(allowed)}.",
+                reason=str(Reason.INVALID_FIELD),
+            )
+        return value

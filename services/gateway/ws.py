@@ -1,0 +1,495 @@
+"""WebSocket market streams, Binance-shaped: `/ws` (raw payloads) and `/stream?streams=a/b` (combined:
+`{"stream": name, "data": payload}`), also `/ws/<name>/<name>` with streams in the path. Streams:
+
+    <symbol>@trade  <symbol>@aggTrade  <symbol>@depth  <symbol>@depth@100ms  <symbol>@kline_<interval>
+    <symbol>@ticker  <symbol>@miniTicker  <symbol>@bookTicker
+
+(symbols lower case, as Binance's). Messages `{"method": "SUBSCRIBE" | "UNSUBSCRIBE" |
+"LIST_SUBSCRIPTIONS", "params": [...], "id": n}` are answered `{"result": null, "id": n}` (or a list, or
+`{"error": {"code", "msg"}, "id"}`). The server pings every 20 s (aiohttp heartbeat); a client that does
+not answer is closed; client pings are answered with pongs.
+
+Depth diffs: one subscription per market to the market service's depth (up to DEPTH_LEVELS levels per
+side, each view with its sequence), opened with the first depth subscriber of the market; SUBSCRIBE is
+answered (and a connection with depth streams in its URL accepted) once the first view is in: the diffs
+start from it. Every 100 ms (or 1000 ms for `@depth`) the stream sends what changed since its last
+message: U = the previous message's u + 1, u = the sequence of the view it describes, and the levels
+that changed (amount "0": removed). The REST depth's lastUpdateId is the same sequence, so a client that
+subscribes, then takes a snapshot and applies the diffs with u > lastUpdateId (the first one has U <=
+lastUpdateId + 1) keeps an exact book, as on Binance.
+
+Bounded: each connection has a queue of `ws_buffer` messages; one that is full means a slow consumer,
+which is closed (code 1008, reason "slow consumer: ...") without slowing anyone else; at most
+MAX_STREAMS streams per connection. Upstream subscriptions start with the first subscriber of a market's
+feed and stop after its last one left; a broken one is re-opened after a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import WSMsgType, web
+from exchange.v1 import market_service_pb2 as kpb
+
+from services.clients.errors import ClientError
+from services.clients.market import MarketClient
+from services.common import enums
+from services.common.errors import Reason
+from services.common.markets import MarketSpec
+from services.gateway import formats
+from services.gateway.context import now_ms
+from services.gateway.errors import ILLEGAL_CHARS, ApiError
+from services.gateway.symbols import Symbols, binance_symbol
+
+log = logging.getLogger("services.gateway.ws")
+
+DEPTH_LEVELS = 1000
+MAX_STREAMS = 200
+HEARTBEAT_S = 20.0
+RETRY_S = 1.0
+DEPTH_PERIODS_MS = {"depth": 1000, "depth@100ms": 100}
+READY_TIMEOUT_S = 10.0
+
+
+class Connection:
+    def __init__(self, ws: web.WebSocketResponse, *, combined: bool, buffer: int) -> None:
+        self.ws = ws
+        self.combined = combined
+        self.queue: asyncio.Queue[str] = asyncio.Queue(maxsize=buffer)
+        self.streams: set[str] = set()
+        self.closed = False
+        self.dropped_reason = ""
+
+    def offer(self, stream: str, payload: dict[str, Any]) -> None:
+        if self.closed:
+            return
+        data = {"stream": stream, "data": payload} if self.combined else payload
+        self.send_json(data)
+
+    def send_json(self, data: Any) -> None:
+        if self.closed:
+            return
+        try:
+            self.queue.put_nowait(json.dumps(data, separators=(",", ":")))
+        except asyncio.QueueFull:
+            self.drop(f"slow consumer: more than {self.queue.maxsize} messages waiting")
+
+    def drop(self, reason: str) -> None:
+        if not self.closed:
+            self.closed = True
+            self.dropped_reason = reason
+            asyncio.get_running_loop().create_task(self.ws.close(code=1008, message=reason[:120].encode()))
+
+    async def writer(self) -> None:
+        while not self.closed:
+            text = await self.queue.get()
+            await self.ws.send_str(text)
+
+
+@dataclass
+class DepthBook:
+    """The latest depth view of a market and, per depth stream period, what was last sent."""
+
+    seq: int = 0
+    ready: asyncio.Event = field(default_factory=asyncio.Event)  # the first view arrived
+    bids: dict[str, str] = field(default_factory=dict)
+    asks: dict[str, str] = field(default_factory=dict)
+    sent: dict[int, tuple[int, dict[str, str], dict[str, str]]] = field(default_factory=dict)
+    best: tuple[str, str, str, str] = ("", "", "", "")
+
+
+def _diff(old: dict[str, str], new: dict[str, str]) -> list[list[str]]:
+    out = [[p, q] for p, q in new.items() if old.get(p) != q]
+    out.extend([p, "0"] for p in old if p not in new)
+    return out
+
+
+class Feeds:
+    """The upstream market-data subscriptions and the fan-out to connections."""
+
+    def __init__(self, market: MarketClient, symbols: Symbols) -> None:
+        self.market = market
+        self.symbols = symbols
+        self.subscribers: dict[str, set[Connection]] = {}
+        self.upstreams: dict[tuple[str, ...], asyncio.Task[None]] = {}
+        self.books: dict[str, DepthBook] = {}
+        self.last_trade: dict[str, int] = {}
+        self.connections: set[Connection] = set()
+
+    # --- names -----------------------------------------------------------------------------------
+
+    def parse(self, name: str) -> tuple[MarketSpec, str, tuple[str, ...]]:
+        """(market, kind, upstream key) of a stream name; ValueError for one that does not exist."""
+        symbol, _, kind = name.partition("@")
+        spec = self.symbols.by_symbol.get(symbol.upper())
+        if spec is None or symbol != symbol.lower():
+            raise ValueError(f"unknown symbol in {name[:40]!r}")
+        if kind in ("trade", "aggTrade"):
+            return spec, kind, ("trades", spec.symbol)
+        if kind in DEPTH_PERIODS_MS or kind == "bookTicker":
+            return spec, kind, ("depth", spec.symbol)
+        if kind in ("ticker", "miniTicker"):
+            return spec, kind, ("ticker", spec.symbol)
+        if kind.startswith("kline_") and kind[6:] in formats.KLINE_INTERVALS:
+            return spec, kind, ("kline", spec.symbol, kind[6:])
+        raise ValueError(f"unknown stream {name[:40]!r}")
+
+    async def subscribe(self, conn: Connection, name: str) -> None:
+        """Add a stream to a connection. A depth stream is answered once its market's first view is in:
+        the diffs then start from a view older than any REST snapshot taken after the answer."""
+        _, _, key = self.parse(name)
+        if name in conn.streams:
+            return
+        if len(conn.streams) >= MAX_STREAMS:
+            raise ValueError(f"at most {MAX_STREAMS} streams per connection")
+        conn.streams.add(name)
+        self.subscribers.setdefault(name, set()).add(conn)
+        if key not in self.upstreams:
+            if key[0] == "depth":
+                self.books[key[1]] = DepthBook()
+            self.upstreams[key] = asyncio.get_running_loop().create_task(self._upstream(key), name=str(key))
+        if key[0] == "depth":
+            try:
+                await asyncio.wait_for(self.books[key[1]].ready.wait(), READY_TIMEOUT_S)
+            except TimeoutError:
+                self.unsubscribe(conn, name)
+                raise ValueError(f"no depth of {key[1]} from the market service; try again") from None
+
+    def unsubscribe(self, conn: Connection, name: str) -> None:
+        conn.streams.discard(name)
+        subs = self.subscribers.get(name)
+        if subs is not None:
+            subs.discard(conn)
+            if not subs:
+                del self.subscribers[name]
+        self._stop_unused()
+
+    def leave(self, conn: Connection) -> None:
+        for name in list(conn.streams):
+            self.unsubscribe(conn, name)
+
+    def _stop_unused(self) -> None:
+        used = {self.parse(n)[2] for n in self.subscribers}
+        for key in [k for k in self.upstreams if k not in used]:
+            self.upstreams.pop(key).cancel()
+            if key[0] == "depth":
+                self.books.pop(key[1], None)
+
+    async def close(self) -> None:
+        for conn in list(self.connections):
+            conn.closed = True
+            with contextlib.suppress(Exception):
+                await conn.ws.close(code=1001, message=b"server shutting down")
+        tasks = list(self.upstreams.values())
+        self.upstreams.clear()
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+
+    def publish(self, name: str, payload: dict[str, Any]) -> None:
+        for conn in list(self.subscribers.get(name, ())):
+            conn.offer(name, payload)
+
+    # --- upstreams -------------------------------------------------------------------------------
+
+    async def _upstream(self, key: tuple[str, ...]) -> None:
+        runner: Callable[[], Any] = {
+            "trades": lambda: self._trades(key[1]),
+            "depth": lambda: self._depth(key[1]),
+            "ticker": lambda: self._ticker(key[1]),
+            "kline": lambda: self._kline(key[1], key[2]),
+        }[key[0]]
+        while True:
+            try:
+                await runner()
+            except ClientError as err:
+                log.warning("market stream failed", extra={"stream": str(key), "error": str(err)})
+            await asyncio.sleep(RETRY_S)
+
+    async def _trades(self, market: str) -> None:
+        sym = binance_symbol(market)
+        first = market not in self.last_trade
+        async for resp in self.market.subscribe_trades(kpb.SubscribeTradesRequest(market=market)):
+            last = self.last_trade.get(market, 0)
+            new = [t for t in resp.trades if t.trade_id > last]
+            if new:
+                self.last_trade[market] = new[-1].trade_id
+            if first:  # the recent trades that open a subscription: already history
+                first = False
+                continue
+            lower = sym.lower()
+            for t in new:
+                when = formats.ms(t.time_us)
+                maker = t.taker_side == enums.SELL
+                self.publish(
+                    f"{lower}@trade",
+                    {
+                        "e": "trade",
+                        "E": now_ms(),
+                        "s": sym,
+                        "t": t.trade_id,
+                        "p": t.price,
+                        "q": t.amount,
+                        "T": when,
+                        "m": maker,
+                        "M": True,
+                    },
+                )
+                self.publish(
+                    f"{lower}@aggTrade",
+                    {
+                        "e": "aggTrade",
+                        "E": now_ms(),
+                        "s": sym,
+                        "a": t.trade_id,
+                        "p": t.price,
+                        "q": t.amount,
+                        "f": t.trade_id,
+                        "l": t.trade_id,
+                        "T": when,
+                        "m": maker,
+                        "M": True,
+                    },
+                )
+
+    async def _depth(self, market: str) -> None:
+        book = self.books[market]
+        lower = binance_symbol(market).lower()
+        timers = [
+            asyncio.get_running_loop().create_task(self._depth_timer(market, lower, kind, period))
+            for kind, period in DEPTH_PERIODS_MS.items()
+        ]
+        try:
+            stream = self.market.subscribe_depth(kpb.SubscribeDepthRequest(market=market, limit=DEPTH_LEVELS))
+            async for resp in stream:
+                book.bids = {lv.price: lv.amount for lv in resp.bids}
+                book.asks = {lv.price: lv.amount for lv in resp.asks}
+                book.seq = resp.sequence
+                if not book.ready.is_set():  # the base every depth stream's first diff starts from
+                    for period in DEPTH_PERIODS_MS.values():
+                        book.sent[period] = (book.seq, dict(book.bids), dict(book.asks))
+                    book.ready.set()
+                bid = resp.bids[0] if resp.bids else None
+                ask = resp.asks[0] if resp.asks else None
+                best = (
+                    bid.price if bid else "0",
+                    bid.amount if bid else "0",
+                    ask.price if ask else "0",
+                    ask.amount if ask else "0",
+                )
+                if best != book.best:
+                    book.best = best
+                    self.publish(
+                        f"{lower}@bookTicker",
+                        {
+                            "u": resp.sequence,
+                            "s": lower.upper(),
+                            "b": best[0],
+                            "B": best[1],
+                            "a": best[2],
+                            "A": best[3],
+                        },
+                    )
+        finally:
+            for t in timers:
+                t.cancel()
+
+    async def _depth_timer(self, market: str, lower: str, kind: str, period_ms: int) -> None:
+        name = f"{lower}@{kind}"
+        book = self.books[market]
+        while True:
+            await asyncio.sleep(period_ms / 1000)
+            last = book.sent.get(period_ms)
+            if last is None or last[0] == book.seq:
+                continue
+            prev_seq, prev_bids, prev_asks = last
+            bids, asks = dict(book.bids), dict(book.asks)
+            book.sent[period_ms] = (book.seq, bids, asks)
+            self.publish(
+                name,
+                {
+                    "e": "depthUpdate",
+                    "E": now_ms(),
+                    "s": lower.upper(),
+                    "U": prev_seq + 1,
+                    "u": book.seq,
+                    "b": _diff(prev_bids, bids),
+                    "a": _diff(prev_asks, asks),
+                },
+            )
+
+    async def _ticker(self, market: str) -> None:
+        spec = self.symbols.catalog.market(market)
+        lower = binance_symbol(market).lower()
+        async for resp in self.market.subscribe_ticker(kpb.SubscribeTickerRequest(market=market)):
+            t = formats.ticker_json(spec, resp.ticker)
+            now = now_ms()
+            self.publish(
+                f"{lower}@ticker",
+                {
+                    "e": "24hrTicker",
+                    "E": now,
+                    "s": t["symbol"],
+                    "p": t["priceChange"],
+                    "P": t["priceChangePercent"],
+                    "w": t["weightedAvgPrice"],
+                    "x": t["prevClosePrice"],
+                    "c": t["lastPrice"],
+                    "Q": "0",
+                    "b": t["bidPrice"],
+                    "B": "0",
+                    "a": t["askPrice"],
+                    "A": "0",
+                    "o": t["openPrice"],
+                    "h": t["highPrice"],
+                    "l": t["lowPrice"],
+                    "v": t["volume"],
+                    "q": t["quoteVolume"],
+                    "O": t["openTime"],
+                    "C": t["closeTime"],
+                    "F": -1,
+                    "L": -1,
+                    "n": t["count"],
+                },
+            )
+            self.publish(
+                f"{lower}@miniTicker",
+                {
+                    "e": "24hrMiniTicker",
+                    "E": now,
+                    "s": t["symbol"],
+                    "c": t["lastPrice"],
+                    "o": t["openPrice"],
+                    "h": t["highPrice"],
+                    "l": t["lowPrice"],
+                    "v": t["volume"],
+                    "q": t["quoteVolume"],
+                },
+            )
+
+    async def _kline(self, market: str, interval: str) -> None:
+        sym = binance_symbol(market)
+        req = kpb.SubscribeKlinesRequest(market=market, interval=formats.KLINE_INTERVALS[interval])
+        async for resp in self.market.subscribe_klines(req):
+            row = formats.kline_row(resp.kline, interval)
+            now = now_ms()
+            self.publish(
+                f"{sym.lower()}@kline_{interval}",
+                {
+                    "e": "kline",
+                    "E": now,
+                    "s": sym,
+                    "k": {
+                        "t": row[0],
+                        "T": row[6],
+                        "s": sym,
+                        "i": interval,
+                        "f": -1,
+                        "L": -1,
+                        "o": row[1],
+                        "c": row[4],
+                        "h": row[2],
+                        "l": row[3],
+                        "v": row[5],
+                        "n": row[8],
+                        "x": now > row[6],
+                        "q": row[7],
+                        "V": "0",
+                        "Q": "0",
+                        "B": "0",
+                    },
+                },
+            )
+
+
+def _error(code: int, msg: str, request_id: Any) -> dict[str, Any]:
+    return {"error": {"code": code, "msg": msg}, "id": request_id}
+
+
+async def serve(
+    request: web.Request, feeds: Feeds, buffer: int, initial: list[str], combined: bool
+) -> web.WebSocketResponse:
+    ws = web.WebSocketResponse(heartbeat=HEARTBEAT_S, max_msg_size=64 * 1024, autoping=True)
+    conn = Connection(ws, combined=combined, buffer=buffer)
+    try:  # the streams in the URL first: the connection is accepted once they are ready
+        for name in initial:
+            await feeds.subscribe(conn, name)
+    except ValueError as exc:
+        conn.closed = True
+        feeds.leave(conn)
+        raise ApiError(400, ILLEGAL_CHARS, str(exc), reason=str(Reason.INVALID_FIELD)) from None
+    await ws.prepare(request)
+    feeds.connections.add(conn)
+    writer = asyncio.get_running_loop().create_task(conn.writer())
+    try:
+        async for msg in ws:
+            if msg.type != WSMsgType.TEXT:
+                continue
+            await handle(conn, feeds, msg.data)
+    finally:
+        conn.closed = True
+        feeds.connections.discard(conn)
+        feeds.leave(conn)
+        writer.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await writer
+    return ws
+
+
+async def handle(conn: Connection, feeds: Feeds, text: str) -> None:
+    try:
+        msg = json.loads(text)
+    except ValueError:
+        conn.send_json(_error(2, "Invalid JSON", None))
+        return
+    if not isinstance(msg, dict):
+        conn.send_json(_error(2, "Invalid request", None))
+        return
+    request_id = msg.get("id")
+    method = msg.get("method")
+    params = msg.get("params", [])
+    if method == "LIST_SUBSCRIPTIONS":
+        conn.send_json({"result": sorted(conn.streams), "id": request_id})
+        return
+    if method not in ("SUBSCRIBE", "UNSUBSCRIBE") or not isinstance(params, list):
+        conn.send_json(
+            _error(1, "Invalid request: method SUBSCRIBE, UNSUBSCRIBE or LIST_SUBSCRIPTIONS", request_id)
+        )
+        return
+    try:
+        for name in params:
+            if not isinstance(name, str):
+                raise ValueError("stream names are strings")
+            if method == "SUBSCRIBE":
+                await feeds.subscribe(conn, name)
+            else:
+                feeds.unsubscribe(conn, name)
+    except ValueError as exc:
+        conn.send_json(_error(2, str(exc), request_id))
+        return
+    conn.send_json({"result": None, "id": request_id})
+
+
+def routes(feeds: Feeds, buffer: int) -> list[web.RouteDef]:
+    async def raw(request: web.Request) -> web.WebSocketResponse:
+        tail = request.match_info.get("tail", "")
+        names = [n for n in tail.split("/") if "@" in n]
+        return await serve(request, feeds, buffer, names, combined=False)
+
+    async def combined(request: web.Request) -> web.WebSocketResponse:
+        names = [n for n in request.query.get("streams", "").split("/") if n]
+        return await serve(request, feeds, buffer, names, combined=True)
+
+    return [
+        web.get("/ws", raw),
+        web.get("/ws/{tail:.*}", raw),
+        web.get("/stream", combined),
+    ]
