@@ -18,6 +18,8 @@
     exchange depth BTC_USDT [--merge 10] [--limit 20]
     exchange klines BTC_USDT [--interval 1h] | ticker [BTC_USDT] | recent-trades BTC_USDT
     exchange events 1 [--from 1]                      follow user 1's orders, fills and balances
+    exchange subaccount open 1 grid-btc | subaccount list 1    user 1's sub-accounts (ids from 2^62)
+    exchange transfer 1 SUB_ID USDT 500 [--id t1]     user 1 <-> its sub-account (idempotent by --id)
     exchange token [admin]                            a bearer token for other gRPC clients
 
 A market symbol is always a positional argument (BTC_USDT); the order type is --type limit|market.
@@ -794,12 +796,137 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SEQUENCE",
         help="first accounts event sequence (1 = everything kept; default 0 = new events only)",
     )
+    _sub_account_commands(cmd, common)
+    _apikey_commands(cmd, common)
+    _quantizer_commands(cmd, common)
     p = cmd(
         "token",
         "print a principal's bearer token from the credentials file (for grpc tools such as buf curl)",
     )
     p.add_argument("principal", nargs="?", default="admin", help="principal name (default: admin)")
     return ap
+
+
+def _apikey_commands(
+    cmd: Callable[[str, str, str], argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    """`apikey create|list|revoke`: API keys of the HTTP gateway (issue 13)."""
+    p = cmd(
+        "apikey",
+        "create, list or revoke API keys of the HTTP/WebSocket gateway",
+        "API keys sign requests to the gateway's REST API (X-MBX-APIKEY + HMAC-SHA256, as Binance's). "
+        "A key acts for one user only, with the permissions read, trade and strategies (withdrawals "
+        "never). The secret is printed once, by create.",
+    )
+    which = p.add_subparsers(dest="apikey_cmd", required=True, metavar="create|list|revoke")
+    c = which.add_parser("create", help="a new key for a user", parents=[common], allow_abbrev=False)
+    c.add_argument("user", type=USER, help="user id the key acts for")
+    c.add_argument(
+        "--permissions",
+        default="read,trade",
+        help="comma-separated: read, trade, strategies (default: read,trade)",
+    )
+    c.add_argument("--label", default="", help="free text, up to 64 characters")
+    ls = which.add_parser("list", help="the valid keys (of one user)", parents=[common], allow_abbrev=False)
+    ls.add_argument("user", type=USER, nargs="?", default=0, help="user id (default: every user)")
+    ls.add_argument("--all", action="store_true", help="revoked keys too")
+    r = which.add_parser("revoke", help="revoke a key at once", parents=[common], allow_abbrev=False)
+    r.add_argument("api_key", help="the key (as `apikey list` shows it)")
+
+
+def cmd_apikey(c: Client, args: argparse.Namespace) -> int:
+    from exchange.v1 import gateway_service_pb2 as gpb
+
+    from services.clients.gateway import GatewayAdminClient
+    from services.clients.resolver import advertise_address
+
+    names = {"read": gpb.API_KEY_PERMISSION_READ, "trade": gpb.API_KEY_PERMISSION_TRADE}
+    names["strategies"] = gpb.API_KEY_PERMISSION_STRATEGIES
+    labels = {v: k for k, v in names.items()}
+    gw = c.config.gateway
+    admin = GatewayAdminClient.at(
+        advertise_address(gw.admin_listen, gw.advertise), security=_security(c.config), timeout=c.timeout
+    )
+
+    def line(k: Any) -> str:
+        perms = ",".join(labels.get(p, str(p)) for p in k.permissions)
+        revoked = "  REVOKED" if k.revoked_time_us else ""
+        label = f"  {k.label}" if k.label else ""
+        return f"{k.api_key}  user {k.user_id}  {perms}{label}{revoked}"
+
+    try:
+        if args.apikey_cmd == "create":
+            perms = [p.strip().lower() for p in args.permissions.split(",") if p.strip()]
+            unknown = [p for p in perms if p not in names]
+            if unknown:
+                raise CliError(f"unknown permission {unknown[0]!r}; use read, trade, strategies", EXIT_USAGE)
+            req = gpb.CreateApiKeyRequest(
+                user_id=args.user, permissions=[names[p] for p in perms], label=args.label
+            )
+            created = c.run(admin.create_api_key(req))
+            if args.json:
+                out(_json(created))
+                return EXIT_OK
+            out(line(created.key))
+            out(f"secret {created.secret}")
+            out("(the secret is shown this once; keep it now)")
+            return EXIT_OK
+        if args.apikey_cmd == "list":
+            listed = c.run(
+                admin.list_api_keys(gpb.ListApiKeysRequest(user_id=args.user, include_revoked=args.all))
+            )
+            if args.json:
+                out(_json(listed))
+                return EXIT_OK
+            for k in listed.keys:
+                out(line(k))
+            return EXIT_OK
+        revoked = c.run(admin.revoke_api_key(gpb.RevokeApiKeyRequest(api_key=args.api_key)))
+        out(_json(revoked) if args.json else f"revoked {line(revoked.key)}")
+        return EXIT_OK
+    finally:
+        c.run(admin.close())
+
+
+def _sub_account_commands(
+    cmd: Callable[[str, str, str], argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    """`subaccount open|list` and `transfer` (sub-accounts: issue 10, funds isolation)."""
+    p = cmd(
+        "subaccount",
+        "open or list a user's sub-accounts (accounts of their own, funded by transfer)",
+        "A sub-account is an account of its own (balances, orders, events, history) owned by a user; "
+        "its user id (from 2^62) works wherever a user id does. Funds enter and leave it only by "
+        "`exchange transfer` to or from its owner.",
+    )
+    which = p.add_subparsers(dest="subaccount_cmd", required=True, metavar="open|list")
+    o = which.add_parser(
+        "open",
+        help="open a sub-account (idempotent: the same owner and label answer the same sub-account)",
+        parents=[common],
+        allow_abbrev=False,
+    )
+    o.add_argument("owner", type=USER, help="owner user id (an ordinary user)")
+    o.add_argument("label", help="1-64 characters, unique per owner, e.g. grid-btc")
+    ls = which.add_parser("list", help="a user's sub-accounts", parents=[common], allow_abbrev=False)
+    ls.add_argument("owner", type=USER, help="owner user id")
+    _paging(ls)
+    p = cmd(
+        "transfer",
+        "move available funds between a user and one of its sub-accounts (either way)",
+        "Move AMOUNT of ASSET from user FROM to user TO, one of them a sub-account of the other; only "
+        "the available balance can move. Idempotent by --id.",
+    )
+    p.add_argument("from_user", type=USER, metavar="FROM", help="user id paying")
+    p.add_argument("to_user", type=USER, metavar="TO", help="user id receiving")
+    p.add_argument("asset", metavar="ASSET", help="asset symbol, e.g. USDT")
+    p.add_argument("amount", metavar="AMOUNT", help="decimal amount, e.g. 1000 or 0.5")
+    p.add_argument(
+        "--id",
+        default="",
+        help="transfer id (1-64 characters [A-Za-z0-9_.:-]); repeating it repeats nothing (default: a "
+        "new id each time)",
+    )
 
 
 def _global_options(ap: argparse.ArgumentParser) -> None:
@@ -1391,6 +1518,59 @@ async def _until_stdout_closes(follow: Awaitable[None]) -> None:
         done.set()
 
 
+def sub_account_line(s: apb.SubAccount) -> str:
+    return f"sub-account {s.user_id} of user {s.owner_user_id}: {s.label}"
+
+
+def cmd_sub_account(c: Client, args: argparse.Namespace) -> int:
+    if args.subaccount_cmd == "open":
+        opened = c.run(
+            c.accounts.open_sub_account(apb.OpenSubAccountRequest(owner_user_id=args.owner, label=args.label))
+        )
+        if args.json:
+            out(_json(opened))
+            return EXIT_OK
+        note = " (already open)" if opened.duplicate else ""
+        out(sub_account_line(opened.sub_account) + note)
+        return EXIT_OK
+    resp = c.run(
+        c.accounts.list_sub_accounts(
+            apb.ListSubAccountsRequest(
+                owner_user_id=args.owner, page_size=args.limit, page_token=args.page_token
+            )
+        )
+    )
+    return _list(args, resp, resp.sub_accounts, sub_account_line, "no sub-accounts")
+
+
+def cmd_transfer(c: Client, args: argparse.Namespace) -> int:
+    transfer_id = args.id or f"cli-{time.time_ns()}"
+    resp = c.run(
+        c.accounts.transfer(
+            apb.TransferRequest(
+                from_user_id=args.from_user,
+                to_user_id=args.to_user,
+                asset=args.asset,
+                amount=args.amount,
+                transfer_id=transfer_id,
+            )
+        )
+    )
+    if args.json:
+        out(_json(resp))
+        return EXIT_OK
+    head = (
+        f"already applied (transfer {transfer_id}); nothing changed"
+        if resp.duplicate
+        else f"transferred {_with(args.amount, args.asset)} from user {args.from_user} to user "
+        f"{args.to_user} (transfer {transfer_id})"
+    )
+    out(head)
+    for user, b in ((args.from_user, resp.from_balance), (args.to_user, resp.to_balance)):
+        out(f"  user {user}: {balance_line(b)}")
+    return EXIT_OK
+
+
 COMMANDS: dict[str, Callable[[Client, argparse.Namespace], int]] = {
     "markets": cmd_markets,
     "assets": cmd_assets,
@@ -1414,7 +1594,25 @@ COMMANDS: dict[str, Callable[[Client, argparse.Namespace], int]] = {
     "ticker": cmd_ticker,
     "recent-trades": cmd_recent_trades,
     "events": cmd_events,
+    "subaccount": cmd_sub_account,
+    "transfer": cmd_transfer,
+    "apikey": cmd_apikey,
+    "strategy": lambda c, args: _quantizer_cli().cmd_strategy(c, args),
+    "backtest": lambda c, args: _quantizer_cli().cmd_backtest(c, args),
 }
+
+
+def _quantizer_commands(
+    cmd: Callable[[str, str, str], argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    """`strategy ...` and `backtest ...` (issue 10): defined in services/quantizer/cli.py."""
+    _quantizer_cli().add_commands(cmd, common)
+
+
+def _quantizer_cli() -> Any:
+    from services.quantizer import cli as quantizer_cli
+
+    return quantizer_cli
 
 
 if __name__ == "__main__":

@@ -54,7 +54,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.clients.channels import sync_channel
-from services.clients.resolver import ACCOUNTS, HISTORY, MARKET, config_addresses
+from services.clients.resolver import ACCOUNTS, HISTORY, MARKET, advertise_address, config_addresses
 from services.common.config import ExchangeConfig, load_config
 from services.common.markets import ConfigError
 
@@ -130,6 +130,10 @@ def plan(config: ExchangeConfig, only: set[str] | None = None) -> list[Child]:
     children.append(Child(config.accounts.source, "services.accounts", ["--config", cfg], where[ACCOUNTS]))
     children.append(Child("history", "services.history", ["--config", cfg], where[HISTORY]))
     children.append(Child("market", "services.market", ["--config", cfg], where[MARKET]))
+    quantizer_at = advertise_address(config.quantizer.listen, config.quantizer.advertise)
+    children.append(Child(config.quantizer.source, "services.quantizer", ["--config", cfg], quantizer_at))
+    gateway_at = advertise_address(config.gateway.admin_listen, config.gateway.advertise)
+    children.append(Child("gateway", "services.gateway", ["--config", cfg], gateway_at))
     children = [c for c in children if _available(c.module)]
     if only:
         kinds = {c.name: c.module.rsplit(".", 1)[1] for c in children}

@@ -11,6 +11,7 @@ address resolver.
 Modules:
 - clients.accounts / matching / history / market: AccountsClient, MatchingClient, HistoryClient,
   MarketClient (ServiceClient in clients.base: deadline on every unary call, retries, ClientError).
+- clients.quantizer: QuantizerClient (not a resolver name: `QuantizerClient.at(quantizer_address(config))`).
 - clients.errors: ClientError (.code, .reason, .message, .metadata, .retry_after_ms), EventsOutOfRange,
   EventGap.
 - clients.retry: RetryPolicy (which waits, how many attempts), NO_RETRY.
@@ -31,6 +32,7 @@ from services.clients.follow import EventBatch, EventFollower, EventSource, foll
 from services.clients.history import HistoryClient
 from services.clients.market import MarketClient
 from services.clients.matching import MatchingClient
+from services.clients.quantizer import QuantizerClient, quantizer_address
 from services.clients.resolver import (
     ACCOUNTS,
     HISTORY,
@@ -58,6 +60,7 @@ __all__ = [
     "HistoryClient",
     "MarketClient",
     "MatchingClient",
+    "QuantizerClient",
     "Resolver",
     "RetryPolicy",
     "ServiceClient",
@@ -66,6 +69,7 @@ __all__ = [
     "advertise_address",
     "follow_events",
     "kind_of",
+    "quantizer_address",
     "sync_channel",
 ]
 

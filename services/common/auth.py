@@ -94,6 +94,8 @@ _grant(
 )
 _grant("AccountsService", (_A, _T, _R), "GetOrder", "ListOpenOrders", "StreamUserEvents")
 _grant("AccountsService", (_A, _R), "StreamAccountEvents", "GetAccountsStatus")
+_grant("AccountsService", (_A, _T), "OpenSubAccount", "Transfer")
+_grant("AccountsService", (_A, _T, _R), "ListSubAccounts")
 _grant("MatchingService", (_P,), "SubmitCommands")
 _grant("MatchingService", (_A, _P, _R), "StreamEvents", "GetMatchingStatus")
 _grant("MatchingService", (_A, _P, _T, _R), "GetDepth", "ListBookOrders")
@@ -130,7 +132,9 @@ _grant(
     "StopStrategy",
     "BacktestStrategy",
 )
-_grant("QuantizerService", (_A, _T, _R), "GetStrategy", "ListStrategies")
+_grant("QuantizerService", (_A, _T, _R), "GetStrategy", "ListStrategies", "PreviewGrid", "PreviewDca")
+_grant("GatewayAdminService", (_A,), "CreateApiKey", "RevokeApiKey")
+_grant("GatewayAdminService", (_A, _R), "ListApiKeys")
 
 PUBLIC_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 

@@ -9,6 +9,8 @@ it and picks its own section; relative paths are relative to the file's director
     [shards.matching-0]  listen = "127.0.0.1:50061"  markets = ["BTC_USDT", ...]   # optional markets
     [history]  listen = "127.0.0.1:50071"  database_url = "sqlite:///{data_dir}/history.sqlite"
     [market]   listen = "127.0.0.1:50081"
+    [gateway]  listen = "127.0.0.1:8080"  admin_listen = "127.0.0.1:50091"   # HTTP/WS and its admin gRPC
+    [quantizer]  listen = "127.0.0.1:50101"  max_strategies_per_user = 20
 
 `listen` is where a service binds; `advertise` (optional, in each of those sections) is the address the
 others dial (services.clients.resolver): by default `listen`, with a wildcard host (0.0.0.0, [::]) taken
@@ -75,6 +77,56 @@ class MarketDataConfig:
 
 
 @dataclass(frozen=True)
+class GatewayConfig:
+    """The HTTP/WebSocket gateway (services.gateway): `listen` serves HTTP (REST /api/v3 and the
+    WebSocket streams), `admin_listen` gRPC (GatewayAdminService and health)."""
+
+    listen: str = "127.0.0.1:8080"
+    admin_listen: str = "127.0.0.1:50091"
+    advertise: str = ""  # the address others dial for admin_listen ("" = admin_listen)
+    # API keys (SQLAlchemy URL); secrets are encrypted with a key kept in the secrets folder.
+    database_url: str = "sqlite:///{data_dir}/gateway.sqlite"
+    key_file: str = "{data_dir}/secrets/gateway-keys.key"
+    # Signed requests: the largest recvWindow accepted (ms) and the default one.
+    max_recv_window_ms: int = 60_000
+    default_recv_window_ms: int = 5_000
+    # Request weight allowed per minute, per API key and per client IP (Binance: 6000 per IP).
+    weight_per_minute_key: int = 6_000
+    weight_per_minute_ip: int = 6_000
+    # Orders waiting for the accounts SubmitOrders stream; most commands per batch.
+    max_pending_orders: int = 10_000
+    max_batch: int = 500
+    # WebSocket: messages queued per connection before a slow consumer is disconnected.
+    ws_buffer: int = 1_000
+    # A MARKET BUY by quantity spends at most best ask x (1 + this, in basis points) x quantity
+    # (services.gateway.market_buy).
+    market_buy_price_cap_bps: int = 500
+
+
+@dataclass(frozen=True)
+class QuantizerConfig:
+    """The hosted-strategy service (services.quantizer)."""
+
+    source: str = "quantizer-0"
+    listen: str = "127.0.0.1:50101"
+    advertise: str = ""  # the address others dial ("" = listen, a wildcard host as 127.0.0.1)
+    metrics_listen: str = ""
+    snapshot_every: int = 50_000
+    # Per user: strategies not stopped or failed, and the capital they hold per asset (decimal strings,
+    # e.g. {USDT = "1000000"}; an asset not named is not limited).
+    max_strategies_per_user: int = 20
+    max_capital: Mapping[str, str] = field(default_factory=dict)
+    # Default slippage cap of a strategy's market sells (stop, exits): a limit IOC at last x (1 - cap).
+    stop_slippage: str = "0.05"
+    # Clock ticks for recurring buys and cooldowns (milliseconds).
+    timer_interval_ms: int = 1_000
+    # Order placements and cancels in flight at once (each strategy's own stay in order; they go to
+    # accounts in batches over one SubmitOrders stream, or as unary calls with order_stream = false).
+    executor_workers: int = 64
+    order_stream: bool = True
+
+
+@dataclass(frozen=True)
 class SecurityConfig:
     # "local": plaintext, servers accept loopback peers only (the embedded default);
     # "tls": TLS with the certificate below (across machines).
@@ -99,6 +151,8 @@ class ExchangeConfig:
     history: HistoryConfig
     market: MarketDataConfig
     security: SecurityConfig = field(default_factory=SecurityConfig)
+    gateway: GatewayConfig = field(default_factory=GatewayConfig)
+    quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
 
     def shard(self, name: str) -> ShardConfig:
         try:
@@ -164,6 +218,8 @@ def config_from_dict(data: Mapping[str, Any], *, base_dir: Path, path: Path | No
         history=_build(HistoryConfig, data.get("history", {}), "history"),
         market=_build(MarketDataConfig, data.get("market", {}), "market"),
         security=_security(data.get("security", {})),
+        gateway=_build(GatewayConfig, data.get("gateway", {}), "gateway"),
+        quantizer=_build(QuantizerConfig, data.get("quantizer", {}), "quantizer"),
     )
 
 

@@ -32,7 +32,7 @@ def test_a_tls_exchange_is_probed_healthy_and_reached_by_the_clients(
 ) -> None:
     cluster, launcher = launched
     launcher.expect(r"exchange ready", timeout=120)
-    assert set(launcher.pids) == {"matching-0", "accounts-0", "history", "market"}
+    assert set(launcher.pids) == {"matching-0", "accounts-0", "history", "market", "quantizer-0", "gateway"}
     assert cluster.security().transport == "tls"
 
     async def ask() -> apb.GetAccountsStatusResponse:

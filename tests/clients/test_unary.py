@@ -17,6 +17,7 @@ from exchange.v1 import accounts_service_pb2_grpc as agrpc
 from exchange.v1 import history_service_pb2 as hpb
 from exchange.v1 import market_service_pb2 as kpb
 from exchange.v1 import matching_service_pb2 as mpb
+from exchange.v1 import quantizer_service_pb2 as qpb
 from google.protobuf import message_factory
 
 from services.clients import (
@@ -26,6 +27,7 @@ from services.clients import (
     HistoryClient,
     MarketClient,
     MatchingClient,
+    QuantizerClient,
     RetryPolicy,
     ServiceClient,
 )
@@ -197,6 +199,7 @@ CLIENTS: list[tuple[type[ServiceClient], Any]] = [
     (MatchingClient, mpb.DESCRIPTOR.services_by_name["MatchingService"]),
     (HistoryClient, hpb.DESCRIPTOR.services_by_name["HistoryService"]),
     (MarketClient, kpb.DESCRIPTOR.services_by_name["MarketService"]),
+    (QuantizerClient, qpb.DESCRIPTOR.services_by_name["QuantizerService"]),
 ]
 
 
