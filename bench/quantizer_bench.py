@@ -13,6 +13,10 @@ Measured from the accounts event stream (one clock: the accounts host's batch ti
 order placed = the time of a strategy's fill event to the time of the next new order of the same
 sub-account (its first state, OPEN, once matching accepted it), p50 / p99 / max; the fills per second
 achieved; and the quantizer process's CPU time (user + system, from /proc) per fill during the flow.
+Per hop (the quantizer's histograms, services.quantizer.timing, read from its metrics endpoint before
+and after the flow; p50 / p99 are bucket upper bounds): accounts event -> feed (event_age), feed ->
+journal durable and applied (journal), effect -> worker (queued), worker -> SubmitOrders batch sent
+(stream_wait), batch sent -> accounts answered (answered).
 Prints one JSON object. The target (issue 10): p99 <= 50 ms at 500 fills/s with 1,000 strategies.
 The machine it runs on (cores shared by every process of the exchange and the load driver) is part of
 the result: see "cpus".
@@ -25,9 +29,11 @@ import asyncio
 import json
 import os
 import shutil
+import socket
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +62,57 @@ def cpu_seconds(pid: int) -> float:
         fields = f.read().rsplit(")", 1)[1].split()
     ticks = os.sysconf("SC_CLK_TCK")
     return (int(fields[11]) + int(fields[12])) / ticks
+
+
+HOPS = {
+    "event_age": "quantizer_event_age_seconds",
+    "journal": "quantizer_journal_seconds",
+    "queued": "quantizer_effect_queued_seconds",
+    "stream_wait": "quantizer_order_stream_wait_seconds",
+    "answered": "quantizer_order_answered_seconds",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def scrape(port: int) -> dict[str, dict[float, float]]:
+    """Cumulative bucket counts per histogram: name -> {upper bound: count}."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    out: dict[str, dict[float, float]] = {}
+    for line in text.splitlines():
+        if "_bucket{" not in line:
+            continue
+        name, rest = line.split("_bucket{", 1)
+        le = rest.split('le="', 1)[1].split('"', 1)[0]
+        out.setdefault(name, {})[float(le)] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def quantile(buckets: list[float], counts: list[float], p: float) -> str:
+    total = counts[-1] if counts else 0.0
+    for le, c in zip(buckets, counts, strict=True):
+        if total and c >= p * total:
+            return f"<= {le * 1000:g} ms" if le != float("inf") else "> 2000 ms"
+    return "-"
+
+
+def hop_table(before: dict[str, dict[float, float]], after: dict[str, dict[float, float]]) -> dict[str, Any]:
+    table: dict[str, Any] = {}
+    for hop, name in HOPS.items():
+        b, a = before.get(name, {}), after.get(name, {})
+        buckets = sorted(a)
+        counts = [a[le] - b.get(le, 0.0) for le in buckets]
+        table[hop] = {
+            "count": int(counts[-1]) if counts else 0,
+            "p50": quantile(buckets, counts, 0.5),
+            "p99": quantile(buckets, counts, 0.99),
+        }
+    return table
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -99,13 +156,14 @@ class Watch:
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="quantizer-bench-"))
+    metrics_port = free_port()
     cluster = Cluster(
         tmp / "exchange",
         with_quantizer=True,
         quantizer_options={
             "max_strategies_per_user": 100_000,
-            "sub_accounts": True,
             "order_stream": not args.unary,
+            "metrics_listen": f"127.0.0.1:{metrics_port}",
         },
     )
     n = args.strategies
@@ -197,6 +255,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         follower = asyncio.create_task(follow())
         qpid = cluster.procs["quantizer-0"].pid
         cpu0 = cpu_seconds(qpid)
+        hops0 = scrape(metrics_port)
         flow_start = time.perf_counter()
         sent = 0
         for phase in range(args.phases):
@@ -238,6 +297,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             )
         flow_s = time.perf_counter() - flow_start
         cpu = cpu_seconds(qpid) - cpu0
+        hops = hop_table(hops0, scrape(metrics_port))
         follower.cancel()
         await quantizer.close()
         await accounts.close()
@@ -258,6 +318,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 "max": round(max(lat, default=0.0), 2),
             },
             "quantizer_cpu_ms_per_fill": round(1000 * cpu / max(1, watch.fills), 3),
+            "hops": hops,
             "cpus": os.cpu_count(),
             "target": "p99 <= 50 ms at 500 fills/s",
         }

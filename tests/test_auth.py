@@ -43,6 +43,14 @@ def test_every_method_of_every_service_has_roles() -> None:
     # Only accounts peers may submit matching commands; deposits only by the wallet and admin.
     assert ACCESS["/exchange.v1.MatchingService/SubmitCommands"] == {Role.PEER}
     assert ACCESS["/exchange.v1.AccountsService/Deposit"] == {Role.ADMIN, Role.WALLET}
+    # The quantizer role: all a trader may, plus the all-users accounts reads its feed follows.
+    for path, roles in ACCESS.items():
+        if Role.TRADER in roles:
+            assert Role.QUANTIZER in roles, path
+    for m in ("StreamAccountEvents", "GetAccountsStatus"):
+        roles = ACCESS[f"/exchange.v1.AccountsService/{m}"]
+        assert Role.QUANTIZER in roles and Role.TRADER not in roles
+    assert Role.QUANTIZER not in ACCESS["/exchange.v1.AccountsService/Deposit"]
 
 
 def test_credentials_file_is_private_and_stable(tmp_path: Any) -> None:
@@ -58,7 +66,22 @@ def test_credentials_file_is_private_and_stable(tmp_path: Any) -> None:
     verifier = again.verifier()
     assert verifier.principal(again.token("wallet")).role == Role.WALLET  # type: ignore[union-attr]
     assert verifier.principal("exk_forged") is None
+    assert verifier.principal(again.token("quantizer")).role == Role.QUANTIZER  # type: ignore[union-attr]
     assert verifier.from_metadata([("authorization", "Basic " + again.token("admin"))]) is None
+
+
+def test_a_stored_quantizer_trader_role_is_upgraded(tmp_path: Any) -> None:
+    # Credentials generated when the quantizer was a trader: the role follows the code, the token stays.
+    import json
+
+    path = tmp_path / "secrets" / "credentials.json"
+    first = ensure_credentials(path)
+    data = json.loads(path.read_text())
+    data["principals"]["quantizer"]["role"] = "trader"
+    path.write_text(json.dumps(data))
+    again = ensure_credentials(path)
+    assert again.principals["quantizer"] == (Role.QUANTIZER, first.token("quantizer"))
+    assert load_credentials(path).principals["quantizer"][0] == Role.QUANTIZER
 
 
 def test_verifier_keeps_no_tokens() -> None:
@@ -160,6 +183,22 @@ WRONG_ROLE: list[tuple[str, str, Callable[[grpc.Channel], Any]]] = [
     ("reader", "accounts-0", lambda ch: agrpc.AccountsServiceStub(ch).PlaceOrder(place_request(), timeout=5)),
     ("wallet", "accounts-0", lambda ch: agrpc.AccountsServiceStub(ch).PlaceOrder(place_request(), timeout=5)),
     (
+        "quantizer",
+        "accounts-0",
+        lambda ch: agrpc.AccountsServiceStub(ch).Deposit(deposit_request(), timeout=5),
+    ),
+    (
+        "trader",
+        "accounts-0",
+        lambda ch: next(
+            iter(
+                agrpc.AccountsServiceStub(ch).StreamAccountEvents(
+                    apb.StreamAccountEventsRequest(from_sequence=1), timeout=5
+                )
+            )
+        ),
+    ),
+    (
         "trader",
         "accounts-0",
         lambda ch: agrpc.AccountsServiceStub(ch).GetAccountsStatus(apb.GetAccountsStatusRequest(), timeout=5),
@@ -205,6 +244,14 @@ def test_roles_allow_what_they_are_for(cluster: Cluster) -> None:
     reader = agrpc.AccountsServiceStub(cluster.channel("accounts-0", "reader"))
     assert reader.GetOrder(apb.GetOrderRequest(user_id=8, order_id=order.order_id), timeout=5).order.order_id
     trader.CancelOrder(apb.CancelOrderRequest(user_id=8, order_id=order.order_id), timeout=5)
+    # The quantizer reads every user's accounts events and status as itself, and trades like a trader.
+    quantizer = agrpc.AccountsServiceStub(cluster.channel("accounts-0", "quantizer"))
+    assert quantizer.GetAccountsStatus(apb.GetAccountsStatusRequest(), timeout=5).event_sequence > 0
+    first = next(
+        iter(quantizer.StreamAccountEvents(apb.StreamAccountEventsRequest(from_sequence=1), timeout=5))
+    )
+    assert first is not None
+    assert quantizer.GetBalances(apb.GetBalancesRequest(user_id=8), timeout=5) is not None
 
 
 def forged_submit(channel: grpc.Channel, source: str) -> Any:

@@ -9,7 +9,10 @@ Roles:
 - peer: an accounts shard; only principal "accounts-N" may submit matching commands as source
   "accounts-N" (MatchingService.SubmitCommands); reads matching events and depth.
 - wallet: the wallet / back office: deposits, withdrawals, balances.
-- trader: acts for users (the gateway, the quantizer): orders, balances, user streams, history, market.
+- trader: acts for users (the gateway): orders, balances, user streams, history, market.
+- quantizer: the hosted-strategy service: everything a trader may, plus the all-users accounts event
+  stream and status (StreamAccountEvents, GetAccountsStatus) that its feed follows, so that it reads
+  them as itself rather than with another principal's token. An ordinary trader still may not.
 - reader: read-only: every query and event stream (history and market consume streams as readers).
 
 The credentials file (JSON, mode 0600, in a 0700 folder; `<data_dir>/secrets/credentials.json` by
@@ -46,6 +49,7 @@ class Role(StrEnum):
     WALLET = "wallet"
     TRADER = "trader"
     READER = "reader"
+    QUANTIZER = "quantizer"
 
 
 @dataclass(frozen=True)
@@ -62,7 +66,7 @@ DEFAULT_PRINCIPALS: dict[str, Role] = {
     "reader": Role.READER,
     "history": Role.READER,
     "market": Role.READER,
-    "quantizer": Role.TRADER,
+    "quantizer": Role.QUANTIZER,
     "gateway": Role.TRADER,
 }
 
@@ -135,6 +139,14 @@ _grant(
 _grant("QuantizerService", (_A, _T, _R), "GetStrategy", "ListStrategies", "PreviewGrid", "PreviewDca")
 _grant("GatewayAdminService", (_A,), "CreateApiKey", "RevokeApiKey")
 _grant("GatewayAdminService", (_A, _R), "ListApiKeys")
+
+# The quantizer role: whatever a trader may call, plus the two all-users accounts reads its feed needs.
+for _method, _roles in list(ACCESS.items()):
+    if _T in _roles:
+        ACCESS[_method] = _roles | {Role.QUANTIZER}
+for _method in ("StreamAccountEvents", "GetAccountsStatus"):
+    _path = f"/exchange.v1.AccountsService/{_method}"
+    ACCESS[_path] = ACCESS[_path] | {Role.QUANTIZER}
 
 PUBLIC_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
@@ -261,6 +273,11 @@ def ensure_credentials(path: Path, peers: Iterable[str] = ()) -> Credentials:
         for name, role in wanted.items():
             if name not in principals:
                 principals[name] = {"role": str(role), "token": new_token()}
+                changed = True
+            elif name in DEFAULT_PRINCIPALS and principals[name].get("role") != str(role):
+                # A default principal's role is the code's (e.g. "quantizer" was once a trader): the
+                # token stays, the role follows.
+                principals[name]["role"] = str(role)
                 changed = True
         if changed:
             _write(path, data)

@@ -26,7 +26,6 @@ from services.common.rpc import (
     configure,
     register_service,
     run_until_signal,
-    security,
     start_metrics,
     start_server,
 )
@@ -36,6 +35,7 @@ from services.quantizer.feed import AccountsFeed
 from services.quantizer.machine import CODEC, Limits, QuantizerMachine
 from services.quantizer.orders import OrderStream
 from services.quantizer.service import QuantizerServicer
+from services.quantizer.timing import JOURNAL
 
 log = logging.getLogger("services.quantizer")
 
@@ -69,9 +69,8 @@ class Quantizer:
         )
         resolver = StaticResolver.from_config(config)
         self.accounts = AccountsClient.resolve(resolver)
-        # StreamAccountEvents and GetAccountsStatus are for the reader role (every user's events); the
-        # quantizer principal is a trader, so the feed reads them with the read-only reader token.
-        self.reader = AccountsClient.resolve(resolver, token=security().credentials.token("reader"))
+        # The feed reads every user's accounts events (StreamAccountEvents, GetAccountsStatus) as the
+        # quantizer principal itself: its role allows those two reads (services.common.auth).
         self.market = MarketClient.resolve(resolver)
         self.executor = Executor(
             self.accounts,
@@ -81,7 +80,7 @@ class Quantizer:
             orders=OrderStream(self.accounts) if q.order_stream else None,
         )
         self.feed = AccountsFeed(
-            self.reader, lambda: self.host.machine, self._submit, source=config.accounts.source
+            self.accounts, lambda: self.host.machine, self._submit, source=config.accounts.source
         )
         self.tasks: list[asyncio.Task[None]] = []
         self.reconciled = asyncio.Event()
@@ -95,6 +94,7 @@ class Quantizer:
 
     async def start(self) -> None:
         await self.host.start()
+        self.host.on_effects.append(self._journal_timing)
         self.host.on_effects.append(self.executor.hook)
         self.executor.start()
         self.tasks = [
@@ -104,6 +104,12 @@ class Quantizer:
             asyncio.create_task(self._guard(self._timers(), "the timers"), name="quantizer-timers"),
             asyncio.create_task(self._guard(self._reconcile(), "reconciliation"), name="quantizer-reconcile"),
         ]
+
+    def _journal_timing(self, effects: list[Any]) -> None:
+        fed = self.feed.fed_at
+        if fed and effects:
+            JOURNAL.observe(time.monotonic() - fed)
+            self.feed.fed_at = 0.0
 
     async def _guard(self, work: Any, what: str) -> None:
         try:
@@ -127,7 +133,7 @@ class Quantizer:
         are then journaled), bring the exchange in line with the strategies' tables."""
         while True:
             try:
-                status = await self.reader.get_accounts_status()
+                status = await self.accounts.get_accounts_status()
                 break
             except ClientError:
                 await asyncio.sleep(0.5)
@@ -148,7 +154,6 @@ class Quantizer:
         await self.executor.stop()
         await self.host.stop()
         await self.accounts.close()
-        await self.reader.close()
         await self.market.close()
 
 

@@ -112,6 +112,7 @@ def strategy_pb(machine: QuantizerMachine, sid: int) -> qpb.Strategy:
         trading_user_id=e.trading_user,
         client_strategy_id=e.client_id,
         funds_returned=e.returned,
+        stop_reason=s.stop_reason,
     )
     fill_config(out, e.config)
     price, now = machine.market_price(e)

@@ -5,8 +5,11 @@ is a duplicate, never a second order), opens and funds each strategy's sub-accou
 the funds back when a strategy stops. Outcomes that change a strategy (a refused placement, funding
 done or refused, funds returned) go back into the journal as commands.
 
-Each strategy's effects run in order on one worker (the strategy id picks the worker), so its cancel
-never overtakes its placement; different strategies run in parallel.
+Each strategy's effects run in order (one chain per strategy with effects pending), so its cancel
+never overtakes its placement; different strategies run in parallel and never wait for each other's
+round trips (an effect used to wait behind every effect of the strategies sharing its worker). Order
+commands on the SubmitOrders stream are batched by the stream itself; unary calls (funding, returns,
+and orders without the stream) are bounded by `workers` at once.
 
 On start (`reconcile`), after the journal replay and once the event feed caught up with accounts:
 - strategies being funded are funded again (open and transfer are idempotent: label, transfer id);
@@ -20,8 +23,10 @@ On start (`reconcile`), after the journal replay and once the event feed caught 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -46,6 +51,7 @@ from services.quantizer.machine import (
     place_of,
 )
 from services.quantizer.orders import OrderStream, StreamBroken
+from services.quantizer.timing import QUEUED
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +120,10 @@ class Executor:
         self.accounts = accounts
         self.machine = machine
         self.submit = submit
-        self.queues: list[asyncio.Queue[Effect | None]] = [asyncio.Queue() for _ in range(max(1, workers))]
-        self.tasks: list[asyncio.Task[None]] = []
+        # strategy id -> its pending effects, each with the monotonic time it was queued (timing.QUEUED)
+        self.chains: dict[int, collections.deque[tuple[Effect, float]]] = {}
+        self.gate = asyncio.Semaphore(max(1, workers))  # unary calls at once
+        self.tasks: set[asyncio.Task[None]] = set()
         self.orders = orders  # None: unary PlaceOrder / CancelOrder
         self.placed = 0
         self.duplicates = 0
@@ -127,14 +135,14 @@ class Executor:
     def start(self) -> None:
         if self.orders is not None:
             self.orders.start()
-        self.tasks = [asyncio.create_task(self._worker(q)) for q in self.queues]
 
     async def stop(self) -> None:
         if self.orders is not None:
             await self.orders.stop()
-        for t in self.tasks:
+        tasks = list(self.tasks)
+        for t in tasks:
             t.cancel()
-        for t in self.tasks:
+        for t in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
 
@@ -144,19 +152,37 @@ class Executor:
             self.enqueue(effect)
 
     def enqueue(self, effect: Effect) -> None:
-        self.queues[effect.sid % len(self.queues)].put_nowait(effect)
+        item = (effect, time.monotonic())
+        chain = self.chains.get(effect.sid)
+        if chain is not None:  # its chain is running: after the effects before it
+            chain.append(item)
+            return
+        self.chains[effect.sid] = collections.deque([item])
+        task = asyncio.create_task(self._drain(effect.sid), name=f"quantizer-effects-{effect.sid}")
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
 
-    async def _worker(self, queue: asyncio.Queue[Effect | None]) -> None:
-        while True:
-            effect = await queue.get()
-            if effect is None:
-                return
-            try:
-                await self._run(effect)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("effect failed", extra={"strategy_id": effect.sid})
+    async def _drain(self, sid: int) -> None:
+        """Carry out strategy `sid`'s effects in order until none is left."""
+        chain = self.chains[sid]
+        try:
+            while chain:
+                effect, queued = chain[0]
+                QUEUED.observe(time.monotonic() - queued)
+                try:
+                    if self.orders is not None and isinstance(effect, OrderEffect):
+                        await self._run(effect)  # the stream batches and bounds these
+                    else:
+                        async with self.gate:
+                            await self._run(effect)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("effect failed", extra={"strategy_id": effect.sid})
+                chain.popleft()
+        finally:
+            if self.chains.get(sid) is chain:
+                del self.chains[sid]
 
     async def _run(self, effect: Effect) -> None:
         if isinstance(effect, OrderEffect):
@@ -392,5 +418,5 @@ class Executor:
 
     async def idle(self) -> None:
         """Until every queued effect has been carried out (tests, shutdown)."""
-        while any(not q.empty() for q in self.queues):
+        while self.chains:
             await asyncio.sleep(0.01)

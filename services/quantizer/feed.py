@@ -25,6 +25,7 @@ from exchange.v1 import events_pb2 as ev
 from services.clients.accounts import AccountsClient
 from services.clients.follow import EventFollower
 from services.quantizer.machine import ROLE_TAKER, QuantizerMachine
+from services.quantizer.timing import EVENT_AGE
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,7 @@ class AccountsFeed:
         self._journaled_at = time.monotonic()
         self._stop = asyncio.Event()
         self.connected = False
+        self.fed_at = 0.0  # monotonic time of the latest feed command with items (timing.JOURNAL)
 
     async def start_sequence(self) -> int:
         """Where to read from: after the checkpoint, or (a new service) after the current end."""
@@ -124,12 +126,16 @@ class AccountsFeed:
                 last = batch.last
                 self.seen = last
                 now = time.monotonic()
+                if events:
+                    EVENT_AGE.observe(max(0.0, time.time() - events[-1].time_us / 1e6))
                 if (
                     items
                     or last - self.journaled >= self.checkpoint_every
                     or now - self._journaled_at >= self.checkpoint_s
                 ):
                     self.submit({"t": "feed", "last": last, "items": items})
+                    if items:
+                        self.fed_at = now
                     self.journaled = last
                     self._journaled_at = now
 

@@ -12,12 +12,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 
 from exchange.v1 import accounts_service_pb2 as apb
 
 from services.clients.accounts import AccountsClient
 from services.clients.errors import ClientError
+from services.quantizer.timing import ANSWERED, STREAM_WAIT
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,8 @@ class OrderStream:
         self.batches = 0
         self.commands = 0
         self.task: asyncio.Task[None] | None = None
+        self.queued_at: dict[int, float] = {}  # id(future) -> monotonic time queued (timing)
+        self.sent_at: dict[int, float] = {}  # batch id -> monotonic time sent (timing)
 
     def start(self) -> None:
         self.task = asyncio.create_task(self._run(), name="quantizer-order-stream")
@@ -51,8 +55,12 @@ class OrderStream:
 
     async def call(self, command: apb.OrderCommand) -> apb.OrderCommandResult:
         fut: asyncio.Future[apb.OrderCommandResult] = asyncio.get_running_loop().create_future()
+        self.queued_at[id(fut)] = time.monotonic()
         self.queue.put_nowait((command, fut))
-        return await fut
+        try:
+            return await fut
+        finally:
+            self.queued_at.pop(id(fut), None)
 
     async def _requests(self, window: asyncio.Semaphore) -> AsyncIterator[apb.SubmitOrdersRequest]:
         """One stream's requests. The window is taken before a command leaves the queue, so a stream
@@ -71,6 +79,10 @@ class OrderStream:
             self.inflight[self.batch_id] = batch
             self.batches += 1
             self.commands += len(batch)
+            now = time.monotonic()
+            self.sent_at[self.batch_id] = now
+            for _, fut in batch:
+                STREAM_WAIT.observe(now - self.queued_at.get(id(fut), now))
             yield apb.SubmitOrdersRequest(batch_id=self.batch_id, commands=[c for c, _ in batch])
 
     async def _run(self) -> None:
@@ -82,6 +94,9 @@ class OrderStream:
                     delay = 0.05
                     batch = self.inflight.pop(resp.batch_id, None)
                     window.release()
+                    sent = self.sent_at.pop(resp.batch_id, None)
+                    if sent is not None:
+                        ANSWERED.observe(time.monotonic() - sent)
                     if batch is None:
                         continue
                     for (_, fut), result in zip(batch, resp.results, strict=False):
@@ -101,6 +116,7 @@ class OrderStream:
 
     def _fail_inflight(self) -> None:
         inflight, self.inflight = self.inflight, {}
+        self.sent_at.clear()
         for batch in inflight.values():
             for _, fut in batch:
                 if not fut.done():
