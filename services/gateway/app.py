@@ -24,7 +24,7 @@ from services.clients.quantizer import QuantizerClient, quantizer_address
 from services.common.config import ExchangeConfig
 from services.common.errors import ExchangeError, Reason
 from services.common.rpc import ServerHandle, start_server
-from services.gateway import openapi, private, public, strategies, userdata, ws
+from services.gateway import openapi, private, public, strategies, userdata, userstream, ws
 from services.gateway.admin import GatewayAdminServicer
 from services.gateway.context import GATEWAY, Gateway, json_response, now_ms
 from services.gateway.entry import OrderEntry
@@ -36,7 +36,8 @@ from services.gateway.errors import (
     from_exchange_error,
 )
 from services.gateway.keys import KeyStore, load_or_create_master_key
-from services.gateway.ratelimit import WeightLimiter
+from services.gateway.listenkeys import ListenKeys
+from services.gateway.ratelimit import TRY_AGAIN_LATER, ConnectionLimiter, WeightLimiter
 from services.gateway.signing import Verifier
 from services.gateway.symbols import Symbols
 
@@ -96,6 +97,29 @@ async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
     return response
 
 
+WS_LIMIT: web.AppKey[ConnectionLimiter] = web.AppKey("ws_limit", ConnectionLimiter)
+
+
+@web.middleware
+async def ws_connections(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """WebSocket upgrades count against `[gateway] ws_connections_per_ip`: one past the limit is
+    accepted and closed at once with code 1013 (Try Again Later) and the reason."""
+    if request.headers.get("Upgrade", "").lower() != "websocket":
+        return await handler(request)
+    limiter = request.app[WS_LIMIT]
+    ip = request.remote or ""
+    if not limiter.acquire(ip):
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        reason = f"too many connections from this address (at most {limiter.per_address})"
+        await ws.close(code=TRY_AGAIN_LATER, message=reason.encode())
+        return ws
+    try:
+        return await handler(request)
+    finally:
+        limiter.release(ip)
+
+
 WEB = Path(__file__).resolve().parent / "web"
 
 
@@ -142,8 +166,11 @@ class GatewayApp:
             ip_limits=WeightLimiter(cfg.weight_per_minute_ip),
             key_limits=WeightLimiter(cfg.weight_per_minute_key),
         )
-        self.web = web.Application(middlewares=[edge], client_max_size=MAX_BODY)
+        self.web = web.Application(middlewares=[ws_connections, edge], client_max_size=MAX_BODY)
         self.web[GATEWAY] = self.gateway
+        self.web[WS_LIMIT] = ConnectionLimiter(cfg.ws_connections_per_ip)
+        self.web[userstream.LISTEN_KEYS] = ListenKeys(max_per_key=cfg.listen_keys_per_api_key)
+        self.web.add_routes(userstream.routes())  # before ws's: /ws/<listenKey> ahead of /ws/<streams>
         self.web.add_routes(public.routes())
         self.web.add_routes(private.routes())
         self.quantizer = QuantizerClient.at(quantizer_address(config))
@@ -157,7 +184,9 @@ class GatewayApp:
         self.web.router.add_get("/openapi.json", openapi_json)
         self.web.router.add_get("/", page)
         self.web.router.add_get("/static/app.js", page_script)
-        self.feeds = ws.Feeds(self.clients.market, self.gateway.symbols)
+        self.feeds = ws.Feeds(
+            self.clients.market, self.gateway.symbols, max_streams=cfg.ws_streams_per_connection
+        )
         self.web.add_routes(ws.routes(self.feeds, cfg.ws_buffer))
         self.web.add_routes(userdata.routes(self.gateway, cfg.ws_buffer))
         self.runner: web.AppRunner | None = None
@@ -186,6 +215,9 @@ class GatewayApp:
             [SERVICE_NAME],
         )
         self._tasks.append(asyncio.create_task(self._refresh_keys(), name="refresh-keys"))
+        self._tasks.append(
+            asyncio.create_task(userstream.sweeper(self.web, self.gateway), name="sweep-listen-keys")
+        )
 
     async def _refresh_keys(self) -> None:
         while True:

@@ -35,3 +35,32 @@ class WeightLimiter:
             return max(1, -(-((window + 1) * WINDOW_MS - now_ms) // 1000))
         self._used[client] = used
         return None
+
+
+TRY_AGAIN_LATER = 1013  # WebSocket close code (RFC 6455 registry): "Try Again Later"
+
+
+class ConnectionLimiter:
+    """Open WebSocket connections per client address: `acquire` says whether one more is allowed (and
+    counts it), `release` forgets it when it closes."""
+
+    def __init__(self, per_address: int) -> None:
+        self.per_address = per_address
+        self._open: dict[str, int] = {}
+
+    def open(self, address: str) -> int:
+        return self._open.get(address, 0)
+
+    def acquire(self, address: str) -> bool:
+        n = self._open.get(address, 0)
+        if n >= self.per_address:
+            return False
+        self._open[address] = n + 1
+        return True
+
+    def release(self, address: str) -> None:
+        n = self._open.get(address, 0) - 1
+        if n > 0:
+            self._open[address] = n
+        else:
+            self._open.pop(address, None)

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import WSMsgType, web
@@ -227,6 +228,13 @@ async def serve(request: web.Request, gw: Gateway, buffer: int) -> web.WebSocket
 
 
 async def _follow(gw: Gateway, conn: Connection, user_id: int, sid: int) -> None:
+    await follow_user(gw, conn, user_id, lambda event: {"subscriptionId": sid, "event": event})
+
+
+async def follow_user(
+    gw: Gateway, conn: Connection, user_id: int, wrap: Callable[[dict[str, Any]], Any]
+) -> None:
+    """Send the user's events (from now on) to `conn`, each as `wrap(event)`, until it closes."""
     events = UserEvents(gw.symbols.catalog)
     after = 0
     while not conn.closed:
@@ -238,7 +246,7 @@ async def _follow(gw: Gateway, conn: Connection, user_id: int, sid: int) -> None
                 if resp.events:
                     after = resp.events[-1].sequence + 1
                 for event in events.convert(list(resp.events)):
-                    conn.send_json({"subscriptionId": sid, "event": event})
+                    conn.send_json(wrap(event))
         except ClientError as err:
             log.warning("user events stream failed", extra={"user": user_id, "error": str(err)})
         await asyncio.sleep(1.0)

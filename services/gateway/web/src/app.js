@@ -67,26 +67,36 @@ async function selectMarket(s) {
   if (marketWs) marketWs.close();
   $("trades").tBodies[0].innerHTML = "";
   const lower = s.toLowerCase();
-  marketWs = new WebSocket(`${wsBase}/stream?streams=${lower}@depth@100ms/${lower}@trade/${lower}@kline_1m`);
+  const ws = new WebSocket(`${wsBase}/stream?streams=${lower}@depth@100ms/${lower}@trade/${lower}@kline_1m`);
+  marketWs = ws;
+  let lastBar = 0;
   const buffered = [];
   let ready = false;
-  marketWs.onmessage = (ev) => {
+  ws.onmessage = (ev) => {
+    // A closed socket of the previous market may still deliver what it had queued: not ours.
+    if (ws !== marketWs) return;
     const { stream, data } = JSON.parse(ev.data);
     if (stream.endsWith("@depth@100ms")) (ready ? applyDepth(data) : buffered.push(data));
     else if (stream.endsWith("@trade")) { addTrade(data); $("last").textContent = data.p; }
     else if (stream.includes("@kline_")) {
       const k = data.k;
-      candles.update({ time: Math.floor(k.t / 1000), open: +k.o, high: +k.h, low: +k.l, close: +k.c });
+      const time = Math.floor(k.t / 1000);
+      if (time < lastBar) return; // the chart only updates its newest bar or adds a newer one
+      lastBar = time;
+      candles.update({ time, open: +k.o, high: +k.h, low: +k.l, close: +k.c });
     }
   };
-  marketWs.onopen = async () => {
+  ws.onopen = async () => {
     const snap = await get("/api/v3/depth", { symbol: s, limit: 1000 });
     book = { bids: new Map(snap.bids), asks: new Map(snap.asks), nonce: snap.lastUpdateId };
     ready = true;
     buffered.forEach(applyDepth);
     renderBook();
     for (const t of await get("/api/v3/trades", { symbol: s, limit: 30 })) addTrade({ p: t.price, q: t.qty, T: t.time, m: t.isBuyerMaker });
-    candles.setData((await get("/api/v3/klines", { symbol: s, interval: "1m", limit: 300 })).map(bar));
+    const bars = (await get("/api/v3/klines", { symbol: s, interval: "1m", limit: 300 })).map(bar);
+    if (ws !== marketWs) return;
+    candles.setData(bars);
+    if (bars.length) lastBar = Math.max(lastBar, bars[bars.length - 1].time);
   };
   refreshPrivate();
 }
