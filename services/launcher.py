@@ -134,6 +134,9 @@ def plan(config: ExchangeConfig, only: set[str] | None = None) -> list[Child]:
     children.append(Child(config.quantizer.source, "services.quantizer", ["--config", cfg], quantizer_at))
     gateway_at = advertise_address(config.gateway.admin_listen, config.gateway.advertise)
     children.append(Child("gateway", "services.gateway", ["--config", cfg], gateway_at))
+    if config.exporter.enabled:  # event export to broker topics: only when configured
+        exporter_at = advertise_address(config.exporter.listen, "")
+        children.append(Child("exporter", "services.exporter", ["--config", cfg], exporter_at))
     children = [c for c in children if _available(c.module)]
     if only:
         kinds = {c.name: c.module.rsplit(".", 1)[1] for c in children}

@@ -60,6 +60,8 @@ class Cluster:
         quantizer_options: dict[str, Any] | None = None,
         with_gateway: bool = False,
         gateway_options: dict[str, Any] | None = None,
+        with_exporter: bool = False,
+        exporter_options: dict[str, Any] | None = None,
     ) -> None:
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -85,6 +87,9 @@ class Cluster:
             self.addresses["gateway"] = f"127.0.0.1:{free_port()}"
             self.gateway_http = f"127.0.0.1:{free_port()}"
             self.services.append(("gateway", ["services.gateway"]))
+        if with_exporter:  # services.exporter: event export to JetStream / Kafka (exporter_options)
+            self.addresses["exporter"] = f"127.0.0.1:{free_port()}"
+            self.services.append(("exporter", ["services.exporter"]))
         lines = ['data_dir = "data"', ""]
         lines.append("[security]")
         lines.append(f'transport = "{transport}"')
@@ -117,6 +122,12 @@ class Cluster:
             lines.append(f'listen = "{self.gateway_http}"')
             lines.append(f'admin_listen = "{self.addresses["gateway"]}"')
             for k, v in (gateway_options or {}).items():
+                lines.append(f"{k} = {toml_value(v)}")
+        if with_exporter:
+            lines.append("[exporter]")
+            lines.append("enabled = true")
+            lines.append(f'listen = "{self.addresses["exporter"]}"')
+            for k, v in (exporter_options or {}).items():
                 lines.append(f"{k} = {toml_value(v)}")
         lines.append("")
         lines.append("[assets]" + DEFAULT_MARKETS)

@@ -77,6 +77,22 @@ class MarketDataConfig:
 
 
 @dataclass(frozen=True)
+class ExporterConfig:
+    """[exporter]: event export to broker topics (services.exporter); run only when enabled."""
+
+    enabled: bool = False
+    listen: str = "127.0.0.1:50091"  # gRPC health only
+    metrics_listen: str = ""
+    nats_url: str = ""  # e.g. "nats://127.0.0.1:4222": JetStream subjects ("" = off)
+    nats_stream_prefix: str = "EXCHANGE_EVENTS"  # one stream per source: <prefix>_<SOURCE>
+    nats_storage: str = "file"  # "file" or "memory"
+    kafka_bootstrap: str = ""  # e.g. "127.0.0.1:9092": Kafka topics ("" = off)
+    subject_prefix: str = "exchange.events"  # subjects <prefix>.<source>.<kind>, topics <prefix>.<source>
+    format: str = "protobuf"  # payload: "protobuf" (the event's bytes) or "json"
+    batch_size: int = 1000  # most events per broker round
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     """The HTTP/WebSocket gateway (services.gateway): `listen` serves HTTP (REST /api/v3 and the
     WebSocket streams), `admin_listen` gRPC (GatewayAdminService and health)."""
@@ -98,6 +114,11 @@ class GatewayConfig:
     max_batch: int = 500
     # WebSocket: messages queued per connection before a slow consumer is disconnected.
     ws_buffer: int = 1_000
+    # WebSocket connections open at once per client IP (past it: closed with code 1013 and the reason),
+    # and listen keys (user data streams, services.gateway.listenkeys) per API key.
+    ws_connections_per_ip: int = 300
+    ws_streams_per_connection: int = 200  # market streams one connection may subscribe to
+    listen_keys_per_api_key: int = 10
     # A MARKET BUY by quantity spends at most best ask x (1 + this, in basis points) x quantity
     # (services.gateway.market_buy).
     market_buy_price_cap_bps: int = 500
@@ -153,6 +174,7 @@ class ExchangeConfig:
     security: SecurityConfig = field(default_factory=SecurityConfig)
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
     quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
+    exporter: ExporterConfig = field(default_factory=ExporterConfig)
 
     def shard(self, name: str) -> ShardConfig:
         try:
@@ -220,6 +242,7 @@ def config_from_dict(data: Mapping[str, Any], *, base_dir: Path, path: Path | No
         security=_security(data.get("security", {})),
         gateway=_build(GatewayConfig, data.get("gateway", {}), "gateway"),
         quantizer=_build(QuantizerConfig, data.get("quantizer", {}), "quantizer"),
+        exporter=_build(ExporterConfig, data.get("exporter", {}), "exporter"),
     )
 
 
