@@ -329,3 +329,39 @@ async def follow_durable(
         if closed:
             return
         await signal.wait_past(nxt - 1, lambda: journal.durable_seq)
+
+
+class HeldRecords(Protocol):
+    """Records held in memory (the memory backend's store, the JetStream backend's local copy):
+    `records[0]` has sequence `first`; read and changed under `lock`."""
+
+    lock: threading.Lock
+    first: int
+    records: list[bytes]
+
+    @property
+    def last(self) -> int: ...
+
+
+def read_held(
+    store: HeldRecords, where: str, from_seq: int, max_records: int, max_bytes: int
+) -> list[Record]:
+    """`JournalReader.read` over records held in memory: from `from_seq`, at most `max_records` and,
+    past the first record, at most `max_bytes` of payload."""
+    if max_records < 1:
+        raise ValueError(f"max_records must be positive, not {max_records}")
+    with store.lock:
+        last = store.last
+        if from_seq > last:
+            return []
+        if from_seq < store.first:
+            raise JournalGapError.pruned(where, from_seq, store.first, last)
+        out: list[Record] = []
+        total = 0
+        i = from_seq - store.first
+        for payload in store.records[i : i + max_records]:
+            if out and total + len(payload) > max_bytes:
+                break
+            out.append((from_seq + len(out), payload))
+            total += len(payload)
+        return out

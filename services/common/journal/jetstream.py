@@ -92,6 +92,7 @@ from services.common.journal.base import (
     JournalGapError,
     Record,
     follow_durable,
+    read_held,
 )
 
 T = TypeVar("T")
@@ -531,7 +532,7 @@ class JetStreamJournal:
     def read(
         self, from_seq: int, max_records: int = DEFAULT_MAX_RECORDS, max_bytes: int = DEFAULT_MAX_BYTES
     ) -> list[Record]:
-        return _read(self._store, self.name, from_seq, max_records, max_bytes)
+        return read_held(self._store, self.name, from_seq, max_records, max_bytes)
 
     def follow(
         self, from_seq: int, *, max_records: int = DEFAULT_MAX_RECORDS, max_bytes: int = DEFAULT_MAX_BYTES
@@ -653,26 +654,6 @@ def _again(err: JournalError) -> JournalError:
     return JournalError(str(err))
 
 
-def _read(store: _Stream, where: str, from_seq: int, max_records: int, max_bytes: int) -> list[Record]:
-    if max_records < 1:
-        raise ValueError(f"max_records must be positive, not {max_records}")
-    with store.lock:
-        last = store.last
-        if from_seq > last:
-            return []
-        if from_seq < store.first:
-            raise JournalGapError.pruned(where, from_seq, store.first, last)
-        out: list[Record] = []
-        total = 0
-        i = from_seq - store.first
-        for payload in store.records[i : i + max_records]:
-            if out and total + len(payload) > max_bytes:
-                break
-            out.append((from_seq + len(out), payload))
-            total += len(payload)
-        return out
-
-
 # --- a follower's reader ------------------------------------------------------------------------------
 
 
@@ -704,7 +685,7 @@ class JetStreamReader:
     def read(
         self, from_seq: int, max_records: int = DEFAULT_MAX_RECORDS, max_bytes: int = DEFAULT_MAX_BYTES
     ) -> list[Record]:
-        return _read(self._store, self.name, from_seq, max_records, max_bytes)
+        return read_held(self._store, self.name, from_seq, max_records, max_bytes)
 
     def follow(
         self, from_seq: int, *, max_records: int = DEFAULT_MAX_RECORDS, max_bytes: int = DEFAULT_MAX_BYTES

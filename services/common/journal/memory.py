@@ -27,6 +27,7 @@ from services.common.journal.base import (
     JournalGapError,
     Record,
     follow_durable,
+    read_held,
 )
 
 
@@ -121,24 +122,7 @@ class MemoryJournal:
     def read(
         self, from_seq: int, max_records: int = DEFAULT_MAX_RECORDS, max_bytes: int = DEFAULT_MAX_BYTES
     ) -> list[Record]:
-        if max_records < 1:
-            raise ValueError(f"max_records must be positive, not {max_records}")
-        store = self._store
-        with store.lock:
-            last = store.last
-            if from_seq > last:
-                return []
-            if from_seq < store.first:
-                raise JournalGapError.pruned(self.name, from_seq, store.first, last)
-            out: list[Record] = []
-            total = 0
-            i = from_seq - store.first
-            for payload in store.records[i : i + max_records]:
-                if out and total + len(payload) > max_bytes:
-                    break
-                out.append((from_seq + len(out), payload))
-                total += len(payload)
-            return out
+        return read_held(self._store, self.name, from_seq, max_records, max_bytes)
 
     def follow(
         self, from_seq: int, *, max_records: int = DEFAULT_MAX_RECORDS, max_bytes: int = DEFAULT_MAX_BYTES
