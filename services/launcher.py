@@ -98,6 +98,8 @@ class Child:
     args: list[str]
     address: str
     log_path: Path = field(default_factory=Path)
+    # Printed under its line once it is healthy: what people reach besides the probed gRPC address.
+    also: str = ""
     process: subprocess.Popen[bytes] | None = None
     # --- supervision state ---
     state: str = WAITING
@@ -133,7 +135,16 @@ def plan(config: ExchangeConfig, only: set[str] | None = None) -> list[Child]:
     quantizer_at = advertise_address(config.quantizer.listen, config.quantizer.advertise)
     children.append(Child(config.quantizer.source, "services.quantizer", ["--config", cfg], quantizer_at))
     gateway_at = advertise_address(config.gateway.admin_listen, config.gateway.advertise)
-    children.append(Child("gateway", "services.gateway", ["--config", cfg], gateway_at))
+    http = advertise_address(config.gateway.listen)
+    children.append(
+        Child(
+            "gateway",
+            "services.gateway",
+            ["--config", cfg],
+            gateway_at,
+            also=f"http://{http}/ (web page, /api/v3, /ws)",
+        )
+    )
     if config.exporter.enabled:  # event export to broker topics: only when configured
         exporter_at = advertise_address(config.exporter.listen, "")
         children.append(Child("exporter", "services.exporter", ["--config", cfg], exporter_at))
@@ -320,6 +331,8 @@ class Supervisor:
                 if not child.ever_healthy:
                     log = display_path(child.log_path)
                     self.say(f"  {child.name:<12} {child.address:<22} pid {pid}  log {log}")
+                    if child.also:
+                        self.say(f"  {'':<12} {child.also}")
                 elif child.state == STARTING:
                     self.say(f"{child.name} healthy again (pid {pid}, after restart {child.restarts})")
                 else:

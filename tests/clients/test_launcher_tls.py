@@ -5,6 +5,7 @@ exchange's transport (services.clients.sync_channel after rpc.configure), so a T
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,6 +34,8 @@ def test_a_tls_exchange_is_probed_healthy_and_reached_by_the_clients(
     cluster, launcher = launched
     launcher.expect(r"exchange ready", timeout=120)
     assert set(launcher.pids) == {"matching-0", "accounts-0", "history", "market", "quantizer-0", "gateway"}
+    # The gateway's line is followed by the address people open (its HTTP listen), not only the probed one.
+    assert any(re.match(r"^\s+http://\S+/ \(web page", line) for line in launcher.lines), launcher.lines
     assert cluster.security().transport == "tls"
 
     async def ask() -> apb.GetAccountsStatusResponse:
