@@ -1,6 +1,6 @@
 """Fuzzing every RPC of every service with random and adversarial field values (hypothesis).
 
-Against a real exchange (accounts, matching, history, market processes), every method of every service
+Against a real exchange (accounts, matching, history, market and quantizer processes), every method of every service
 is called with requests built from its descriptor: integers at and past every boundary (0, 2**63-1,
 2**63, 2**64-1, negatives), strings that are empty, huge, non-decimal ("NaN", "1e5", "-1"), control
 characters and emoji, unknown enum values, random oneofs and repeated fields. Asserted for each call:
@@ -26,6 +26,7 @@ from exchange.v1 import (
     history_service_pb2,  # noqa: F401 - registers the descriptors
     market_service_pb2,  # noqa: F401
     matching_service_pb2,
+    quantizer_service_pb2,  # noqa: F401
 )
 from google.protobuf import descriptor_pool, message_factory
 from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescriptor
@@ -43,6 +44,7 @@ SERVICES = {
     "MatchingService": "matching-0",
     "HistoryService": "history",
     "MarketService": "market",
+    "QuantizerService": "quantizer-0",
 }
 DOCUMENTED = {
     grpc.StatusCode.OK,
@@ -161,7 +163,7 @@ def all_methods() -> list[tuple[str, MethodDescriptor]]:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    c = Cluster(tmp_path_factory.mktemp("fuzz"), with_history=True, with_market=True)
+    c = Cluster(tmp_path_factory.mktemp("fuzz"), with_history=True, with_market=True, with_quantizer=True)
     c.start()
     wallet = agrpc.AccountsServiceStub(c.channel("accounts-0", "wallet"))
     for user, asset, amount in ((1, "USDT", "1000000"), (2, "BTC", "100"), (3, "ETH", "1000")):

@@ -36,7 +36,10 @@ def message_fields(msg: Message) -> dict[str, Any]:
         if f.enum_type is not None:
             if value == 0:
                 continue
-            value = f.enum_type.values_by_number[value].name
+            known = f.enum_type.values_by_number.get(value)
+            if known is None:  # proto3 enums are open: any number arrives
+                raise InvalidArgument(f"{f.name}: no such value {value}", Reason.INVALID_FIELD)
+            value = known.name
         out[f.name] = value
     return out
 
