@@ -1,9 +1,10 @@
 """Fuzzing every RPC of every service with random and adversarial field values (hypothesis).
 
-Against a real exchange (accounts, matching, history, market and quantizer processes), every method of every service
-is called with requests built from its descriptor: integers at and past every boundary (0, 2**63-1,
-2**63, 2**64-1, negatives), strings that are empty, huge, non-decimal ("NaN", "1e5", "-1"), control
-characters and emoji, unknown enum values, random oneofs and repeated fields. Asserted for each call:
+Against a real exchange (accounts, matching, history, market and quantizer processes), every method
+of every service is called with requests built from its descriptor: integers at and past every
+boundary (0, 2**63-1, 2**63, 2**64-1, negatives), strings that are empty, huge, non-decimal ("NaN",
+"1e5", "-1"), control characters and emoji, unknown enum values, random oneofs and repeated fields.
+Asserted for each call:
 - it answers within a deadline with a documented status (OK or one of the refusals below; never
   UNKNOWN or INTERNAL), and every refusal carries a google.rpc.ErrorInfo reason;
 - an error message never echoes a long input (at most a short prefix);
