@@ -56,6 +56,9 @@ def _grid_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sell-on-stop", action="store_true", help="stop-loss / take-profit sell the base")
     p.add_argument("--trailing-up", action="store_true", help="the range follows the price up")
     p.add_argument("--trailing-limit", default="", help="trailing never adds a level above this")
+    p.add_argument(
+        "--initial-buy-slippage", default="", help="the start's base purchase may pay this much more (0.01)"
+    )
 
 
 def _dca_options(p: argparse.ArgumentParser) -> None:
@@ -90,6 +93,7 @@ def grid_config(args: argparse.Namespace) -> qpb.GridConfig:
         sell_on_stop=args.sell_on_stop,
         trailing_up=args.trailing_up,
         trailing_up_limit_price=args.trailing_limit,
+        initial_buy_slippage=args.initial_buy_slippage,
     )
 
 

@@ -129,8 +129,9 @@ Event = Fill | Done | Tick | Timer | Funds | Stop
 
 @dataclass(frozen=True, slots=True)
 class Place:
-    """A limit order (price > 0, lots > 0), a market buy (price 0, quote_budget > 0) or a market sell
-    (price 0, lots > 0)."""
+    """A limit order (price > 0, lots > 0), a market buy (price 0, quote_budget > 0: spend the budget,
+    or with lots > 0 too: buy up to `lots`, spending at most the budget) or a market sell (price 0,
+    lots > 0)."""
 
     cid: str
     side: int
@@ -233,8 +234,12 @@ def order_problem(spec: MarketSpec, place: Place) -> tuple[str, Reason] | None:
             )
         return None
     if place.side == BUY:
-        if place.lots:
-            return "a market buy spends a quote budget, not an amount", Reason.INVALID_ORDER
+        if place.lots and place.lots < spec.min_amount_lots:
+            return (
+                f"amount {amount_text(spec, place.lots)} is below the minimum {spec.min_amount} "
+                f"{spec.base.symbol}",
+                Reason.BELOW_MIN_AMOUNT,
+            )
         minimum = max(1, spec.min_notional_units)
         if place.quote_budget < minimum:
             return (

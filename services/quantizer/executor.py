@@ -83,6 +83,7 @@ def order_request(spec: MarketSpec, user: int, place: Place, limit_price: int) -
             market=spec.symbol,
             side=side,  # type: ignore[arg-type]
             type=2,  # type: ignore[arg-type]
+            amount=spec.format_amount(place.lots) if place.lots else "",
             quote_amount=spec.format_quote(place.quote_budget),
             client_order_id=place.cid,
         )

@@ -97,6 +97,9 @@ class GridParams:
     sell_on_stop: bool = False  # stop-loss / take-profit also sell the base at market
     trailing_up: bool = False
     trailing_limit: int = 0  # ticks; the highest level trailing may add (0 = no limit)
+    # the initial purchase may pay up to this much above the start price (ppm); the API's default is
+    # DEFAULT_BUY_SLIPPAGE_PPM (services.quantizer.params)
+    buy_slippage_ppm: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -116,6 +119,7 @@ class GridParams:
             sell_on_stop=bool(data["sell_on_stop"]),
             trailing_up=bool(data["trailing_up"]),
             trailing_limit=int(data["trailing_limit"]),
+            buy_slippage_ppm=int(data.get("buy_slippage_ppm", 0)),
         )
 
 
@@ -263,7 +267,7 @@ class GridPlan:
     lots: int  # per level
     buy_quote: int  # quote locked by the initial buys
     base_lots: int  # lots bought at start (market buy)
-    base_budget: int  # quote budget of that market buy (notional at the start price)
+    base_budget: int  # most that market buy may spend: its notional at the start price + the slippage
     reserve: int
     quote_needed: int  # buy_quote + base_budget + reserve (<= the investment)
     extra_base: int  # invested base the initial sells do not need (kept, not traded)
@@ -344,7 +348,7 @@ def plan_grid(spec: MarketSpec, p: GridParams, price: int) -> GridPlan:
     def needs(lots: int) -> tuple[int, int, int, int]:
         buy_quote = spec.notional(buy_sum, lots)
         g = lots_for_net(spec, len(sells) * lots * bpl - p.invest_base, spec.taker_fee_ppm)
-        budget = spec.notional(price, g)
+        budget = ceil_div(spec.notional(price, g) * (S + p.buy_slippage_ppm), S)
         return buy_quote, g, budget, buy_quote + budget + reserve
 
     hi = 1
@@ -527,7 +531,10 @@ class GridStrategy(Strategy):
         for i in plan.buy_levels:
             self._place(BUY, self.price_at(i), self.lots, BUY_TAG, i, label=f"b{i}")
         if plan.base_lots:
-            self._place(BUY, 0, 0, INITIAL_TAG, 0, budget=plan.base_budget)
+            # buy the base the sells need by amount, not by its value at the start price (the last
+            # trade may have been at the bid, below the asks it buys from): base_lots, spending at most
+            # the budget (start price + slippage); what it does not spend stays free
+            self._place(BUY, 0, plan.base_lots, INITIAL_TAG, 0, budget=plan.base_budget)
         else:
             self._place_initial_sells()
 

@@ -114,6 +114,9 @@ def flag(data: Mapping[str, Any], name: str) -> bool:
     return value
 
 
+DEFAULT_BUY_SLIPPAGE_PPM: Final = 10_000  # 1 %: what a grid's initial purchase may pay above the start
+
+
 def grid_params(spec: MarketSpec, data: Mapping[str, Any]) -> GridParams:
     if flag(data, "trailing_down"):
         raise InvalidArgument("trailing_down is not supported yet", Reason.INVALID_FIELD)
@@ -136,7 +139,15 @@ def grid_params(spec: MarketSpec, data: Mapping[str, Any]) -> GridParams:
         sell_on_stop=flag(data, "sell_on_stop"),
         trailing_up=flag(data, "trailing_up"),
         trailing_limit=price(spec, data, "trailing_up_limit_price"),
+        buy_slippage_ppm=slippage(data, "initial_buy_slippage", DEFAULT_BUY_SLIPPAGE_PPM),
     )
+
+
+def slippage(data: Mapping[str, Any], name: str, default: int) -> int:
+    ppm = ratio_ppm(data, name, default)
+    if ppm >= 1_000_000:
+        raise InvalidArgument(f"{name} must be below 1 (100 %)", Reason.VALUE_OUT_OF_RANGE)
+    return ppm
 
 
 def dca_params(spec: MarketSpec, data: Mapping[str, Any]) -> DcaParams:

@@ -312,7 +312,14 @@ taker_fee_rate = "0.002"
     strategy = tmp_path / "grid.json"
     strategy.write_text(
         json.dumps(
-            {"kind": "grid", "lower_price": "90", "upper_price": "110", "intervals": 4, "investment": "1000"}
+            {
+                "kind": "grid",
+                "lower_price": "90",
+                "upper_price": "110",
+                "intervals": 4,
+                "investment": "1000",
+                "initial_buy_slippage": "0",  # the reference grid's hand-computed 258 lots per level
+            }
         )
     )
     args = [

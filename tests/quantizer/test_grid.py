@@ -192,7 +192,12 @@ def test_stops_on_the_wrong_side_of_the_price_are_refused(change: dict[str, obje
 
 def test_edge_parameters_are_parsed_and_refused_precisely() -> None:
     fields = {"lower_price": "90", "upper_price": "110", "intervals": 4, "investment": "1000"}
-    assert grid_params(SPEC, fields) == REF
+    assert grid_params(SPEC, fields) == replace(REF, buy_slippage_ppm=10_000)  # the API's default 1 %
+    assert grid_params(SPEC, {**fields, "initial_buy_slippage": "0"}) == REF
+    assert grid_params(SPEC, {**fields, "initial_buy_slippage": "0.025"}).buy_slippage_ppm == 25_000
+    with pytest.raises(InvalidArgument) as err:
+        grid_params(SPEC, {**fields, "initial_buy_slippage": "1"})
+    assert err.value.reason == Reason.VALUE_OUT_OF_RANGE
     half = MarketSpec.create("BTC_USD", Asset("BTC", 6), Asset("USD", 2), price_tick="0.5", lot_size="0.02")
     assert grid_params(half, {**fields, "lower_price": "90.5"}).lower == 181
     with pytest.raises(InvalidArgument) as err:
@@ -239,7 +244,7 @@ def test_initial_orders_and_the_base_purchase() -> None:
     assert places(intents) == [
         ("q7-1-b1", BUY, 95, 258, 0),
         ("q7-2-b0", BUY, 90, 258, 0),
-        ("q7-3-i", BUY, 0, 0, 51800),
+        ("q7-3-i", BUY, 0, 518, 51_800),  # 518 lots, spending at most 518 x 100
     ]
     # the market buy fills 518 lots at 100 (taker fee 0.2 % = 10360 units of base)
     assert ex.fill("q7-3-i", 518, 100, maker=False) == []
@@ -247,6 +252,38 @@ def test_initial_orders_and_the_base_purchase() -> None:
     assert places(intents) == [("q7-4-s3", SELL, 105, 258, 0), ("q7-5-s4", SELL, 110, 258, 0)]
     assert g.dust == 5_180_000 - 10_360 - 2 * 258 * LOT  # 9640 units wait for the next counter sell
     assert g.account.quote == 100_000 - 51_800 and g.free_quote() == 100_000 - 51_800 - 47_730
+
+
+def test_the_base_purchase_may_pay_its_slippage_above_the_start_price() -> None:
+    # 1 % slippage: 257 lots per level (258 would need 47_730 + ceil(51_800 x 1.01) + 110 = 100_158);
+    # the sells need 2 x 257 lots net of the 0.2 % taker fee = 516 lots, budgeted at 51_600 x 1.01
+    params = replace(REF, buy_slippage_ppm=10_000)
+    plan = plan_grid(SPEC, params, 100)
+    assert (plan.lots, plan.buy_quote, plan.base_lots, plan.base_budget) == (257, 47_545, 516, 52_116)
+    assert plan.quote_needed == 47_545 + 52_116 + 110
+    # the start price was a trade at the bid; the asks the purchase buys from are at 101, 1 % above:
+    # it still gets the 516 lots (516 x 101 = 52_116 cents, its whole budget) and every sell is
+    # placed. (Budgeted at the start price it used to get fewer lots and skip the top sell.)
+    g, ex = started(params)
+    intents = ex.apply(Tick(100, 1))
+    assert places(intents)[-1] == ("q7-3-i", BUY, 0, 516, 52_116)
+    assert ex.fill("q7-3-i", 300, 101, maker=False) == []
+    assert ex.fill("q7-3-i", 216, 101, maker=False) == []
+    intents = ex.done("q7-3-i")
+    assert places(intents) == [("q7-4-s3", SELL, 105, 257, 0), ("q7-5-s4", SELL, 110, 257, 0)]
+    assert g.skipped_orders == 0
+    assert g.account.quote == 100_000 - 52_116 and g.free_quote() == 100_000 - 52_116 - 47_545
+
+
+def test_past_its_slippage_the_base_purchase_buys_less_and_skips_the_top_sell() -> None:
+    # the asks are at 110: the budget of 52_116 buys 473 lots (52_030 cents); the exchange ends the
+    # order there: the sell at 105 is placed, the one at 110 is skipped and counted
+    g, ex = started(replace(REF, buy_slippage_ppm=10_000))
+    ex.apply(Tick(100, 1))
+    assert ex.fill("q7-3-i", 473, 110, maker=False) == []
+    intents = ex.done("q7-3-i", DONE_CANCELED)
+    assert places(intents) == [("q7-4-s3", SELL, 105, 257, 0)]
+    assert g.skipped_orders == 1
 
 
 def test_fills_place_the_opposite_order_and_a_repeated_fill_is_ignored() -> None:

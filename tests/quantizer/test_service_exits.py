@@ -113,6 +113,28 @@ def test_grid_waits_for_its_trigger_price(live: Live) -> None:
     assert_invariants(live.cluster.wait_quiet())
 
 
+def test_a_grid_triggered_by_a_trade_at_the_bid_still_buys_the_base_for_every_sell(live: Live) -> None:
+    user = 27
+    fresh_market(live)  # MAKER offers 0.999 BTC at 30000
+    live.order(MAKER, BUY, "29800", "0.5")
+    live.deposit(user, "USDT", "2000")
+    s = live.create(grid(trigger_price="29800"), "trigger-bid", user)
+    sid, sub = s.strategy_id, s.trading_user_id
+    wait_for("waiting", lambda: live.strategy(sid).state == qpb.STRATEGY_STATE_WAITING_TRIGGER)
+    # TAKER sells into MAKER's bid: the last price is the trigger, 200 below the ask the grid buys from.
+    # The initial purchase buys the base by amount (budgeted at 29800 it bought too little and the
+    # sell at 31000 was skipped)
+    live.order(TAKER, SELL, "29800", "0.001", ioc=True)
+    s = live.settled(sid, fills=1)
+    assert s.state == qpb.STRATEGY_STATE_RUNNING
+    assert resting(live, sub) == [(BUY, 2_900_000), (BUY, 2_950_000), (SELL, 3_050_000), (SELL, 3_100_000)]
+    live.quantizer.StopStrategy(
+        qpb.StopStrategyRequest(strategy_id=sid, mode=qpb.STOP_MODE_CANCEL_ORDERS), timeout=10
+    )
+    returned(live, sid)
+    assert_invariants(live.cluster.wait_quiet())
+
+
 def test_grid_stop_loss_cancels_sells_the_base_and_returns_funds(live: Live) -> None:
     user = 22
     fresh_market(live)

@@ -252,7 +252,11 @@ def test_preview_rpcs(live: Live) -> None:
     )
     assert list(p.levels) == ["29000", "29500", "30000", "30500", "31000"]
     assert (p.buy_orders, p.sell_orders, p.empty_level) == (2, 2, 2)
-    assert p.amount_per_level == "0.00842"
+    # 1000 USDT / (29000 + 29500 for the buys + 2 x 30000 x 1.01 / 0.998 for the sells' base, bought
+    # with the default 1 % slippage and net of the 0.2 % taker fee) = 0.008388 BTC
+    assert p.amount_per_level == "0.00838"
+    # the sells need 2 x 0.00838 net = 0.016794 gross -> 0.0168 BTC, budgeted at 0.0168 x 30000 x 1.01
+    assert (p.initial_buy_amount, p.initial_buy_quote) == ("0.0168", "509.04")
     d = live.quantizer.PreviewDca(
         qpb.PreviewDcaRequest(
             market="BTC_USDT",
