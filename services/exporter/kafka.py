@@ -4,7 +4,14 @@ The checkpoint is the partition's last message, read back on start and after eve
 broker holds exactly what was acknowledged (or more, when an ack was lost), so resuming after it
 neither loses nor repeats. Reading it: seek to the high watermark - 1 and read to the end, keeping the
 highest offset (tansu reports the watermark as the last record batch's base offset + 1, so the last
-batch is read whole; on Kafka that is one record)."""
+batch is read whole; on Kafka that is one record).
+
+A broker that loses acknowledged messages (tansu keeps them in memory: a restart comes back empty) is
+noticed, not exported past: in one partition sequence - offset is a constant, learned from every read
+back and every ack. An ack or a read back that breaks it (the topic came back empty and the next
+message landed at offset 0) or a partition found empty after acks is PartitionInconsistent: refused,
+the export stops loudly and retries, and an operator must look (the events are still in the exchange's
+own logs). The constant is kept in memory: a restarted exporter trusts what the partition holds."""
 
 from __future__ import annotations
 
@@ -38,6 +45,7 @@ class KafkaSink:
         self.timeout_s = timeout_s
         self._producer: AIOKafkaProducer | None = None
         self._ready: set[str] = set()
+        self._shift: dict[str, int] = {}  # source -> sequence - offset of its partition (once seen)
 
     def topic(self, source: str) -> str:
         return f"{self.topic_prefix}.{source}"
@@ -105,6 +113,11 @@ class KafkaSink:
             consumer.assign([tp])
             end = (await consumer.end_offsets([tp]))[tp]
             if end <= 0:
+                if source in self._shift:
+                    raise PartitionInconsistent(
+                        f"{tp.topic} is empty, but it acknowledged messages before: the broker lost "
+                        "them; an operator must look"
+                    )
                 return 0
             consumer.seek(tp, end - 1)
             last: Any = None
@@ -140,6 +153,7 @@ class KafkaSink:
                     f"{tp.topic}: offsets {first.offset}..{last.offset} hold sequences "
                     f"{sequence_of(first.headers)}..{sequence} (a gap or a duplicate): an operator must look"
                 )
+            self._learn(tp.topic, source, sequence, last.offset)
             return sequence
         finally:
             await _quietly(consumer.stop())
@@ -160,12 +174,27 @@ class KafkaSink:
                     )
                 )
             # aiokafka retries an unreachable broker without end: bound the wait for the acks.
-            await asyncio.wait_for(asyncio.gather(*futures), self.timeout_s)
+            acks = await asyncio.wait_for(asyncio.gather(*futures), self.timeout_s)
+            for m, ack in zip(messages, acks, strict=True):
+                self._learn(topic, source, m.sequence, ack.offset)
         except SinkRefused:
             raise
+        except PartitionInconsistent as exc:
+            await self.close()
+            raise SinkRefused(str(exc)) from exc
         except (TimeoutError, KafkaError, OSError) as exc:
             await self.close()  # a fresh producer next time; the checkpoint is read back first
             raise SinkRefused(f"Kafka refused a message on {topic}: {_describe(exc)}") from exc
+
+    def _learn(self, topic: str, source: str, sequence: int, offset: int) -> None:
+        shift = sequence - offset
+        known = self._shift.setdefault(source, shift)
+        if known != shift:
+            raise PartitionInconsistent(
+                f"{topic}: sequence {sequence} is at offset {offset}, where it belongs at offset "
+                f"{sequence - known}: the broker lost acknowledged messages (or stored some twice); "
+                "an operator must look"
+            )
 
 
 async def _quietly(aw: Any) -> None:
