@@ -2,7 +2,9 @@
 
 `Snapshots` is the interface the host uses (save atomically, the latest valid one, the list); the
 file implementation is FileSnapshotStore (also known by its old name SnapshotStore), the one for tests
-MemorySnapshotStore. Shared storage (an object store) can implement the same interface later.
+MemorySnapshotStore; shared storage every replica of a cluster can read is JetStreamSnapshotStore
+(services.common.snapshots_jetstream, a JetStream object store). File and object store keep the same
+bytes: `encode_snapshot` / `decode_snapshot`.
 
 FileSnapshotStore: file `<seq, 20 digits>.snap`: a 32-byte header - magic "EXSNAP01", u32 format
 version, u64 sequence, u64 data length, u32 crc32(data), little endian - then the data. Written to a
@@ -35,6 +37,30 @@ HEAD = struct.Struct("<8sIQQI")  # magic, version, seq, length, crc32(data)
 VERSION = 1
 SUFFIX = ".snap"
 TMP_SUFFIX = ".tmp"
+
+
+def encode_snapshot(seq: int, data: bytes) -> bytes:
+    """The stored form: the header (magic, version, seq, length, crc32) and the data."""
+    return HEAD.pack(MAGIC, VERSION, seq, len(data), zlib.crc32(data)) + data
+
+
+def decode_snapshot(raw: bytes, seq: int) -> tuple[bytes | None, str]:
+    """(data, "") for a valid stored snapshot at seq; (None, what is wrong) otherwise."""
+    if len(raw) < HEAD.size:
+        return None, f"truncated ({len(raw)} bytes)"
+    magic, version, stored_seq, length, crc = HEAD.unpack_from(raw)
+    data = raw[HEAD.size :]
+    if magic != MAGIC:
+        return None, "bad magic"
+    if version != VERSION:
+        return None, f"format version {version}, expected {VERSION}"
+    if stored_seq != seq:
+        return None, f"holds sequence {stored_seq}"
+    if len(data) != length:
+        return None, f"{len(data)} data bytes where the header says {length}"
+    if zlib.crc32(data) != crc:
+        return None, "CRC mismatch"
+    return data, ""
 
 
 class Snapshots(Protocol):
@@ -93,7 +119,7 @@ class FileSnapshotStore:
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             try:
-                view = memoryview(HEAD.pack(MAGIC, VERSION, seq, len(data), zlib.crc32(data)) + data)
+                view = memoryview(encode_snapshot(seq, data))
                 while view:
                     view = view[os.write(fd, view) :]
                 os.fsync(fd)
@@ -122,28 +148,11 @@ class FileSnapshotStore:
         except OSError as exc:
             log.warning("snapshot %s unreadable: %s", path, exc, extra={"file": str(path)})
             return None
-        problem = None
-        data = b""
-        if len(raw) < HEAD.size:
-            problem = f"truncated ({len(raw)} bytes)"
-        else:
-            magic, version, stored_seq, length, crc = HEAD.unpack_from(raw)
-            data = raw[HEAD.size :]
-            if magic != MAGIC:
-                problem = "bad magic"
-            elif version != VERSION:
-                problem = f"format version {version}, expected {VERSION}"
-            elif stored_seq != seq:
-                problem = f"holds sequence {stored_seq}"
-            elif len(data) != length:
-                problem = f"{len(data)} data bytes where the header says {length}"
-            elif zlib.crc32(data) != crc:
-                problem = "CRC mismatch"
-        if problem is not None:
+        data, problem = decode_snapshot(raw, seq)
+        if data is None:
             log.warning(
                 "snapshot %s is corrupt (%s); using an older one", path, problem, extra={"file": str(path)}
             )
-            return None
         return data
 
     def _remove_stale_tmp(self) -> None:
