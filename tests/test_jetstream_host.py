@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Callable
 from itertools import count
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import pytest
 from services.common.host import HostOptions, StateMachineHost
 from services.common.journal import FencedError
 from services.common.journal.jetstream import JetStreamJournals
+from services.common.snapshots import Snapshots
 from services.common.statemachine import CodecSpec, Outcome
 from tests.cluster_fixtures import nats_local  # noqa: F401
 
@@ -59,7 +61,9 @@ class Summer:
 CODEC: CodecSpec[bytes] = CodecSpec(encode=lambda c, t: c, decode=lambda r: (r, 0))
 
 
-def make_host(directory: Path, journals: JetStreamJournals) -> StateMachineHost[bytes, Summer]:
+def make_host(
+    directory: Path, journals: JetStreamJournals, snapshots: Callable[[], Snapshots] | None = None
+) -> StateMachineHost[bytes, Summer]:
     return StateMachineHost(
         "js-host",
         directory,
@@ -67,6 +71,7 @@ def make_host(directory: Path, journals: JetStreamJournals) -> StateMachineHost[
         codec=CODEC,
         options=HostOptions(snapshot_every=0, fork_snapshots=False),
         journals=journals,
+        snapshots=snapshots,
     )
 
 

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from services.common.host import HostOptions, StateMachineHost
+from services.common.host import StateMachineHost
 from services.common.journal.jetstream import JetStreamJournals
 from services.common.snapshots import encode_snapshot
 from services.common.snapshots_jetstream import JetStreamSnapshotStore
 from tests.cluster_fixtures import nats_local  # noqa: F401
-from tests.test_jetstream_host import CODEC, Summer
+from tests.test_jetstream_host import Summer, make_host
 
 _ids = count(1)
 
@@ -77,15 +77,7 @@ def test_a_replica_elsewhere_recovers_from_the_shared_snapshot_and_the_stream(
     journals: JetStreamJournals, tmp_path: Path
 ) -> None:
     def host(directory: Path, factory: JetStreamJournals) -> StateMachineHost[bytes, Summer]:
-        return StateMachineHost(
-            "js-host",
-            directory,
-            restore=Summer.restore,
-            codec=CODEC,
-            options=HostOptions(snapshot_every=0, fork_snapshots=False),
-            journals=factory,
-            snapshots=lambda: JetStreamSnapshotStore(factory),
-        )
+        return make_host(directory, factory, lambda: JetStreamSnapshotStore(factory))
 
     async def first() -> None:
         h = host(tmp_path / "machine-a", journals)

@@ -85,6 +85,19 @@ def returned(lv: Live, sid: int) -> qpb.Strategy:
     return s
 
 
+def started_with_every_order_then_stopped(live: Live, sid: int, sub: int) -> None:
+    """The grid started after its first fill (the initial purchase) with both buys and both sells of
+    GRID resting; then a cancel-orders stop returns everything."""
+    s = live.settled(sid, fills=1)
+    assert s.state == qpb.STRATEGY_STATE_RUNNING
+    assert resting(live, sub) == [(BUY, 2_900_000), (BUY, 2_950_000), (SELL, 3_050_000), (SELL, 3_100_000)]
+    live.quantizer.StopStrategy(
+        qpb.StopStrategyRequest(strategy_id=sid, mode=qpb.STOP_MODE_CANCEL_ORDERS), timeout=10
+    )
+    returned(live, sid)
+    assert_invariants(live.cluster.wait_quiet())
+
+
 def test_grid_waits_for_its_trigger_price(live: Live) -> None:
     user = 21
     fresh_market(live)
@@ -103,14 +116,7 @@ def test_grid_waits_for_its_trigger_price(live: Live) -> None:
     cancel_maker(live)
     live.order(MAKER, SELL, "30200", "1")
     live.order(TAKER, BUY, "30200", "0.001", ioc=True)
-    s = live.settled(sid, fills=1)
-    assert s.state == qpb.STRATEGY_STATE_RUNNING
-    assert resting(live, sub) == [(BUY, 2_900_000), (BUY, 2_950_000), (SELL, 3_050_000), (SELL, 3_100_000)]
-    live.quantizer.StopStrategy(
-        qpb.StopStrategyRequest(strategy_id=sid, mode=qpb.STOP_MODE_CANCEL_ORDERS), timeout=10
-    )
-    returned(live, sid)
-    assert_invariants(live.cluster.wait_quiet())
+    started_with_every_order_then_stopped(live, sid, sub)
 
 
 def test_a_grid_triggered_by_a_trade_at_the_bid_still_buys_the_base_for_every_sell(live: Live) -> None:
@@ -125,14 +131,7 @@ def test_a_grid_triggered_by_a_trade_at_the_bid_still_buys_the_base_for_every_se
     # The initial purchase buys the base by amount (budgeted at 29800 it bought too little and the
     # sell at 31000 was skipped)
     live.order(TAKER, SELL, "29800", "0.001", ioc=True)
-    s = live.settled(sid, fills=1)
-    assert s.state == qpb.STRATEGY_STATE_RUNNING
-    assert resting(live, sub) == [(BUY, 2_900_000), (BUY, 2_950_000), (SELL, 3_050_000), (SELL, 3_100_000)]
-    live.quantizer.StopStrategy(
-        qpb.StopStrategyRequest(strategy_id=sid, mode=qpb.STOP_MODE_CANCEL_ORDERS), timeout=10
-    )
-    returned(live, sid)
-    assert_invariants(live.cluster.wait_quiet())
+    started_with_every_order_then_stopped(live, sid, sub)
 
 
 def test_grid_stop_loss_cancels_sells_the_base_and_returns_funds(live: Live) -> None:
