@@ -114,7 +114,7 @@ def strategy_pb(machine: QuantizerMachine, sid: int) -> qpb.Strategy:
         failure=s.failure,
         trading_user_id=e.trading_user,
         client_strategy_id=e.client_id,
-        funds_returned=e.returned,
+        funds_returned=e.funds_returned,
         stop_reason=s.stop_reason,
     )
     fill_config(out, e.config)

@@ -574,6 +574,9 @@ class Strategy:
                 self.last_time = st.time
             if self.status not in (STOPPED, FAILED):
                 self._begin_stop(st.mode, "user")
+            elif self.status == STOPPED and self.orders and st.mode != STOP_KEEP_ORDERS:
+                # stopped with its orders kept: this stop cancels them (and sells, for mode 3)
+                self._begin_stop(st.mode, self.stop_reason or "user")
         else:
             raise TypeError(f"not a strategy event: {event!r}")
         out = self._out

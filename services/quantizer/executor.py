@@ -194,7 +194,7 @@ class Executor:
         elif isinstance(effect, FundEffect):
             await self._fund(effect.sid)
         elif isinstance(effect, ReturnEffect):
-            await self._return(effect.sid)
+            await self._return(effect.sid, effect.round)
 
     async def _retrying(self, call: Callable[[], Any]) -> Any:
         """Call until it answers or is refused (UNAVAILABLE beyond the client's own retries: wait)."""
@@ -318,10 +318,11 @@ class Executor:
             return
         self.submit({"t": "funded", "sid": sid, "trading_user": sub})
 
-    async def _return(self, sid: int) -> None:
+    async def _return(self, sid: int, round_: int = 0) -> None:
         m = self.machine()
         e = m.get(sid)
-        if e.returned or not e.trading_user or e.trading_user == e.user:
+        done = not e.kept if round_ else e.returned
+        if done or not e.trading_user or e.trading_user == e.user:
             return
         catalog = m.catalog
         try:
@@ -335,7 +336,7 @@ class Executor:
                 units = asset.parse(b.available, allow_zero=True)
                 if units <= 0:
                     continue
-                tid = f"q{sid}-out-{asset.symbol}"
+                tid = f"q{sid}-out-{asset.symbol}" if round_ == 0 else f"q{sid}-out{round_}-{asset.symbol}"
                 await self._retrying(
                     partial(
                         self.accounts.transfer,
@@ -354,7 +355,7 @@ class Executor:
                 extra={"strategy_id": sid, "reason": exc.reason, "why": exc.message[:200]},
             )
             return
-        self.submit({"t": "returned", "sid": sid})
+        self.submit({"t": "returned", "sid": sid, "round": round_})
 
     # --- reconciliation --------------------------------------------------------------------------
 
@@ -385,11 +386,15 @@ class Executor:
                     self.enqueue(ReturnEffect(sid))
                 continue
             s = e.strategy
-            if s.status == "stopped" and not s.orders:
+            if s.status == "stopped":
                 if not e.returned:
                     stats["returns"] += 1
                     self.enqueue(ReturnEffect(sid))
-                continue
+                if e.kept and not s.orders:
+                    stats["returns"] += 1
+                    self.enqueue(ReturnEffect(sid, round=1))
+                if not s.orders:
+                    continue
             stats["strategies"] += 1
             listed = await self.open_orders(e.trading_user, e.market)
             open_now = {o.client_order_id for o in listed if o.client_order_id}

@@ -23,7 +23,11 @@ Commands are small JSON objects (`"t"` names the kind; the host stamps the time 
   order states of the strategies' trading users, and trade prices (ticks) of their markets;
 - rejected {sid, cid, why}: accounts refused a placement: Done(rejected) for that order;
 - timer: a clock tick at the command's time (strategies whose wakeup() is due get a Timer);
-- pause / resume / stop {sid, mode, slippage_ppm}; returned {sid}: the funds went back to the owner.
+- pause / resume / stop {sid, mode, slippage_ppm}; returned {sid, round}: the funds went back to the
+  owner. A keep-orders stop leaves the strategy's open orders on the exchange (no longer managed) and
+  returns what is free (round 0); their fills still reach the strategy's books, and once every kept
+  order is done (filled, or canceled: a later stop with mode cancel or sell on the stopped strategy
+  cancels them, and sells the base for mode sell) what they freed goes back too (round 1).
 
 Fills reach the strategy by client order id: UserFill names only the order id, and accounts emits an
 order's state (which carries the client order id) after the fills of the same settlement, so a fill of
@@ -97,7 +101,11 @@ class FundEffect:
 
 @dataclass(frozen=True, slots=True)
 class ReturnEffect:
+    """Give the sub-account's available funds back to the owner: round 0 when the strategy stopped;
+    round 1 once the orders a keep-orders stop left open are all done (their funds are free then)."""
+
     sid: int
+    round: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +135,7 @@ class Entry:
         "held",
         "invest_base",
         "invest_quote",
+        "kept",
         "limits",
         "market",
         "paused",
@@ -173,6 +182,7 @@ class Entry:
         self.trading_user = 0
         self.paused = False
         self.returned = False
+        self.kept = False  # stopped with kept orders whose funds have not gone back yet (round 1)
         self.held: list[list[Any]] = []  # events held while paused (encoded)
         self.seen = 0  # the market's tick number this strategy's last price is from (see Bands)
         self.limits: dict[str, int] = {}  # cid -> limit price of a capped market sell
@@ -181,6 +191,11 @@ class Entry:
     def finished(self) -> bool:
         """Stopped or failed (no longer counts against the user's limits)."""
         return self.phase == FUNDING_FAILED or self.strategy.status in (STOPPED, FAILED)
+
+    @property
+    def funds_returned(self) -> bool:
+        """Everything went back to the owner (both rounds)."""
+        return self.returned and not self.kept
 
     @property
     def live(self) -> bool:
@@ -205,6 +220,7 @@ class Entry:
             "trading_user": self.trading_user,
             "paused": self.paused,
             "returned": self.returned,
+            "kept": self.kept,
             "held": self.held,
             "limits": self.limits,
             "seen": self.seen,
@@ -231,6 +247,7 @@ class Entry:
         e.trading_user = int(d["trading_user"])
         e.paused = bool(d["paused"])
         e.returned = bool(d["returned"])
+        e.kept = bool(d.get("kept", False))
         e.held = [list(x) for x in d["held"]]
         e.limits = {str(k): int(v) for k, v in d["limits"].items()}
         e.seen = int(d["seen"])
@@ -618,9 +635,16 @@ class QuantizerMachine:
 
     def _returned(self, c: dict[str, Any], now: int) -> tuple[Any, bool]:
         e = self.get(int(c["sid"]))
-        if e.returned:
+        if int(c.get("round", 0)) == 1:
+            if not e.kept or e.strategy.orders:
+                return e.sid, False
+            e.kept = False
+        elif e.returned:
             return e.sid, False
-        e.returned = True
+        else:
+            e.returned = True
+            if e.kept and not e.strategy.orders:  # the kept orders were done before round 0 was
+                self._effects.append(ReturnEffect(e.sid, round=1))
         e.updated = now
         return e.sid, True
 
@@ -669,7 +693,10 @@ class QuantizerMachine:
             raise InvalidArgument(
                 "mode must be keep orders, cancel orders or cancel and sell", Reason.INVALID_FIELD
             )
-        if e.finished or e.strategy.status == "stopping":
+        s = e.strategy
+        # a stopped strategy whose kept orders are still open: mode cancel / sell releases them
+        release = s.status == STOPPED and bool(s.orders) and mode != STOP_KEEP_ORDERS and e.phase == ACTIVE
+        if (e.finished and not release) or s.status == "stopping":
             return e.sid, False
         slippage = int(c.get("slippage_ppm", e.slippage_ppm))
         if not 0 <= slippage < S:
@@ -857,6 +884,7 @@ class QuantizerMachine:
         self._catch_up(e)
         s = e.strategy
         was = s.status
+        had_orders = bool(s.orders)
         intents = s.apply(event)
         if isinstance(event, Tick):
             tick = self.ticks.get(e.market)
@@ -874,11 +902,16 @@ class QuantizerMachine:
             e.limits.pop(event.cid, None)
         if s.status != was:
             e.updated = max(e.updated, s.last_time)
-        if s.status in (STOPPED, FAILED) and not e.returned and was not in (STOPPED, FAILED):
-            if e.trading_user and e.trading_user != e.user:
+        own_account = bool(e.trading_user) and e.trading_user != e.user
+        # round 0 when it first stops (e.kept: it stopped before, keeping orders, released since)
+        if s.status in (STOPPED, FAILED) and not e.returned and not e.kept and was not in (STOPPED, FAILED):
+            if own_account:
                 self._effects.append(ReturnEffect(e.sid))
+                e.kept = s.status == STOPPED and bool(s.orders)
             else:
                 e.returned = True
+        elif e.kept and e.returned and s.status == STOPPED and had_orders and not s.orders and own_account:
+            self._effects.append(ReturnEffect(e.sid, round=1))  # the last kept order is done
         self._reband(e)
 
     # --- views -----------------------------------------------------------------------------------

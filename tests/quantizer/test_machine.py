@@ -161,6 +161,50 @@ def test_stop_cancels_then_returns_funds() -> None:
         d.run({"t": "resume", "sid": sid})
 
 
+def test_a_keep_orders_stop_returns_the_kept_orders_funds_once_they_are_done() -> None:
+    d = Driver()
+    sid, effects = d.start_grid()
+    buys = places(effects)[:2]
+    for i, p in enumerate(buys):
+        d.feed(d.item("o", SUB, 101 + i, p.cid, 2, d.time))
+    _, effects = d.run({"t": "stop", "sid": sid, "mode": 1})  # keep orders
+    e = d.m.entries[sid]
+    assert effects == [ReturnEffect(sid)] and e.kept  # round 0: what is free now
+    d.run({"t": "returned", "sid": sid, "round": 0})
+    assert e.returned and not e.funds_returned  # the kept orders still hold funds
+    # one kept buy fills: booked, nothing placed, nothing returned yet (the other is still open)
+    b = buys[0]
+    fill = d.item("f", SUB, 101, 80, 1, 1, 29500, b.lots, 29500 * b.lots, 10, d.time)
+    assert d.feed(fill, d.item("o", SUB, 101, b.cid, 4, d.time)) == []
+    assert e.strategy.account.fills == 1
+    # the owner releases the rest with a cancel stop: once the last kept order is done, round 1
+    rest = [buys[1].cid, f"q{sid}-3-i"]  # the other buy and the initial purchase
+    _, effects = d.run({"t": "stop", "sid": sid, "mode": 2})
+    assert sorted(x.intent.cid for x in effects if isinstance(x, OrderEffect)) == rest
+    assert d.feed(d.item("o", SUB, 102, rest[0], 5, d.time)) == []
+    effects = d.feed(d.item("o", SUB, 103, rest[1], 5, d.time))
+    assert effects == [ReturnEffect(sid, round=1)]
+    d.run({"t": "returned", "sid": sid, "round": 1})
+    assert e.funds_returned
+    journaled = len(d.journal)
+    d.run({"t": "returned", "sid": sid, "round": 1})  # a repeat changes nothing
+    assert len(d.journal) == journaled
+    assert replayed(d).state_hash() == d.m.state_hash()
+    assert QuantizerMachine.restore(CATALOG, None, d.m.snapshot()).state_hash() == d.m.state_hash()
+
+
+def test_kept_orders_done_before_the_first_return_go_back_in_a_second_round() -> None:
+    d = Driver()
+    sid, effects = d.start_grid()
+    cids = sorted(p.cid for p in places(effects))
+    d.run({"t": "stop", "sid": sid, "mode": 1})
+    d.run({"t": "stop", "sid": sid, "mode": 2})  # released before round 0 of the return is done
+    for i, cid in enumerate(cids):
+        assert d.feed(d.item("o", SUB, 300 + i, cid, 5, d.time)) == []
+    _, effects = d.run({"t": "returned", "sid": sid, "round": 0})
+    assert effects == [ReturnEffect(sid, round=1)] and not d.m.entries[sid].funds_returned
+
+
 def test_rejected_commands_change_nothing() -> None:
     d = Driver(Limits(max_strategies=1))
     sid, _ = d.start_grid()

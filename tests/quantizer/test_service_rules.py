@@ -211,9 +211,10 @@ def test_stop_keep_orders_and_sell_with_slippage_cap(live: Live) -> None:
     live.quantizer.StopStrategy(
         qpb.StopStrategyRequest(strategy_id=keep.strategy_id, mode=qpb.STOP_MODE_KEEP_ORDERS), timeout=10
     )
-    kept = live.strategy(keep.strategy_id)
+    kept = wait_for("round 0 returned", lambda: live.strategy(keep.strategy_id))
     assert kept.state == qpb.STRATEGY_STATE_STOPPED
     assert len(live.open_orders(keep.trading_user_id)) == 4  # left in the book
+    assert not kept.funds_returned  # the kept orders still hold funds in the sub-account
 
     sell = live.settled(live.create(grid(investment="800"), "sell", user).strategy_id, fills=1)
     capped = live.settled(live.create(grid(investment="800"), "capped", user).strategy_id, fills=1)
@@ -243,6 +244,13 @@ def test_stop_keep_orders_and_sell_with_slippage_cap(live: Live) -> None:
     assert live.spec.base.parse(kept_base.report.base_held, allow_zero=True) > 0  # nothing sold under the cap
     for st in (sold, kept_base):
         assert not live.open_orders(st.trading_user_id)
+    # a cancel stop on the stopped strategy releases its kept orders, and what they held goes back
+    live.quantizer.StopStrategy(
+        qpb.StopStrategyRequest(strategy_id=keep.strategy_id, mode=qpb.STOP_MODE_CANCEL_ORDERS), timeout=10
+    )
+    wait_for("kept orders' funds returned", lambda: live.strategy(keep.strategy_id).funds_returned)
+    assert not live.open_orders(keep.trading_user_id)
+    assert holdings(live, keep.trading_user_id, "BTC", "USDT") == (0, 0)
     assert_invariants(live.cluster.wait_quiet())
 
 
