@@ -10,6 +10,14 @@
 
 Server streams (`_stream`) have no deadline unless given one; their errors are ClientErrors too, and
 closing the iterator cancels the call.
+
+Leaders and followers (cluster mode, services.matching.replica): a write sent to a follower is refused
+with FAILED_PRECONDITION, reason NOT_LEADER, ErrorInfo metadata "leader" = the leader's address. The
+follower applied nothing of it, so the call is tried again, safe or not, within its deadline, after
+`follow_leader`: a resolver with `refresh(name)` (ZooKeeperResolver) reads the leader from ZooKeeper
+again; a StaticResolver is set to the address the follower named. While the shard has no leader (an
+election under way, the resolver names nobody) the retry waits and tries again. A client at a fixed
+address does not redirect: it raises the NOT_LEADER ClientError.
 """
 
 from __future__ import annotations
@@ -26,13 +34,20 @@ from grpc_health.v1 import health_pb2
 
 from services.clients.channels import Connection, Options
 from services.clients.errors import ClientError
-from services.clients.resolver import Resolver
+from services.clients.resolver import Resolver, StaticResolver, UnknownService
 from services.clients.retry import DEFAULT_RETRY, RetryPolicy
 from services.common.security import Security
 
 R = TypeVar("R", bound=Message)
 
 HEALTH_CHECK = "/grpc.health.v1.Health/Check"
+NOT_LEADER = "NOT_LEADER"  # errors.proto ERROR_REASON_NOT_LEADER
+MAX_REDIRECTS = 64  # within one deadline: an election may take a few seconds
+REDIRECT_BACKOFF_S = (0.0, 0.05, 0.1, 0.2, 0.3)  # before the 1st, 2nd, ... retry after NOT_LEADER
+
+
+def is_not_leader(failure: ClientError) -> bool:
+    return failure.code == grpc.StatusCode.FAILED_PRECONDITION and failure.reason == NOT_LEADER
 
 
 def _serialize(message: Message) -> bytes:
@@ -136,7 +151,44 @@ class ServiceClient:
 
     def error(self, err: grpc.RpcError, method: str, attempts: int = 1) -> ClientError:
         return ClientError.from_rpc_error(
-            err, service=self.name, address=self.connection.address, method=method, attempts=attempts
+            err, service=self.name, address=self._address_or_none(), method=method, attempts=attempts
+        )
+
+    def _address_or_none(self) -> str:
+        try:
+            return self.connection.address
+        except UnknownService:
+            return ""
+
+    def no_leader_error(self, method: str, attempts: int) -> ClientError:
+        """What a call gets when the resolver names no leader for a shard it was redirected for."""
+        return ClientError(
+            grpc.StatusCode.UNAVAILABLE,
+            f"{self.name} has no leader right now (an election is under way)",
+            reason=NOT_LEADER,
+            service=self.name,
+            method=method,
+            attempts=attempts,
+        )
+
+    async def follow_leader(self, failure: ClientError) -> bool:
+        """After a NOT_LEADER refusal: make the connection dial the shard's leader next (see the module
+        docstring). False when it cannot be redirected (a fixed address)."""
+        resolver = self.connection.resolver
+        if resolver is None or self.connection._fixed:
+            return False
+        refresh = getattr(resolver, "refresh", None)
+        if refresh is not None:
+            await asyncio.to_thread(refresh, self.name)
+            return True
+        leader = failure.metadata.get("leader", "")
+        if leader and isinstance(resolver, StaticResolver):
+            resolver.set(self.name, leader)
+        return True
+
+    def redirect_wait(self, redirects: int) -> float:
+        return REDIRECT_BACKOFF_S[min(redirects - 1, len(REDIRECT_BACKOFF_S) - 1)] * (
+            1.0 + 0.2 * self._rand()
         )
 
     async def _unary(
@@ -156,15 +208,30 @@ class ServiceClient:
         policy = retry if retry is not None else self.retry
         path = path or f"/{self.SERVICE}/{method}"
         attempt = 0
+        redirects = 0
         while True:
             attempt += 1
-            mc = self._method("unary", path, response_type)
             left = deadline - loop.time()
             try:
+                mc = self._method("unary", path, response_type)
                 response: R = await mc(request, timeout=max(left, 0.001))
                 return response
             except grpc.RpcError as err:
                 failure = self.error(err, method, attempt)
+            except UnknownService:
+                if not redirects:
+                    raise
+                failure = self.no_leader_error(method, attempt)  # redirected, and no leader yet
+            if (redirects and failure.reason == NOT_LEADER) or is_not_leader(failure):
+                # Refused by a follower (nothing applied) or no leader yet: at the leader, again.
+                redirects += 1
+                if redirects > MAX_REDIRECTS or not await self.follow_leader(failure):
+                    raise failure
+                pause = self.redirect_wait(redirects)
+                if loop.time() + pause >= deadline:
+                    raise failure
+                await asyncio.sleep(pause)
+                continue
             if not safe or failure.code != grpc.StatusCode.UNAVAILABLE:
                 raise failure
             wait = policy.delay(attempt, failure.retry_after_ms, self._rand)

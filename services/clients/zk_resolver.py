@@ -5,6 +5,10 @@ fallback resolver, such as StaticResolver.from_config.
 
 Watchers are told `(name, address)` when a shard's leader changes ("" while it has none: a
 connection should then wait and retry, not dial the old leader).
+
+`refresh(name)` reads a shard's leader node at once instead of waiting for the watch (the client
+library calls it after a follower refused a write with NOT_LEADER, services.clients.base); it tells
+the watchers too when the leader changed.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import threading
 from typing import Any
 
 from kazoo.client import KazooClient
+from kazoo.exceptions import NoNodeError
 from kazoo.recipe.watchers import ChildrenWatch, DataWatch
 
 from services.clients.resolver import Resolver, UnknownService
@@ -53,19 +58,38 @@ class ZooKeeperResolver(Resolver):
             self._watched.add(shard)
 
         def on_leader(data: bytes | None, _stat: Any) -> None:
-            info = None
-            if data:
-                try:
-                    info = LeaderInfo.decode(data)
-                except (ValueError, KeyError):
-                    info = None
-            with self._state:
-                before = self._leaders.get(shard)
-                self._leaders[shard] = info
-            if (before.address if before else "") != (info.address if info else ""):
-                self._changed(shard, info.address if info else "")
+            self._learn(shard, data)
 
         DataWatch(self.zk, leader_path(self.root, shard), on_leader)
+
+    def _learn(self, shard: str, data: bytes | None) -> None:
+        info = None
+        if data:
+            try:
+                info = LeaderInfo.decode(data)
+            except (ValueError, KeyError):
+                info = None
+        with self._state:
+            before = self._leaders.get(shard)
+            self._leaders[shard] = info
+        if (before.address if before else "") != (info.address if info else ""):
+            self._changed(shard, info.address if info else "")
+
+    def refresh(self, name: str) -> str:
+        """Read shard `name`'s leader node now (blocking: one ZooKeeper round trip); its address, ""
+        when it has none. A name that is not a shard in ZooKeeper is left to the fallback."""
+        try:
+            data, _ = self.zk.get(leader_path(self.root, name))
+        except NoNodeError:
+            data = None
+        with self._state:
+            known = name in self._watched
+        if data is not None or known:
+            self._learn(name, data)
+        if data is not None and not known:
+            self._watch_shard(name)
+        info = self.leader(name)
+        return info.address if info else ""
 
     def leader(self, shard: str) -> LeaderInfo | None:
         with self._state:

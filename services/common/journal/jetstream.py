@@ -21,6 +21,9 @@ Layout (one stream per journal):
   raises FencedError from flush()/sync() and from every later append (deposed for good). Within one
   factory (one process) handles of one journal share its state, so a second handle opened while the
   first is open (a new leader in the contract tests) fences the first one locally too, at once.
+  A new leader calls `fence()` right after it opened the stream: an empty batch message fenced on
+  the last one, so that an old leader is refused at once, not only after the new one's first
+  append (a frozen leader that wakes first would otherwise still append).
 - durability: only acknowledged publishes count (issue 11: unacknowledged publishes lost most
   messages at R3). durable_seq is the last record of the contiguous prefix of acknowledged
   messages. write_after/append_after publish without waiting (pipelined); flush()/sync() wait for
@@ -388,6 +391,79 @@ class JetStreamJournal:
 
     async def append_after(self, expected_last_seq: int, payloads: Sequence[bytes]) -> range:
         return self.write_after(expected_last_seq, payloads)
+
+    def fence(self) -> int:
+        """Take the stream over now, before the first append: publish an empty batch message (no
+        records) fenced on the stream's last message as this handle loaded it. Once stored, every
+        earlier writer's next publish names a stale expected last sequence and is refused, so a
+        deposed leader that wakes cannot append even while the new one has nothing to write yet.
+        FencedError (and the journal fails for good) when another writer appended after this handle
+        loaded the stream. Returns the stream sequence of the marker. Only with nothing in flight."""
+        store = self._store
+        with store.lock:
+            if self._closed:
+                raise JournalError(f"{self.name}: journal is closed")
+            if store.failure is not None:
+                raise _again(store.failure)
+            if store.durable < store.last:
+                raise JournalError(f"{self.name}: fence() with appends in flight")
+            expected = store.last_msg_seq
+            first = store.last + 1
+        return self._client.call(self._fence(expected, first), timeout=store.factory.ack_deadline_s + 30)
+
+    async def _only_opening_marker(self) -> bool:
+        """True when the stream holds just its opening marker (message 1, no records)."""
+        store = self._store
+        try:
+            msg = await self._client.js.get_msg(store.stream, subject=store.subject)
+            return int(msg.seq or 0) == 1 and not decode_message(msg.data or b"")[1]
+        except (nats.errors.Error, JournalError):
+            return False
+
+    async def _fence(self, expected: int, first: int) -> int:  # on the client loop
+        store = self._store
+        factory = store.factory
+        headers = {EXPECTED_LAST_SEQ: str(expected), MSG_ID: f"{store.writer_id}-fence-{expected + 1}"}
+        deadline = time.monotonic() + factory.ack_deadline_s
+        while True:
+            fut = await self._client.publish(store.subject, encode_message(first, []), headers)
+            try:
+                answer = await asyncio.wait_for(fut, factory.ack_timeout_s)
+            except (TimeoutError, nats.errors.Error) as exc:
+                answer = {"error": {"code": 408, "description": repr(exc)}}
+            error = answer.get("error")
+            if error is None:
+                break
+            if error.get("err_code") == WRONG_LAST_SEQUENCE:
+                if expected == 0 and await self._only_opening_marker():
+                    # The stream was loaded empty while its creator's opening marker was still on
+                    # its way (a new R3 stream elects its leader first): no writer came between.
+                    expected = 1
+                    with store.lock:
+                        store.last_msg_seq = max(store.last_msg_seq, 1)
+                    headers = {EXPECTED_LAST_SEQ: "1", MSG_ID: f"{store.writer_id}-fence-2"}
+                    continue
+                err = FencedError(
+                    f"{self.name}: taking the stream over after message {expected} was refused: "
+                    "another writer appended after this one loaded it",
+                    expected=first - 1,
+                    last=-1,
+                )
+                self._fail(err)
+                raise _again(err)
+            if error.get("code") not in (503, 408, 504) or time.monotonic() >= deadline:
+                failure = JournalError(f"{self.name}: fence refused: {error}")
+                self._fail(failure)
+                raise _again(failure)
+            await asyncio.sleep(0.1)  # no responders / timeout while the stream elects: again
+        seq = int(answer.get("seq") or 0)
+        if seq != expected + 1:
+            failure = JournalError(f"{self.name}: the stream stored the fence as {seq}, not {expected + 1}")
+            self._fail(failure)
+            raise _again(failure)
+        with store.lock:
+            store.last_msg_seq = max(store.last_msg_seq, seq)
+        return seq
 
     def _enqueue(self, out: list[_Outgoing]) -> None:  # on the client loop
         store = self._store
@@ -815,6 +891,12 @@ class JetStreamJournals:
             raise self._damaged(name, store.last, durable_through, problem)
         self._streams[name] = store
         return JetStreamJournal(store, created=created)
+
+    def ensure_stream(self, name: str, *, start_seq: int = 1) -> bool:
+        """Create journal `name`'s stream if it does not exist (a follower that starts before any
+        leader wrote, so that open_reader finds it); True when this call created it."""
+        created, _ = self.client.call(self._ensure(_Stream(self, name), start_seq))
+        return created
 
     def open_reader(self, name: str) -> JetStreamReader:
         """A follower's hot copy of journal `name` (it must exist), caught up to the stream's end."""
