@@ -61,6 +61,7 @@ from exchange.v1 import matching_service_pb2 as mpb
 from exchange.v1 import types_pb2
 from google.protobuf import json_format
 
+from services.accounts.audit import cross_shard_problems, shard_problems
 from services.clients import (
     AccountsClient,
     ClientError,
@@ -70,6 +71,7 @@ from services.clients import (
     MatchingClient,
     StaticResolver,
 )
+from services.clients.resolver import accounts_name
 from services.common import limits
 from services.common.config import ExchangeConfig, load_config
 from services.common.markets import Asset, ConfigError, MarketSpec
@@ -1099,28 +1101,50 @@ def _counts(m: Any) -> str:
 
 
 def _status_accounts(c: Client, args: argparse.Namespace) -> None:
+    """Every accounts shard's status (accounts sharded by user: one line block per shard) and, with
+    --audit over several shards, the balance invariant summed over them (services.accounts.audit)."""
     req = apb.GetAccountsStatusRequest(with_state_hash=args.hash, with_audit=args.audit)
-    st = c.run(c.accounts.get_accounts_status(req))
-    if args.json:
-        out(_json(st))
-        return
-    out(
-        f"{st.source} at {c.address('accounts')}: applied {st.applied_sequence}, events {st.event_sequence}, "
-        f"snapshot {st.snapshot_sequence}, queue {st.queue_depth}, last order id {st.last_order_id}"
-    )
-    for shard in sorted({*st.forwarded_sequences, *st.settled_sequences, *st.outbox_pending}):
+    n = c.accounts.shard_count
+    statuses = [c.run(c.accounts.get_accounts_status(req, shard=i)) for i in range(n)]
+    for i, st in enumerate(statuses):
+        if args.json:
+            out(_json(st))
+            continue
         out(
-            f"  {shard}: forwarded {st.forwarded_sequences.get(shard, 0)} (pending "
-            f"{st.outbox_pending.get(shard, 0)}), settled events {st.settled_sequences.get(shard, 0)}"
+            f"{st.source} at {c.address(accounts_name(i))}: applied {st.applied_sequence}, "
+            f"events {st.event_sequence}, snapshot {st.snapshot_sequence}, queue {st.queue_depth}, "
+            f"last order id {st.last_order_id}"
         )
-    if st.state_hash:
-        out(f"  state hash {st.state_hash}")
-    for a in st.audit:
-        ok = a.total == a.external and a.frozen == a.held
-        out(
-            f"  audit {a.asset:<6} total {a.total} = deposits - withdrawals {a.external}; frozen {a.frozen} "
-            f"= held by orders {a.held}: {'ok' if ok else 'MISMATCH'} ({a.asset})"
-        )
+        for shard in sorted({*st.forwarded_sequences, *st.settled_sequences, *st.outbox_pending}):
+            out(
+                f"  {shard}: forwarded {st.forwarded_sequences.get(shard, 0)} (pending "
+                f"{st.outbox_pending.get(shard, 0)}), settled events {st.settled_sequences.get(shard, 0)}"
+            )
+        if st.state_hash:
+            out(f"  state hash {st.state_hash}")
+        for a in st.audit:
+            if n == 1:
+                ok = a.total == a.external and a.frozen == a.held
+                out(
+                    f"  audit {a.asset:<6} total {a.total} = deposits - withdrawals {a.external}; frozen "
+                    f"{a.frozen} = held by orders {a.held}: {'ok' if ok else 'MISMATCH'} ({a.asset})"
+                )
+                continue
+            ok = not shard_problems(apb.GetAccountsStatusResponse(source=st.source, audit=[a]))
+            out(
+                f"  audit {a.asset:<6} total {a.total} = deposits - withdrawals {a.external} + cross-shard "
+                f"{a.cross_shard or '0'}; frozen {a.frozen} = held by orders {a.held}: "
+                f"{'ok' if ok else 'MISMATCH'} ({a.asset})"
+            )
+    if args.audit and n > 1 and not args.json:
+        problems = cross_shard_problems(statuses)
+        if not problems:
+            out(
+                f"audit across {n} accounts shards: balances = deposits - withdrawals, "
+                "cross-shard flows sum to 0: ok"
+            )
+        for p in problems:
+            out(f"audit across {n} accounts shards: MISMATCH {p}")
 
 
 def _status_shard(c: Client, args: argparse.Namespace, shard: str) -> None:

@@ -21,7 +21,8 @@ Under a process manager (systemd, supervisord, Kubernetes) give each service its
 manager restart it, running the service module directly (--print-commands prints these lines):
 
     python -m services.matching --config /etc/exchange/exchange.toml --shard matching-0
-    python -m services.accounts --config /etc/exchange/exchange.toml
+    python -m services.accounts --config /etc/exchange/exchange.toml    # with [accounts] shards = N:
+                                                                         # one per --shard accounts-<i>
     python -m services.history --config /etc/exchange/exchange.toml
     python -m services.market --config /etc/exchange/exchange.toml
 
@@ -54,7 +55,14 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.clients.channels import sync_channel
-from services.clients.resolver import ACCOUNTS, HISTORY, MARKET, advertise_address, config_addresses
+from services.clients.resolver import (
+    ACCOUNTS,
+    HISTORY,
+    MARKET,
+    accounts_name,
+    advertise_address,
+    config_addresses,
+)
 from services.common.config import ExchangeConfig, load_config
 from services.common.markets import ConfigError
 
@@ -129,7 +137,15 @@ def plan(config: ExchangeConfig, only: set[str] | None = None) -> list[Child]:
         Child(name, "services.matching", ["--config", cfg, "--shard", name], where[name])
         for name in config.shards
     ]
-    children.append(Child(config.accounts.source, "services.accounts", ["--config", cfg], where[ACCOUNTS]))
+    if config.accounts.shards == 1:
+        children.append(
+            Child(config.accounts.source, "services.accounts", ["--config", cfg], where[ACCOUNTS])
+        )
+    else:  # accounts sharded by user: one process per shard
+        children += [
+            Child(source, "services.accounts", ["--config", cfg, "--shard", source], where[accounts_name(i)])
+            for i, source in enumerate(config.accounts_sources())
+        ]
     children.append(Child("history", "services.history", ["--config", cfg], where[HISTORY]))
     children.append(Child("market", "services.market", ["--config", cfg], where[MARKET]))
     quantizer_at = advertise_address(config.quantizer.listen, config.quantizer.advertise)

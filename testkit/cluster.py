@@ -1,4 +1,8 @@
-"""Real processes on ephemeral ports: a test exchange in a temporary directory."""
+"""Real processes on ephemeral ports: a test exchange in a temporary directory.
+
+accounts_shards=N runs accounts sharded by user: N processes "accounts-0" .. "accounts-<N-1>" (users by
+user_id mod N); wait_quiet_all() waits for every one of them and assert_cross_shard_invariants checks
+the balance invariant summed over them (services.accounts.audit)."""
 
 from __future__ import annotations
 
@@ -62,16 +66,22 @@ class Cluster:
         gateway_options: dict[str, Any] | None = None,
         with_exporter: bool = False,
         exporter_options: dict[str, Any] | None = None,
+        accounts_shards: int = 1,
     ) -> None:
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
         shards = shards or {"matching-0": []}
         self.addresses: dict[str, str] = {name: f"127.0.0.1:{free_port()}" for name in shards}
-        self.addresses["accounts-0"] = f"127.0.0.1:{free_port()}"
+        self.accounts_names = [f"accounts-{i}" for i in range(accounts_shards)]
+        for name in self.accounts_names:
+            self.addresses[name] = f"127.0.0.1:{free_port()}"
         self.services: list[tuple[str, list[str]]] = [
             (name, ["services.matching", "--shard", name]) for name in shards
         ]
-        self.services.append(("accounts-0", ["services.accounts"]))
+        if accounts_shards == 1:
+            self.services.append(("accounts-0", ["services.accounts"]))
+        else:
+            self.services += [(name, ["services.accounts", "--shard", name]) for name in self.accounts_names]
         if with_history:
             self.addresses["history"] = f"127.0.0.1:{free_port()}"
             self.services.append(("history", ["services.history"]))
@@ -95,6 +105,10 @@ class Cluster:
         lines.append(f'transport = "{transport}"')
         lines.append("[accounts]")
         lines.append(f'listen = "{self.addresses["accounts-0"]}"')
+        if accounts_shards > 1:
+            lines.append(f"shards = {accounts_shards}")
+            listens = ", ".join(f'"{self.addresses[n]}"' for n in self.accounts_names)
+            lines.append(f"shard_listen = [{listens}]")
         for k, v in (accounts_options or {}).items():
             lines.append(f"{k} = {v!r}")
         for name, markets in shards.items():
@@ -251,6 +265,14 @@ class Cluster:
     def accounts(self) -> agrpc.AccountsServiceStub:
         return agrpc.AccountsServiceStub(self.channel("accounts-0"))
 
+    def accounts_shard(self, index: int) -> agrpc.AccountsServiceStub:
+        """The blocking stub of accounts shard `index` (accounts sharded by user)."""
+        return agrpc.AccountsServiceStub(self.channel(self.accounts_names[index]))
+
+    def accounts_of(self, user_id: int) -> agrpc.AccountsServiceStub:
+        """The blocking stub of the accounts shard that owns `user_id`."""
+        return self.accounts_shard(user_id % len(self.accounts_names))
+
     def matching(self, shard: str = "matching-0") -> mgrpc.MatchingServiceStub:
         return mgrpc.MatchingServiceStub(self.channel(shard))
 
@@ -259,12 +281,19 @@ class Cluster:
         return [n for n, args in self.services if args[0] == "services.matching"]
 
     def wait_quiet(self, timeout: float = 30.0) -> apb.GetAccountsStatusResponse:
-        """Until every shard applied what accounts forwarded and accounts settled every event."""
+        """Until every shard applied what accounts forwarded and accounts settled every event (every
+        accounts shard: see wait_quiet_all); the first accounts shard's audited status."""
+        return self.wait_quiet_all(timeout)[0]
+
+    def wait_quiet_all(self, timeout: float = 30.0) -> list[apb.GetAccountsStatusResponse]:
+        """Until every matching shard applied what every accounts shard forwarded and every accounts
+        shard settled every matching event; the accounts shards' audited statuses, by index."""
         deadline = time.monotonic() + timeout
         last: Any = None
+        stubs = [self.accounts_shard(i) for i in range(len(self.accounts_names))]
         while time.monotonic() < deadline:
             try:
-                st = self.accounts.GetAccountsStatus(apb.GetAccountsStatusRequest(), timeout=5)
+                sts = [a.GetAccountsStatus(apb.GetAccountsStatusRequest(), timeout=5) for a in stubs]
                 shards = {
                     s: self.matching(s).GetMatchingStatus(mpb.GetMatchingStatusRequest(), timeout=5)
                     for s in self.shard_names
@@ -273,21 +302,34 @@ class Cluster:
                 last = exc
                 time.sleep(0.1)
                 continue
-            ok = st.queue_depth == 0 and all(
-                st.settled_sequences.get(s, 0) == m.event_sequence and st.outbox_pending.get(s, 0) == 0
-                for s, m in shards.items()
+            ok = all(
+                st.queue_depth == 0
+                and all(
+                    st.settled_sequences.get(s, 0) == m.event_sequence and st.outbox_pending.get(s, 0) == 0
+                    for s, m in shards.items()
+                )
+                for st in sts
             )
             if ok:
                 # A second look: nothing moved in between.
                 time.sleep(0.05)
-                st2: apb.GetAccountsStatusResponse = self.accounts.GetAccountsStatus(
-                    apb.GetAccountsStatusRequest(with_audit=True), timeout=5
-                )
-                if st2.applied_sequence == st.applied_sequence:
-                    return st2
-            last = (st, shards)
+                again: list[apb.GetAccountsStatusResponse] = [
+                    a.GetAccountsStatus(apb.GetAccountsStatusRequest(with_audit=True), timeout=5)
+                    for a in stubs
+                ]
+                if [s.applied_sequence for s in again] == [s.applied_sequence for s in sts]:
+                    return again
+            last = (sts, shards)
             time.sleep(0.05)
         raise TimeoutError(f"exchange did not settle: {last}")
+
+
+def assert_cross_shard_invariants(statuses: list[apb.GetAccountsStatusResponse]) -> None:
+    """The balance invariant summed over every accounts shard (and each shard's own)."""
+    from services.accounts.audit import cross_shard_problems
+
+    problems = cross_shard_problems(statuses)
+    assert not problems, "\n".join(problems)
 
 
 def assert_invariants(st: apb.GetAccountsStatusResponse) -> None:

@@ -307,3 +307,43 @@ def test_help_documents_only_and_process_managers() -> None:
     assert out.returncode == 0
     assert "--only NAMES" in out.stdout and "systemd" in out.stdout
     assert "python -m services.accounts --config" in out.stdout
+
+
+def test_accounts_shards_plan_one_process_per_shard(tmp_path: Path) -> None:
+    """Accounts sharded by user: the config names the partition and the addresses, the launcher starts
+    one accounts process per shard (--shard accounts-<i>) and probes each at its own address."""
+    import tomllib
+
+    from services.common.config import config_from_dict
+    from services.common.markets import ConfigError
+    from services.launcher import plan
+
+    markets = tomllib.loads((ROOT / "deploy" / "exchange.toml").read_text())
+    accounts = {"listen": "127.0.0.1:7051", "shards": 3, "shard_advertise": ["", "10.0.0.2:7052", ""]}
+    config = config_from_dict({**markets, "accounts": accounts}, base_dir=tmp_path)
+    assert config.accounts_sources() == ["accounts-0", "accounts-1", "accounts-2"]
+    assert [config.accounts_shard(i).listen for i in range(3)] == [
+        "127.0.0.1:7051",
+        "127.0.0.1:7052",
+        "127.0.0.1:7053",
+    ]
+    assert config.accounts_shard("accounts-2").index == 2 and config.accounts.owner_of(7) == 1
+    children = [c for c in plan(config) if c.module == "services.accounts"]
+    assert [(c.name, c.args[-1], c.address) for c in children] == [
+        ("accounts-0", "accounts-0", "127.0.0.1:7051"),
+        ("accounts-1", "accounts-1", "10.0.0.2:7052"),
+        ("accounts-2", "accounts-2", "127.0.0.1:7053"),
+    ]
+    assert [c.name for c in plan(config, {"accounts-1"})] == ["accounts-1"]
+    single = [
+        c for c in plan(config_from_dict(markets, base_dir=tmp_path)) if c.module == "services.accounts"
+    ]
+    assert [(c.name, c.args[-1]) for c in single] == [("accounts-0", str(tmp_path / "exchange.toml"))]
+    for bad, why in (
+        ({"shards": 0}, "shards must be"),
+        ({"shards": 2, "shard_listen": ["127.0.0.1:1"]}, "names 1 addresses for 2 shards"),
+        ({"shards": 2, "source": "acc"}, "leave source out"),
+        ({"index": 1}, "unknown keys"),
+    ):
+        with pytest.raises(ConfigError, match=why):
+            config_from_dict({**markets, "accounts": bad}, base_dir=tmp_path)

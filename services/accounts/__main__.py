@@ -1,4 +1,9 @@
-"""python -m services.accounts --config deploy/exchange.toml"""
+"""python -m services.accounts --config deploy/exchange.toml [--shard accounts-<i>]
+
+With `[accounts] shards = N` in the config, one process per shard (`--shard accounts-0` ..
+`accounts-<N-1>`, the launcher passes it): each owns the users with user_id mod N == i, forwards to
+every matching shard as source accounts-<i> and settles its own users' side of every matching shard's
+events (services.accounts.ledger, "Accounts sharded by user")."""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ from functools import partial
 
 from exchange.v1 import accounts_service_pb2
 
-from services.accounts.links import Forwarder, SettlementFeed
+from services.accounts.links import Forwarder, SettlementFeed, own_events
 from services.accounts.machine import CODEC, AccountsMachine
 from services.accounts.service import AccountsServicer, outbox_hook
 from services.clients.resolver import config_addresses
@@ -35,9 +40,14 @@ def main() -> None:
         action="store_true",
         help="after journal damage: take the latest snapshot as the truth and continue after it",
     )
+    ap.add_argument(
+        "--shard",
+        default="",
+        help="accounts sharded by user: which shard to run (accounts-<i>; default: the first)",
+    )
     args = ap.parse_args()
     config = load_config(args.config)
-    acfg = config.accounts
+    acfg = config.accounts_shard(args.shard or 0)
     configure(process_security(config, acfg.source))
     setup_logging(acfg.source)
     failstop = FailStop(acfg.source)
@@ -47,7 +57,9 @@ def main() -> None:
         host: StateMachineHost[object, AccountsMachine] = StateMachineHost(
             acfg.source,
             config.service_dir(acfg.source),
-            restore=lambda data: AccountsMachine.restore(config.catalog, acfg.source, data),
+            restore=lambda data: AccountsMachine.restore(
+                config.catalog, acfg.source, data, shard=acfg.index, shards=acfg.shards
+            ),
             codec=CODEC,  # type: ignore[arg-type]
             options=HostOptions(
                 snapshot_every=acfg.snapshot_every,
@@ -63,8 +75,11 @@ def main() -> None:
         for name in config.shards:
             forwarders[name] = Forwarder(name, where[name], host, acfg.source, config.catalog)
         host.on_effects.append(outbox_hook(forwarders))
+        # Accounts sharded by user: each shard journals only its own users' events of every matching shard.
+        owns = own_events(acfg.source, acfg.index, acfg.shards) if acfg.shards > 1 else None
         feeds = [
-            SettlementFeed(name, where[name], host, partial(settled_of, host, name)) for name in config.shards
+            SettlementFeed(name, where[name], host, partial(settled_of, host, name), owns=owns)
+            for name in config.shards
         ]
         servicer = AccountsServicer(host, config.catalog, acfg, forwarders)  # type: ignore[arg-type]
         service = accounts_service_pb2.DESCRIPTOR.services_by_name["AccountsService"]
@@ -84,7 +99,14 @@ def main() -> None:
         start_metrics(acfg.metrics_listen)
         tasks = [asyncio.create_task(f.run()) for f in forwarders.values()]
         tasks += [asyncio.create_task(f.run()) for f in feeds]
-        log.info("accounts ready", extra={"port": server.port, "shards": ",".join(config.shards)})
+        log.info(
+            "accounts ready",
+            extra={
+                "port": server.port,
+                "shards": ",".join(config.shards),
+                "users": f"user_id mod {acfg.shards} == {acfg.index}",
+            },
+        )
         await stop.wait()
         log.info("stopping")
         await server.stop(grace=1.0)

@@ -158,7 +158,7 @@ def settle_from_proto(batch: ev.SettleMatchingEventsCommand, source: str) -> Set
             add(Rejected(e.sequence, e.market, e.time_us, own, e.command_rejected.order_id))
         else:
             add(Unreadable(e.sequence, kind or ""))
-    return SettleEvents(batch.shard, tuple(out))
+    return SettleEvents(batch.shard, tuple(out), batch.first_sequence, batch.last_sequence)
 
 
 # --- ledger changes -> AccountEvent records -----------------------------------------------------

@@ -33,6 +33,21 @@ costs: from then on accounts and matching disagree about that order (matching fi
 not), and its later events are checked like any other (its done releases all it holds; an amend whose
 remaining no longer agrees is quarantined too). Command rejections are not quarantined: they concern
 commands accounts sent and at most release a pending move's extra hold.
+
+Accounts sharded by user (issue 12). A ledger may be shard `shard` of `shards`: it owns the users with
+user_id % shards == shard and refuses commands (and reads) for any other (USER_NOT_ON_SHARD, metadata
+"shard" naming the owner); its order ids are shard + 1 + k x shards, so ids never collide between
+shards and (order_id - 1) % shards names an order's shard; the sub-account ids it allocates are in the
+owner's partition. Each shard follows every matching shard and settles only its own users' side of each
+event; each has its own fee account (user 0 of its ledger). A trade between users of two shards is
+settled once on each side, each shard settling its side: the taker's shard pays out of its user's hold
+and credits its user what the trade gives (less the fee, to its fee account); the maker's shard does the
+same for the maker. Per shard that flow is not zero-sum, so it is counted: cross_shard[asset] is what this
+shard's users received from users of other shards minus what they paid them. Per shard total ==
+external + cross_shard, and over all shards (settled to the same matching events) Σ cross_shard == 0,
+which makes Σ balances == Σ deposits - withdrawals checkable across shards
+(services.accounts.audit). A trade whose side fails its check here is quarantined on this shard only;
+the cross-shard sum then shows it.
 """
 
 from __future__ import annotations
@@ -326,10 +341,23 @@ def _normalized_tif(type: int, tif: int) -> int:
     return tif
 
 
+def shard_name(index: int) -> str:
+    """The source name of accounts shard `index` when there are several (services.common.config)."""
+    return f"accounts-{index}"
+
+
 class Ledger:
-    def __init__(self, catalog: MarketCatalog, *, finished_keep: int = 100_000) -> None:
+    def __init__(
+        self, catalog: MarketCatalog, *, finished_keep: int = 100_000, shard: int = 0, shards: int = 1
+    ) -> None:
+        if shards < 1 or not 0 <= shard < shards:
+            raise ValueError(f"accounts shard {shard} of {shards}")
         self.catalog = catalog
         self.finished_keep = finished_keep
+        # Accounts sharded by user (see the module docstring): this ledger owns the users with
+        # user_id % shards == shard; its order ids are shard + 1, shard + 1 + shards, ...
+        self.shard = shard
+        self.shards = shards
         self.balances: dict[int, dict[str, list[int]]] = {}
         self.orders: dict[int, AccountOrder] = {}  # open (pending, open, partially filled)
         self.user_orders: dict[int, dict[int, AccountOrder]] = {}  # open orders by user (derived)
@@ -337,7 +365,10 @@ class Ledger:
         self.client_ids: dict[tuple[int, str], int] = {}
         self.adjustments: dict[tuple[int, str, str, str], int] = {}  # idempotency key -> change
         self.net_external: dict[str, int] = {}  # deposits - withdrawals per asset
-        self.next_order_id = 1
+        self.next_order_id = shard + 1
+        # Per asset: what this shard's users received from (+) or paid to (-) users of other accounts
+        # shards in trades. total == external + cross_shard; summed over every shard it is 0.
+        self.cross_shard: dict[str, int] = {}
         self.settled: dict[str, int] = {}  # last matching event settled, per shard
         # Matching events that could not be settled: (shard, event sequence, kind, why), the newest.
         self.quarantine: deque[tuple[str, int, str, str]] = deque(maxlen=QUARANTINE_KEEP)
@@ -366,10 +397,27 @@ class Ledger:
         bal = self.balances.get(user, {}).get(asset)
         return (bal[0], bal[1]) if bal else (0, 0)
 
-    @staticmethod
-    def _check_user(user: int) -> None:
+    def _check_user(self, user: int) -> None:
         if user < 1 or user > MAX_USER_ID:
             raise InvalidArgument(f"user_id must be in 1..{MAX_USER_ID}", Reason.VALUE_OUT_OF_RANGE)
+        if self.shards > 1:
+            self.check_owner(user)
+
+    def owns(self, user: int) -> bool:
+        """Whether `user` belongs to this accounts shard."""
+        return user % self.shards == self.shard
+
+    def check_owner(self, user: int) -> None:
+        """Refuses a user of another accounts shard (FAILED_PRECONDITION USER_NOT_ON_SHARD, with the
+        owning shard's name in the metadata)."""
+        if user % self.shards != self.shard:
+            owner = shard_name(user % self.shards)
+            raise FailedPrecondition(
+                f"user {user} belongs to accounts shard {owner}, not to {shard_name(self.shard)} "
+                f"(users are partitioned by user_id mod {self.shards})",
+                Reason.USER_NOT_ON_SHARD,
+                metadata={"shard": owner, "user_id": str(user)},
+            )
 
     def adjust(self, cmd: AdjustBalance, sink: Sink) -> AdjustResult:
         """Deposit (change > 0) or withdraw (change < 0), idempotent by (user, asset, business, id)."""
@@ -436,7 +484,18 @@ class Ledger:
 
     def open_sub_account(self, cmd: OpenSubAccount, seq: int) -> OpenResult:
         """Open (or, for a known label, find) a sub-account; its id skips ids holding an account."""
-        return self.subs.open(cmd, seq, lambda u: u in self.balances or u in self.user_orders)
+        owner = cmd.owner_user_id
+        if self.shards == 1:
+            return self.subs.open(cmd, seq, lambda u: u in self.balances or u in self.user_orders)
+        if 1 <= owner <= MAX_USER_ID:
+            self.check_owner(owner)
+        # The id lands in the owner's partition (so its orders, fills and transfers stay on this shard).
+        residue = owner % self.shards
+        return self.subs.open(
+            cmd,
+            seq,
+            lambda u: u % self.shards != residue or u in self.balances or u in self.user_orders,
+        )
 
     def transfer(self, cmd: Transfer, seq: int, sink: Sink) -> TransferResult:
         """Move available funds between an owner and one of its sub-accounts; idempotent by (owner,
@@ -448,6 +507,10 @@ class Ledger:
             cmd.amount,
             cmd.transfer_id,
         )
+        if self.shards > 1:
+            for user in (src, dst):
+                if 1 <= user <= MAX_USER_ID:
+                    self.check_owner(user)
         owner = self.subs.transfer_owner(cmd)
         if asset not in self.catalog.assets:
             raise NotFound(f"unknown asset {quote(asset)}", Reason.UNKNOWN_ASSET)
@@ -490,6 +553,8 @@ class Ledger:
         return spec
 
     def lookup(self, user: int, order_id: int = 0, client_order_id: str = "") -> AccountOrder:
+        if self.shards > 1:
+            self.check_owner(user)
         if client_order_id:
             found = self.client_ids.get((user, client_order_id))
             if found is None:
@@ -518,7 +583,7 @@ class Ledger:
             cmd.expire_at,
             cmd.client_order_id,
         )
-        if user < 1 or user > MAX_USER_ID:
+        if user < 1 or user > MAX_USER_ID or self.shards > 1:
             self._check_user(user)
         if client_order_id:
             if not CLIENT_ID_RE.fullmatch(client_order_id):
@@ -654,7 +719,7 @@ class Ledger:
                 f"journaled order id {cmd.order_id} differs from the ledger's {self.next_order_id}"
             )
         order_id = self.next_order_id
-        self.next_order_id += 1
+        self.next_order_id += self.shards
         order = AccountOrder(
             order_id=order_id,
             user_id=user,
@@ -850,6 +915,8 @@ class Ledger:
         shard = batch.shard
         last = self.settled.get(shard, 0)
         events = batch.events
+        if batch.last:  # a range of which only this shard's users' events are carried
+            return self._settle_range(batch, last, sink)
         if not events or events[-1].sequence <= last:
             return None
         if events[0].sequence <= last:  # a resend overlapping what is settled: skip the old part
@@ -861,6 +928,10 @@ class Ledger:
             )
         touched: dict[int, AccountOrder] = {}
         quarantined: list[tuple[str, int, str, str]] = []
+        last_event = events[-1].sequence
+        if self.shards > 1:
+            self._settle_own(shard, events, sink, touched, quarantined)
+            events = ()
         for e in events:  # (most frequent first)
             if isinstance(e, Accepted):
                 why = self.accepted_problem(e)
@@ -888,8 +959,86 @@ class Ledger:
                 quarantined.append(self.quarantine_event(shard, e.sequence, e.kind, why))
         for o in touched.values():
             sink.order(o)
-        self.settled[shard] = events[-1].sequence
+        self.settled[shard] = last_event
         return quarantined
+
+    def _settle_range(
+        self, batch: SettleEvents, last: int, sink: Sink
+    ) -> list[tuple[str, int, str, str]] | None:
+        """A batch settling the matching events batch.first..batch.last that carries only those of
+        this shard's users (accounts sharded by user: its settlement feed leaves its peers' events out
+        of the journal). The range must continue the shard's sequence and hold the events, in order;
+        a resend overlapping what is settled is cut to what is new."""
+        shard, first, through = batch.shard, batch.first, batch.last
+        if through <= last:
+            return None
+        events = batch.events
+        if first <= last:
+            events = tuple(e for e in events if e.sequence > last)
+            first = last + 1
+        previous = first - 1
+        for e in events:
+            if e.sequence <= previous or e.sequence > through:
+                previous = -1
+                break
+            previous = e.sequence
+        if first != last + 1 or previous < 0:
+            raise FailedPrecondition(
+                f"matching events {batch.first}..{through} of {shard} do not continue after {last} "
+                "(or are out of their range)",
+                Reason.SEQUENCE_GAP,
+            )
+        touched: dict[int, AccountOrder] = {}
+        quarantined: list[tuple[str, int, str, str]] = []
+        self._settle_own(shard, events, sink, touched, quarantined)
+        for o in touched.values():
+            sink.order(o)
+        self.settled[shard] = through
+        return quarantined
+
+    def _settle_own(
+        self,
+        shard: str,
+        events: tuple[Any, ...],
+        sink: Sink,
+        touched: dict[int, AccountOrder],
+        quarantined: list[tuple[str, int, str, str]],
+    ) -> None:
+        """Accounts sharded by user: settle this shard's users' side of each event and skip the rest
+        (their own shard settles them). A trade between users of two shards settles here one side:
+        what it pays and receives crosses to the other shard (cross_shard)."""
+        n, me = self.shards, self.shard
+        for e in events:
+            if isinstance(e, Trade):
+                taker, maker = e.taker_user_id % n == me, e.maker_user_id % n == me
+                if not (taker or maker):
+                    continue
+                why = self.trade_problem(e, taker=taker, maker=maker)
+                if not why:
+                    self.on_trade(e, sink, touched, taker=taker, maker=maker)
+            elif isinstance(e, Rejected):
+                why = ""
+                if e.command_seq and (e.order_id - 1) % n == me:
+                    self.on_rejected(e, sink, touched)
+            elif isinstance(e, Accepted | Done | Amended):
+                if e.user_id % n != me:
+                    continue
+                if isinstance(e, Accepted):
+                    why = self.accepted_problem(e)
+                    if not why:
+                        self.on_accepted(e, touched)
+                elif isinstance(e, Done):
+                    why = self.done_problem(e)
+                    if not why:
+                        self.on_done(e, sink, touched)
+                else:
+                    why = self.amended_problem(e)
+                    if not why:
+                        self.on_amended(e, sink, touched)
+            else:
+                why = "event without a body"
+            if why:
+                quarantined.append(self.quarantine_event(shard, e.sequence, e.kind, why))
 
     def quarantine_event(self, shard: str, sequence: int, kind: str, why: str) -> tuple[str, int, str, str]:
         """Record a matching event that is not settled (see the module docstring)."""
@@ -912,8 +1061,9 @@ class Ledger:
         """Why an OrderAccepted cannot be settled ("" when it can); changes nothing."""
         return self._open(a.order_id, a.market, a.user_id, "order")[1]
 
-    def trade_problem(self, t: Trade) -> str:
-        """Why a trade cannot be settled ("" when both sides can be); changes nothing."""
+    def trade_problem(self, t: Trade, *, taker: bool = True, maker: bool = True) -> str:
+        """Why a trade cannot be settled ("" when both sides can be, or those named: accounts sharded
+        by user settle only their own users' side); changes nothing."""
         market, price, lots, quote_units, base_units = (
             t.market,
             t.price,
@@ -936,10 +1086,12 @@ class Ledger:
             return "unknown taker side"
         if taker_order_id == maker_order_id:
             return f"order {taker_order_id} trades with itself"
-        sides = (
+        sides: tuple[tuple[int, int, str, int, int], ...] = (
             (taker_order_id, t.taker_user_id, "taker order", taker_side, t.taker_fee),
             (maker_order_id, t.maker_user_id, "maker order", SELL if taker_side == BUY else BUY, t.maker_fee),
         )
+        if not (taker and maker):
+            sides = sides[:1] if taker else sides[1:]
         for order_id, user_id, what, side, fee in sides:
             o, why = self._open(order_id, market, user_id, what)
             if o is None:
@@ -1017,8 +1169,18 @@ class Ledger:
             o.updated = a.time_us
             touched[a.order_id] = o
 
-    def on_trade(self, t: Trade, sink: Sink, touched: dict[int, AccountOrder]) -> None:
-        """Settle both sides of a trade (checked first with trade_problem)."""
+    def on_trade(
+        self,
+        t: Trade,
+        sink: Sink,
+        touched: dict[int, AccountOrder],
+        *,
+        taker: bool = True,
+        maker: bool = True,
+    ) -> None:
+        """Settle both sides of a trade, or those named (checked first with trade_problem). One side
+        alone is a trade with a user of another accounts shard: what it pays leaves this shard and what
+        it receives (before its fee) enters it, in cross_shard."""
         market = t.market
         spec = self.catalog.markets[market]
         business_id = f"{market}#{t.trade_id}"
@@ -1029,10 +1191,14 @@ class Ledger:
             t.amount,
             t.time_us,
         )
-        for order_id, role, fee in (
+        sides: tuple[tuple[int, int, int], ...] = (
             (t.taker_order_id, TAKER, t.taker_fee),
             (t.maker_order_id, MAKER, t.maker_fee),
-        ):
+        )
+        one_side = not (taker and maker)
+        if one_side:
+            sides = sides[:1] if taker else sides[1:]
+        for order_id, role, fee in sides:
             o = self.orders[order_id]
             side = taker_side if role == TAKER else (SELL if taker_side == BUY else BUY)
             if side == BUY:
@@ -1040,6 +1206,10 @@ class Ledger:
             else:
                 pay_asset, pay, get_asset, get = spec.base.symbol, base_units, spec.quote.symbol, quote_units
             user = o.user_id
+            if one_side:
+                cross = self.cross_shard
+                cross[pay_asset] = cross.get(pay_asset, 0) - pay
+                cross[get_asset] = cross.get(get_asset, 0) + get
             bal = self.balance(user, pay_asset)
             bal[1] -= pay
             o.hold -= pay
@@ -1118,9 +1288,16 @@ class Ledger:
 
     def audit(self) -> dict[str, dict[str, int]]:
         """Per asset: total of all balances (fee account included), deposits - withdrawals, frozen,
-        and what open orders hold. A healthy ledger has total == external and frozen == held."""
+        what open orders hold, and what crossed from other accounts shards in trades. A healthy ledger
+        has total == external + cross_shard (cross_shard is 0 with one shard) and frozen == held."""
         out: dict[str, dict[str, int]] = {
-            a: {"total": 0, "external": self.net_external.get(a, 0), "frozen": 0, "held": 0}
+            a: {
+                "total": 0,
+                "external": self.net_external.get(a, 0),
+                "frozen": 0,
+                "held": 0,
+                "cross_shard": self.cross_shard.get(a, 0),
+            }
             for a in self.catalog.assets
         }
         for assets in self.balances.values():
@@ -1147,14 +1324,34 @@ class Ledger:
             "net_external": sorted(self.net_external.items()),
             "next_order_id": self.next_order_id,
             "settled": sorted(self.settled.items()),
+            **(
+                {"shard": [self.shard, self.shards], "cross_shard": sorted(self.cross_shard.items())}
+                if self.shards > 1
+                else {}
+            ),
             "quarantine": list(self.quarantine),
             "quarantined_total": self.quarantined_total,
             **self.subs.snapshot(),
         }
 
     @classmethod
-    def restore(cls, catalog: MarketCatalog, data: dict[str, Any], *, finished_keep: int = 100_000) -> Ledger:
-        led = cls(catalog, finished_keep=finished_keep)
+    def restore(
+        cls,
+        catalog: MarketCatalog,
+        data: dict[str, Any],
+        *,
+        finished_keep: int = 100_000,
+        shard: int = 0,
+        shards: int = 1,
+    ) -> Ledger:
+        saved = tuple(data.get("shard", (0, 1)))
+        if saved != (shard, shards):
+            raise ValueError(
+                f"the snapshot is of accounts shard {saved[0]} of {saved[1]}, not {shard} of {shards}: "
+                "users cannot be repartitioned by restarting with another shard count"
+            )
+        led = cls(catalog, finished_keep=finished_keep, shard=shard, shards=shards)
+        led.cross_shard = {str(k): int(v) for k, v in data.get("cross_shard", ())}
         for u, a, avail, frozen in data["balances"]:
             led.balances.setdefault(u, {})[a] = [avail, frozen]
         for s in data["orders"]:

@@ -11,7 +11,9 @@ shard is the authority, and the journal still holds everything after it), never 
 in one session and never drops one the shard has not applied.
 
 SettlementFeed (shard → accounts): follows MatchingService.StreamEvents from the last settled event and
-turns each response into a journaled SettleMatchingEvents command.
+turns each response into a journaled SettleMatchingEvents command. Accounts sharded by user: the feed of
+shard i of N keeps only the events concerning its users (own_events) and journals the range it covers
+(first_sequence..last_sequence), so a shard does not journal and settle its peers' events.
 """
 
 from __future__ import annotations
@@ -218,6 +220,29 @@ class Forwarder:
         self._more.set()
 
 
+def own_events(source: str, shard: int, shards: int) -> Callable[[ev.MatchingEvent], bool]:
+    """Whether a matching event concerns accounts shard `shard` of `shards` (named `source`): a trade
+    with a side of one of its users, an order event of one of its users, the rejection of one of its
+    commands; an event it cannot read is kept (the ledger quarantines it)."""
+
+    def owns(e: ev.MatchingEvent) -> bool:
+        kind = e.WhichOneof("event")
+        if kind == "trade_executed":
+            t = e.trade_executed
+            return t.taker_user_id % shards == shard or t.maker_user_id % shards == shard
+        if kind == "order_accepted":
+            return e.order_accepted.order.user_id % shards == shard
+        if kind == "order_done":
+            return e.order_done.user_id % shards == shard
+        if kind == "order_amended":
+            return e.order_amended.user_id % shards == shard
+        if kind == "command_rejected":
+            return e.command_source == source
+        return True
+
+    return owns
+
+
 class SettlementFeed:
     """Follows one shard's events from the last settled (or queued) event and journals each batch as
     a SettleMatchingEvents command (services.clients' EventFollower: resume from the checkpoint with
@@ -231,8 +256,10 @@ class SettlementFeed:
         settled: Callable[[], int],
         *,
         max_queue: int = 20_000,
+        owns: Callable[[ev.MatchingEvent], bool] | None = None,
     ) -> None:
         self.shard = shard
+        self.owns = owns  # accounts sharded by user: the events to journal (own_events); None = all
         self.connection = address if isinstance(address, Connection) else Connection.at(address, name=shard)
         self.host = host
         self.settled = settled
@@ -259,7 +286,13 @@ class SettlementFeed:
                                 return
                             cmd = ev.AccountsCommand()
                             cmd.settle.shard = self.shard
-                            cmd.settle.events.extend(batch.events)
+                            owns = self.owns
+                            if owns is None:
+                                cmd.settle.events.extend(batch.events)
+                            else:
+                                cmd.settle.first_sequence = batch.first
+                                cmd.settle.last_sequence = batch.last
+                                cmd.settle.events.extend(e for e in batch.events if owns(e))
                             self.host.enqueue_internal(cmd)
                             self.enqueued = batch.last
                             SETTLED.labels(self.shard).set(self.enqueued)

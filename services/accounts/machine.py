@@ -378,14 +378,24 @@ class AccountsMachine:
 
     @classmethod
     def restore(
-        cls, catalog: MarketCatalog, source: str, data: bytes | None, *, finished_keep: int = 100_000
+        cls,
+        catalog: MarketCatalog,
+        source: str,
+        data: bytes | None,
+        *,
+        finished_keep: int = 100_000,
+        shard: int = 0,
+        shards: int = 1,
     ) -> AccountsMachine:
+        """From a snapshot (None: empty), as accounts shard `shard` of `shards` (sharded by user)."""
         if data is None:
-            return cls(Ledger(catalog, finished_keep=finished_keep), source)
+            return cls(Ledger(catalog, finished_keep=finished_keep, shard=shard, shards=shards), source)
         state: Mapping[str, Any] = loads_plain(data)
         if state.get("version") not in (1, MACHINE_SNAPSHOT_VERSION) or state.get("source") != source:
             raise ValueError("snapshot is not an accounts snapshot of this source")
-        ledger = Ledger.restore(catalog, state["ledger"], finished_keep=finished_keep)
+        ledger = Ledger.restore(
+            catalog, state["ledger"], finished_keep=finished_keep, shard=shard, shards=shards
+        )
         # Version 1 did not keep the forward chain: it starts empty again.
         forwarded = {str(k): int(v) for k, v in state.get("forwarded", ())}
         return cls(ledger, source, int(state["applied_seq"]), int(state["event_seq"]), forwarded)

@@ -210,10 +210,14 @@ SettlementEvent = Accepted | Trade | Amended | Done | Rejected | Unreadable
 
 @value
 class SettleEvents:
-    """A batch of one shard's matching events, in sequence order."""
+    """A batch of one shard's matching events, in sequence order. With a range (first, last: accounts
+    sharded by user) it settles the events first..last and carries only those concerning this
+    accounts shard's users; without (0, 0) it carries every event from its first to its last."""
 
     shard: str
     events: tuple[SettlementEvent, ...]
+    first: int = 0
+    last: int = 0
 
 
 Command = (

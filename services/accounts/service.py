@@ -85,6 +85,13 @@ class AccountsServicer:
     def ledger(self) -> Any:
         return self.host.machine.ledger
 
+    def _owned(self, user: int) -> None:
+        """Accounts sharded by user: a read of a user of another shard is refused (USER_NOT_ON_SHARD,
+        naming the owner); the commands are refused by the ledger itself. User 0, the fee account,
+        is every shard's own."""
+        if self.config.shards > 1 and user:
+            self.ledger.check_owner(user)
+
     def _check_outbox(self, market: str) -> None:
         spec = self.catalog.markets.get(market)
         if spec is None:
@@ -136,6 +143,7 @@ class AccountsServicer:
     @handles_errors
     async def GetBalances(self, request: pb.GetBalancesRequest, context: Any) -> pb.GetBalancesResponse:
         user, assets = balances_request(request, self.catalog)
+        self._owned(user)
         return pb.GetBalancesResponse(
             balances=[balance_message(self.catalog, a, *self.ledger.peek_balance(user, a)) for a in assets]
         )
@@ -158,6 +166,7 @@ class AccountsServicer:
         self, request: pb.ListSubAccountsRequest, context: Any
     ) -> pb.ListSubAccountsResponse:
         owner, size, after = sub_accounts_request(request)
+        self._owned(owner)
         subs = self.ledger.subs.of_owner(owner, after)
         page = [s for _, s in zip(range(size + 1), subs, strict=False)]
         token = page_token(page[size - 1].user_id) if len(page) > size else ""
@@ -240,6 +249,7 @@ class AccountsServicer:
         self, request: pb.ListOpenOrdersRequest, context: Any
     ) -> pb.ListOpenOrdersResponse:
         user, market, page_size, after = open_orders_request(request, self.catalog)
+        self._owned(user)
         orders = sorted(
             (o for o in self.ledger.iter_user_orders(user, market) if o.order_id > after),
             key=lambda o: o.order_id,
@@ -362,6 +372,7 @@ class AccountsServicer:
         self, request: pb.StreamUserEventsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[bytes]:
         user, from_seq = user_stream_request(request)
+        self._owned(user)
         async for records in self.hub.follow(user, from_seq):
             yield repeated_messages(1, records)
 
@@ -382,7 +393,7 @@ class AccountsServicer:
             snapshot_sequence=self.host.snapshot_seq,
             outbox_pending={name: f.lag for name, f in self.forwarders.items()},
             queue_depth=self.host.queue_depth,
-            last_order_id=self.ledger.next_order_id - 1,
+            last_order_id=max(0, self.ledger.next_order_id - self.ledger.shards),
             quarantined_events=self.ledger.quarantined_total,
         )
         if request.with_audit:
@@ -394,6 +405,7 @@ class AccountsServicer:
                     external=fmt(a["external"]),
                     frozen=fmt(a["frozen"]),
                     held=fmt(a["held"]),
+                    cross_shard=fmt(a["cross_shard"]),
                 )
         return resp
 

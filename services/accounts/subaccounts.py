@@ -5,7 +5,9 @@ ledger (services.accounts.ledger applies the balance side of a transfer); no clo
 Ids. A sub-account's user id is SUB_ACCOUNT_BASE + n (2^62 + n), n counting from 1 in the order
 sub-accounts are opened (allocated while applying the command, so a replay allocates the same ids); an
 id already holding balances or orders (an ordinary account opened there before the edge refused such
-ids) is skipped. Ordinary user ids are below 2^62.
+ids) is skipped. Ordinary user ids are below 2^62. With accounts sharded by user, ids outside the
+owner's partition (user_id mod the shard count) are skipped too, so a sub-account lives on its owner's
+shard (services.accounts.ledger).
 
 Idempotency. Opening is idempotent by (owner, label): every sub-account is kept for good, at most
 MAX_SUB_ACCOUNTS_PER_OWNER per owner. Transfers are idempotent by (owner, transfer_id): each owner's

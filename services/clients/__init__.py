@@ -81,7 +81,7 @@ def kind_of(resolver: Resolver, name: str) -> type[ServiceClient]:
     """The client class of service `name` ("accounts" or its source name, "history", "market", else a
     matching shard)."""
     canonical = resolver.canonical(name)
-    if canonical == ACCOUNTS:
+    if canonical == ACCOUNTS or canonical.startswith(ACCOUNTS + "-"):  # "accounts-1": an accounts shard
         return AccountsClient
     if canonical == HISTORY:
         return HistoryClient

@@ -2,7 +2,8 @@
 address changes (connections then dial the new one).
 
 Names: "accounts" (also its source name, "accounts-0"), each matching shard by its name ("matching-0",
-...), "history", "market".
+...), "history", "market". Accounts sharded by user: shard 0 is "accounts" (alias "accounts-0"), shard i
+"accounts-<i>"; accounts_shards() counts them and accounts_name(i) names them.
 
 StaticResolver.from_config(config) answers from the exchange configuration: each section's `advertise`
 address, by default its `listen` address with a wildcard host (0.0.0.0, [::], empty) taken as 127.0.0.1.
@@ -51,9 +52,18 @@ def advertise_address(listen: str, advertise: str = "") -> str:
     return listen
 
 
+def accounts_name(index: int) -> str:
+    """The resolver name of accounts shard `index` ("accounts" for the first, else "accounts-<i>")."""
+    return ACCOUNTS if index == 0 else f"accounts-{index}"
+
+
 def config_addresses(config: ExchangeConfig) -> dict[str, str]:
-    """Every service's dial address in a configuration, by name (accounts under "accounts")."""
-    out = {ACCOUNTS: advertise_address(config.accounts.listen, config.accounts.advertise)}
+    """Every service's dial address in a configuration, by name (accounts under "accounts", its other
+    shards under "accounts-<i>")."""
+    out: dict[str, str] = {}
+    for i in range(config.accounts.shards):
+        a = config.accounts_shard(i)
+        out[accounts_name(i)] = advertise_address(a.listen, a.advertise)
     for name, shard in config.shards.items():
         out[name] = advertise_address(shard.listen, shard.advertise)
     out[HISTORY] = advertise_address(config.history.listen, config.history.advertise)
@@ -79,6 +89,15 @@ class Resolver(ABC):
     def canonical(self, name: str) -> str:
         """The name watchers are told of for `name` (an alias such as "accounts-0" -> "accounts")."""
         return name
+
+    def accounts_shards(self) -> int:
+        """How many accounts shards there are: "accounts" and then "accounts-1", "accounts-2", ...
+        as long as the resolver knows them."""
+        known = set(self.names())
+        n = 1
+        while accounts_name(n) in known:
+            n += 1
+        return n
 
     def watch(self, callback: Watcher) -> Callable[[], None]:
         """Call `callback(name, address)` whenever an address changes (from any thread: keep it short).

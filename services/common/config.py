@@ -5,12 +5,19 @@ it and picks its own section; relative paths are relative to the file's director
 
     data_dir = "data"
     [assets] ... [[markets]] ...               # see services.common.markets
-    [accounts]  listen = "127.0.0.1:50051"
+    [accounts]  listen = "127.0.0.1:50051"  shards = 1        # users partitioned by user_id mod shards
     [shards.matching-0]  listen = "127.0.0.1:50061"  markets = ["BTC_USDT", ...]   # optional markets
     [history]  listen = "127.0.0.1:50071"  database_url = "sqlite:///{data_dir}/history.sqlite"
     [market]   listen = "127.0.0.1:50081"
     [gateway]  listen = "127.0.0.1:8080"  admin_listen = "127.0.0.1:50091"   # HTTP/WS and its admin gRPC
     [quantizer]  listen = "127.0.0.1:50101"  max_strategies_per_user = 20
+
+Accounts sharded by user: `[accounts] shards = N` runs N accounts processes, "accounts-0" ..
+"accounts-<N-1>"; shard i owns the users with user_id mod N == i (sub-account ids are allocated in their
+owner's partition). Shard i listens at `shard_listen[i]` (default: `listen` with its port + i) and is
+dialed at `shard_advertise[i]` (default: shard 0 at `advertise`, each as for any `listen`);
+`metrics_listen`, when set, moves by i too.
+With one shard (the default) the source is `source` ("accounts-0") and nothing changes.
 
 `listen` is where a service binds; `advertise` (optional, in each of those sections) is the address the
 others dial (services.clients.resolver): by default `listen`, with a wildcard host (0.0.0.0, [::]) taken
@@ -21,7 +28,7 @@ from __future__ import annotations
 
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +52,20 @@ class AccountsConfig:
     max_outbox_lag: int = 200_000
     max_batch: int = 5_000
     fee_account_user_id: int = 0
+    # Accounts shards: users are partitioned by user_id mod shards (see the module docstring).
+    shards: int = 1
+    shard_listen: tuple[str, ...] = ()
+    shard_advertise: tuple[str, ...] = ()
+    # Which shard this is (set by ExchangeConfig.accounts_shard, not in the file).
+    index: int = 0
+
+    def owner_of(self, user_id: int) -> int:
+        """The index of the accounts shard that owns `user_id`."""
+        return user_id % self.shards
+
+    def shard_source(self, index: int) -> str:
+        """The source (and service) name of accounts shard `index`."""
+        return self.source if self.shards == 1 else f"accounts-{index}"
 
 
 @dataclass(frozen=True)
@@ -176,6 +197,34 @@ class ExchangeConfig:
     quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
     exporter: ExporterConfig = field(default_factory=ExporterConfig)
 
+    def accounts_sources(self) -> list[str]:
+        """The source names of every accounts shard, by index."""
+        return [self.accounts.shard_source(i) for i in range(self.accounts.shards)]
+
+    def accounts_shard(self, which: int | str = 0) -> AccountsConfig:
+        """The [accounts] section as accounts shard `which` (an index or a source name) sees it: its
+        source, listen, advertise and metrics addresses."""
+        a = self.accounts
+        sources = self.accounts_sources()
+        if isinstance(which, str):
+            if which not in sources:
+                raise ConfigError(
+                    f"no accounts shard {which!r} in {self.path}; shards are {', '.join(sources)}"
+                )
+            index = sources.index(which)
+        else:
+            index = which
+            if not 0 <= index < a.shards:
+                raise ConfigError(f"no accounts shard {index} in {self.path} ({a.shards} configured)")
+        if a.shards == 1:
+            return a
+        listen = a.shard_listen[index] if a.shard_listen else _port_plus(a.listen, index)
+        advertise = a.shard_advertise[index] if a.shard_advertise else a.advertise if index == 0 else ""
+        metrics = _port_plus(a.metrics_listen, index) if a.metrics_listen else ""
+        return replace(
+            a, source=sources[index], listen=listen, advertise=advertise, metrics_listen=metrics, index=index
+        )
+
     def shard(self, name: str) -> ShardConfig:
         try:
             return self.shards[name]
@@ -235,7 +284,7 @@ def config_from_dict(data: Mapping[str, Any], *, base_dir: Path, path: Path | No
         path=path or base_dir / "exchange.toml",
         data_dir=data_dir,
         catalog=catalog,
-        accounts=_build(AccountsConfig, data.get("accounts", {}), "accounts"),
+        accounts=_accounts(data.get("accounts", {})),
         shards=shards,
         history=_build(HistoryConfig, data.get("history", {}), "history"),
         market=_build(MarketDataConfig, data.get("market", {}), "market"),
@@ -244,6 +293,29 @@ def config_from_dict(data: Mapping[str, Any], *, base_dir: Path, path: Path | No
         quantizer=_build(QuantizerConfig, data.get("quantizer", {}), "quantizer"),
         exporter=_build(ExporterConfig, data.get("exporter", {}), "exporter"),
     )
+
+
+def _port_plus(address: str, n: int) -> str:
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ConfigError(f"[accounts] {address!r} has no port to number the accounts shards from")
+    return f"{host}:{int(port) + n}"
+
+
+def _accounts(raw: Any) -> AccountsConfig:
+    if isinstance(raw, Mapping) and "index" in raw:
+        raise ConfigError("[accounts] unknown keys: ['index']")
+    cfg: AccountsConfig = _build(AccountsConfig, raw, "accounts")
+    cfg = replace(cfg, shard_listen=tuple(cfg.shard_listen), shard_advertise=tuple(cfg.shard_advertise))
+    lists = {"shard_listen": cfg.shard_listen, "shard_advertise": cfg.shard_advertise}
+    if not isinstance(cfg.shards, int) or cfg.shards < 1:
+        raise ConfigError(f"[accounts] shards must be a whole number >= 1, not {cfg.shards!r}")
+    for key, values in lists.items():
+        if values and len(values) != cfg.shards:
+            raise ConfigError(f"[accounts] {key} names {len(values)} addresses for {cfg.shards} shards")
+    if cfg.shards > 1 and cfg.source != "accounts-0":
+        raise ConfigError('[accounts] with several shards their sources are "accounts-<i>": leave source out')
+    return cfg
 
 
 def _security(raw: Any) -> SecurityConfig:

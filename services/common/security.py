@@ -59,7 +59,7 @@ class Security:
 
 
 def accounts_sources(config: ExchangeConfig) -> list[str]:
-    return [config.accounts.source]
+    return config.accounts_sources()
 
 
 def process_security(config: ExchangeConfig, principal: str, *, create: bool = True) -> Security:

@@ -5,8 +5,9 @@
     ...
     await app.stop()
 
-Sources: every shard in config.shards (MatchingService.StreamEvents) and accounts (config.accounts.source,
-AccountsService.StreamAccountEvents), at the addresses of services.clients.resolver (each section's
+Sources: every shard in config.shards (MatchingService.StreamEvents) and every accounts shard
+(config.accounts_sources(): "accounts-0", ...; AccountsService.StreamAccountEvents), each with its own
+checkpoint, at the addresses of services.clients.resolver (each section's
 advertise address, by default its listen address).
 
 Health: HistoryService is SERVING while every source stores its events; while a source's next event
@@ -22,7 +23,7 @@ import logging
 from exchange.v1 import history_service_pb2_grpc
 
 from services.clients.channels import Connection
-from services.clients.resolver import ACCOUNTS, Resolver, StaticResolver
+from services.clients.resolver import Resolver, StaticResolver, accounts_name
 from services.common.config import ExchangeConfig
 from services.common.consumers import SourceFailure, set_health
 from services.common.rpc import ServerHandle, start_metrics, start_server
@@ -70,17 +71,19 @@ class HistoryApp:
             )
             for name in sorted(config.shards)
         ]
-        self.consumers.append(
+        # Accounts sharded by user: one consumer (and checkpoint) per accounts shard's event stream.
+        self.consumers += [
             StreamConsumer(
-                config.accounts.source,
+                source,
                 "accounts",
-                Connection(ACCOUNTS, self.resolver),
+                Connection(accounts_name(i), self.resolver),
                 self.store,
                 self.worker,
                 batch_events=batch,
                 on_failure_change=self._update_health,
             )
-        )
+            for i, source in enumerate(config.accounts_sources())
+        ]
         self.server: ServerHandle | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
