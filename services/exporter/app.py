@@ -1,5 +1,6 @@
 """The exporter process: one SourceExport per (source, sink); gRPC health (NOT_SERVING while a broker
-refuses); sources are accounts and every matching shard, followed as the reader principal."""
+refuses); sources are every accounts shard ("accounts-0", ...) and every matching shard, followed as
+the reader principal."""
 
 from __future__ import annotations
 
@@ -59,9 +60,9 @@ class ExporterApp:
                 self.exports.append(self._export(shard, events, self._sink(i), fmt))
             conn = Connection(ACCOUNTS, self.resolver)
             self.connections.append(conn)
-            source = config.accounts.source
-            accounts = AccountsClient(conn).account_events(source)
-            self.exports.append(self._export(source, accounts, self._sink(i), fmt))
+            accounts = AccountsClient(conn)  # sharded by user: one event stream per accounts shard
+            for source in config.accounts_sources():
+                self.exports.append(self._export(source, accounts.account_events(source), self._sink(i), fmt))
         self.server: ServerHandle | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False

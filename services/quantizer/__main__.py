@@ -79,9 +79,11 @@ class Quantizer:
             workers=q.executor_workers,
             orders=OrderStream(self.accounts) if q.order_stream else None,
         )
-        self.feed = AccountsFeed(
-            self.accounts, lambda: self.host.machine, self._submit, source=config.accounts.source
-        )
+        # One feed per accounts source: with accounts sharded by user, each shard's event stream.
+        self.feeds = [
+            AccountsFeed(self.accounts, lambda: self.host.machine, self._submit, source=source)
+            for source in config.accounts_sources()
+        ]
         self.tasks: list[asyncio.Task[None]] = []
         self.reconciled = asyncio.Event()
         self.reconcile_stats: dict[str, int] = {}
@@ -98,18 +100,23 @@ class Quantizer:
         self.host.on_effects.append(self.executor.hook)
         self.executor.start()
         self.tasks = [
-            asyncio.create_task(
-                self._guard(self.feed.run(), "the accounts event feed"), name="quantizer-feed"
+            *(
+                asyncio.create_task(
+                    self._guard(feed.run(), f"the accounts event feed of {feed.source}"),
+                    name=f"quantizer-feed-{feed.source}",
+                )
+                for feed in self.feeds
             ),
             asyncio.create_task(self._guard(self._timers(), "the timers"), name="quantizer-timers"),
             asyncio.create_task(self._guard(self._reconcile(), "reconciliation"), name="quantizer-reconcile"),
         ]
 
     def _journal_timing(self, effects: list[Any]) -> None:
-        fed = self.feed.fed_at
+        fed = max(feed.fed_at for feed in self.feeds)
         if fed and effects:
             JOURNAL.observe(time.monotonic() - fed)
-            self.feed.fed_at = 0.0
+            for feed in self.feeds:
+                feed.fed_at = 0.0
 
     async def _guard(self, work: Any, what: str) -> None:
         try:
@@ -129,17 +136,17 @@ class Quantizer:
                 self._submit({"t": "timer"})
 
     async def _reconcile(self) -> None:
-        """Once the feed has read up to where accounts was when we started (fills while we were down
-        are then journaled), bring the exchange in line with the strategies' tables."""
-        while True:
-            try:
-                status = await self.accounts.get_accounts_status()
-                break
-            except ClientError:
-                await asyncio.sleep(0.5)
-        target = int(status.event_sequence)
-        while self.feed.seen < target:
-            await asyncio.sleep(0.02)
+        """Once every feed has read up to where its accounts shard was when we started (fills while
+        we were down are then journaled), bring the exchange in line with the strategies' tables."""
+        for feed in self.feeds:
+            while True:
+                try:
+                    target = await feed.current_end()
+                    break
+                except ClientError:
+                    await asyncio.sleep(0.5)
+            while feed.seen < target:
+                await asyncio.sleep(0.02)
         await self.host.submit({"t": "sync"})  # everything the feed handed over is applied
         self.reconcile_stats = await self.executor.reconcile()
         log.info("reconciled", extra=self.reconcile_stats)

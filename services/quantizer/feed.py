@@ -1,7 +1,9 @@
 """The accounts events the strategies need, journaled in order: AccountsService.StreamAccountEvents
 through the client library's follower, from the machine's checkpoint on.
 
-Each batch becomes at most one `feed` command {last, items} (services.quantizer.machine): the fills
+One feed follows one accounts source: with accounts sharded by user, one feed per shard
+("accounts-<i>", each with its own checkpoint in the machine). Each batch becomes at most one `feed`
+command {src, last, items} (services.quantizer.machine): the fills
 and order states of the strategies' trading users, and the trade prices (the taker's fill of each
 trade) of the markets strategies trade. Batches with nothing for the strategies are journaled only to
 move the checkpoint along now and then (every `checkpoint_every` events or `checkpoint_s` seconds), so
@@ -24,7 +26,7 @@ from exchange.v1 import events_pb2 as ev
 
 from services.clients.accounts import AccountsClient
 from services.clients.follow import EventFollower
-from services.quantizer.machine import ROLE_TAKER, QuantizerMachine
+from services.quantizer.machine import DEFAULT_SOURCE, ROLE_TAKER, QuantizerMachine
 from services.quantizer.timing import EVENT_AGE
 
 log = logging.getLogger(__name__)
@@ -83,7 +85,7 @@ class AccountsFeed:
         machine: Callable[[], QuantizerMachine],
         submit: Callable[[dict[str, Any]], None],
         *,
-        source: str = "accounts-0",
+        source: str = DEFAULT_SOURCE,
         checkpoint_every: int = 20_000,
         checkpoint_s: float = 2.0,
     ) -> None:
@@ -102,11 +104,15 @@ class AccountsFeed:
 
     async def start_sequence(self) -> int:
         """Where to read from: after the checkpoint, or (a new service) after the current end."""
-        cp = self.machine().checkpoint
+        cp = self.machine().checkpoint_of(self.source)
         if cp:
             return cp + 1
-        st = await self.accounts.get_accounts_status()
-        return int(st.event_sequence) + 1
+        return await self.current_end() + 1
+
+    async def current_end(self) -> int:
+        """The last event sequence of this feed's accounts source now."""
+        st = await self.accounts.get_accounts_status(shard=self.accounts.shard_of_source(self.source))
+        return int(st.event_sequence)
 
     async def run(self) -> None:
         start = await self.start_sequence()
@@ -122,7 +128,7 @@ class AccountsFeed:
             async for batch in batches:
                 m = self.machine()
                 events = list(batch.events)
-                items = select(events, m.trading_users(), m.live_markets(), m.checkpoint)
+                items = select(events, m.trading_users(), m.live_markets(), m.checkpoint_of(self.source))
                 last = batch.last
                 self.seen = last
                 now = time.monotonic()
@@ -133,7 +139,7 @@ class AccountsFeed:
                     or last - self.journaled >= self.checkpoint_every
                     or now - self._journaled_at >= self.checkpoint_s
                 ):
-                    self.submit({"t": "feed", "last": last, "items": items})
+                    self.submit({"t": "feed", "src": self.source, "last": last, "items": items})
                     if items:
                         self.fed_at = now
                     self.journaled = last

@@ -19,8 +19,11 @@ Commands are small JSON objects (`"t"` names the kind; the host stamps the time 
 - funded {sid, trading_user}: the strategy trades from `trading_user` (its sub-account); the price
   known at create (journaled in create) is its first Tick;
 - fund_failed {sid, why}: the transfer was refused: the strategy fails, nothing was placed;
-- feed {last, items}: accounts events up to sequence `last` (see services.quantizer.feed): fills and
-  order states of the strategies' trading users, and trade prices (ticks) of their markets;
+- feed {src, last, items}: accounts events of source `src` (an accounts shard, "accounts-0" when
+  absent) up to its sequence `last` (see services.quantizer.feed): fills and order states of the
+  strategies' trading users, and trade prices (ticks) of their markets. A checkpoint per source:
+  with accounts sharded by user each shard's stream is followed (a strategy's sub-account, and so
+  its fills, is on its owner's shard; a trade's price comes from its taker's shard);
 - rejected {sid, cid, why}: accounts refused a placement: Done(rejected) for that order;
 - timer: a clock tick at the command's time (strategies whose wakeup() is due get a Timer);
 - pause / resume / stop {sid, mode, slippage_ppm}; returned {sid, round}: the funds went back to the
@@ -79,6 +82,7 @@ from services.quantizer.params import restore_strategy, strategy_from_config
 
 SNAPSHOT_VERSION: Final = 1
 MAX_HELD: Final = 100_000  # events held for one paused strategy
+DEFAULT_SOURCE: Final = "accounts-0"  # the accounts event source of a feed command without "src"
 MAX_PENDING: Final = 100_000  # fills waiting for their order's state, all strategies
 
 # OrderStatus (exchange.v1) -> done reason of a finished order
@@ -396,7 +400,7 @@ class QuantizerMachine:
         self.by_client: dict[tuple[int, str], int] = {}
         self.by_trading: dict[int, int] = {}  # trading user -> sid (sub-accounts: one each)
         self.shared: dict[int, list[int]] = {}  # owner trading for several strategies (no sub-accounts)
-        self.checkpoint = 0  # last accounts event sequence applied
+        self.checkpoints: dict[str, int] = {}  # accounts source -> its last event sequence applied
         self.orders: dict[tuple[int, int], tuple[int, str]] = {}  # (user, order id) -> (sid, cid)
         self.pending: dict[tuple[int, int], list[list[Any]]] = {}  # fills waiting for their order's state
         self.deferred: list[list[Any]] = []  # ticks waiting until no fill is pending
@@ -442,7 +446,7 @@ class QuantizerMachine:
             "version": SNAPSHOT_VERSION,
             "applied": self._applied,
             "next_sid": self.next_sid,
-            "checkpoint": self.checkpoint,
+            "checkpoints": sorted(self.checkpoints.items()),
             "entries": [self.entries[sid].to_dict() for sid in sorted(self.entries)],
             "orders": sorted([u, o, sid, cid] for (u, o), (sid, cid) in self.orders.items()),
             "pending": sorted([[u, o, rows] for (u, o), rows in self.pending.items()]),
@@ -461,7 +465,10 @@ class QuantizerMachine:
             raise ValueError(f"unknown quantizer snapshot version {state.get('version')!r}")
         m._applied = int(state["applied"])
         m.next_sid = int(state["next_sid"])
-        m.checkpoint = int(state["checkpoint"])
+        if "checkpoints" in state:
+            m.checkpoints = {str(k): int(v) for k, v in state["checkpoints"]}
+        elif int(state.get("checkpoint", 0)):  # before accounts shards: the one source
+            m.checkpoints = {DEFAULT_SOURCE: int(state["checkpoint"])}
         for d in state["entries"]:
             e = Entry.from_dict(catalog, d)
             m._index(e)
@@ -731,12 +738,18 @@ class QuantizerMachine:
     def _sync(self, c: dict[str, Any], now: int) -> tuple[Any, bool]:
         return self._applied, False
 
+    def checkpoint_of(self, source: str = DEFAULT_SOURCE) -> int:
+        """The last event sequence of accounts source `source` applied (0: none yet)."""
+        return self.checkpoints.get(source, 0)
+
     def _feed(self, c: dict[str, Any], now: int) -> tuple[Any, bool]:
+        source = str(c.get("src", DEFAULT_SOURCE))
         last = int(c["last"])
-        if last <= self.checkpoint:
-            return self.checkpoint, False
+        checkpoint = self.checkpoints.get(source, 0)
+        if last <= checkpoint:
+            return checkpoint, False
         for item in c["items"]:
-            if int(item[1]) <= self.checkpoint:
+            if int(item[1]) <= checkpoint:
                 continue
             kind = item[0]
             if kind == "f":
@@ -747,7 +760,7 @@ class QuantizerMachine:
                 self._tick_item(item)
             if self.deferred and not self.pending:
                 self._flush_ticks()
-        self.checkpoint = last
+        self.checkpoints[source] = last
         return last, True
 
     _HANDLERS: Final[dict[str, Any]] = {

@@ -14,6 +14,7 @@ import pytest
 from exchange.v1 import events_pb2
 
 from services.common.config import config_from_dict
+from services.exporter.app import ExporterApp
 from services.exporter.jetstream import JetStreamSink
 from services.exporter.kafka import KafkaSink
 from services.exporter.messages import ExportMessage, check_format, sequence_of, to_message
@@ -57,6 +58,14 @@ def test_the_launcher_runs_the_exporter_only_when_enabled(tmp_path: Path) -> Non
     on = config_from_dict({**markets, "exporter": exporter}, base_dir=tmp_path)
     assert "exporter" not in [c.name for c in plan(off)]
     assert "exporter" in [c.name for c in plan(on)]
+
+
+def test_every_accounts_shard_and_every_matching_shard_is_a_source(tmp_path: Path) -> None:
+    markets = tomllib.loads("[assets]" + DEFAULT_MARKETS)
+    exporter = {"enabled": True, "nats_url": "nats://127.0.0.1:4222"}
+    config = config_from_dict({**markets, "exporter": exporter, "accounts": {"shards": 2}}, base_dir=tmp_path)
+    app = ExporterApp(config)  # connects nothing until it runs
+    assert sorted(e.source for e in app.exports) == ["accounts-0", "accounts-1", "matching-0"]
 
 
 def messages(first: int, last: int) -> list[ExportMessage]:

@@ -70,6 +70,10 @@ class Live:
     def accounts(self) -> agrpc.AccountsServiceStub:
         return self.cluster.accounts
 
+    def accounts_of(self, user: int) -> agrpc.AccountsServiceStub:
+        """The accounts shard that owns `user` (the one accounts process unless sharded by user)."""
+        return self.cluster.accounts_of(user)
+
     @property
     def quantizer(self) -> qgrpc.QuantizerServiceStub:
         return qgrpc.QuantizerServiceStub(self.cluster.channel("quantizer-0"))
@@ -77,7 +81,7 @@ class Live:
     # --- the exchange side -----------------------------------------------------------------------
 
     def deposit(self, user: int, asset: str, amount: str) -> None:
-        self.accounts.Deposit(
+        self.accounts_of(user).Deposit(
             apb.DepositRequest(
                 user_id=user,
                 asset=asset,
@@ -91,7 +95,7 @@ class Live:
     def order(
         self, user: int, side: int, price: str, amount: str, *, ioc: bool = False
     ) -> apb.PlaceOrderResponse:
-        resp: apb.PlaceOrderResponse = self.accounts.PlaceOrder(
+        resp: apb.PlaceOrderResponse = self.accounts_of(user).PlaceOrder(
             apb.PlaceOrderRequest(
                 user_id=user,
                 market=MARKET,
@@ -106,12 +110,15 @@ class Live:
         return resp
 
     def open_orders(self, user: int) -> list[apb.Order]:
-        return list(self.accounts.ListOpenOrders(apb.ListOpenOrdersRequest(user_id=user), timeout=10).orders)
+        return list(
+            self.accounts_of(user).ListOpenOrders(apb.ListOpenOrdersRequest(user_id=user), timeout=10).orders
+        )
 
     def balances(self, user: int) -> dict[str, tuple[int, int]]:
         out: dict[str, tuple[int, int]] = {}
         catalog = self.cluster.config.catalog
-        for b in self.accounts.GetBalances(apb.GetBalancesRequest(user_id=user), timeout=10).balances:
+        resp = self.accounts_of(user).GetBalances(apb.GetBalancesRequest(user_id=user), timeout=10)
+        for b in resp.balances:
             a = catalog.assets[b.asset]
             out[b.asset] = (a.parse(b.available, allow_zero=True), a.parse(b.frozen, allow_zero=True))
         return out
@@ -178,7 +185,9 @@ class Live:
     def start_grid(self) -> qpb.Strategy:
         s = self.create()
         s = self.settled(s.strategy_id, fills=1)
-        self.accounts.CancelAllOrders(apb.CancelAllOrdersRequest(user_id=MAKER, market=MARKET), timeout=10)
+        self.accounts_of(MAKER).CancelAllOrders(
+            apb.CancelAllOrdersRequest(user_id=MAKER, market=MARKET), timeout=10
+        )
         self.cluster.wait_quiet()
         return s
 
@@ -242,5 +251,13 @@ def report_figures(r: qpb.StrategyReport) -> dict[str, Any]:
     }
 
 
-def new_cluster(tmp: Path, *, with_market: bool = False, **quantizer_options: Any) -> Cluster:
-    return Cluster(tmp, with_quantizer=True, quantizer_options=quantizer_options, with_market=with_market)
+def new_cluster(
+    tmp: Path, *, with_market: bool = False, accounts_shards: int = 1, **quantizer_options: Any
+) -> Cluster:
+    return Cluster(
+        tmp,
+        with_quantizer=True,
+        quantizer_options=quantizer_options,
+        with_market=with_market,
+        accounts_shards=accounts_shards,
+    )
