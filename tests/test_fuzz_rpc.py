@@ -1,15 +1,17 @@
 """Fuzzing every RPC of every service with random and adversarial field values (hypothesis).
 
-Against a real exchange (accounts, matching, history, market and quantizer processes), every method
-of every service is called with requests built from its descriptor: integers at and past every
-boundary (0, 2**63-1, 2**63, 2**64-1, negatives), strings that are empty, huge, non-decimal ("NaN",
-"1e5", "-1"), control characters and emoji, unknown enum values, random oneofs and repeated fields.
+Against a real exchange (accounts, matching, history, market, quantizer and gateway processes; the
+gateway's gRPC service is GatewayAdminService, its API keys), every method of every service is called
+with requests built from its descriptor: integers at and past every boundary (0, 2**63-1, 2**63,
+2**64-1, negatives), strings that are empty, huge, non-decimal ("NaN", "1e5", "-1"), control characters
+and emoji, unknown enum values, random oneofs and repeated fields.
 Asserted for each call:
 - it answers within a deadline with a documented status (OK or one of the refusals below; never
   UNKNOWN or INTERNAL), and every refusal carries a google.rpc.ErrorInfo reason;
 - an error message never echoes a long input (at most a short prefix);
 - when the accounts journal did not advance, its state hash did not change (a rejected call changes
-  nothing), and the balance invariant holds after every call;
+  nothing), and the balance invariant holds after every call; a refused GatewayAdminService call leaves
+  the gateway's API keys (all of them, revoked ones too) as they were;
 - each service is still up and SERVING at the end.
 """
 
@@ -23,6 +25,8 @@ import grpc
 import pytest
 from exchange.v1 import accounts_service_pb2 as apb
 from exchange.v1 import accounts_service_pb2_grpc as agrpc
+from exchange.v1 import gateway_service_pb2 as gpb
+from exchange.v1 import gateway_service_pb2_grpc as ggrpc
 from exchange.v1 import (
     history_service_pb2,  # noqa: F401 - registers the descriptors
     market_service_pb2,  # noqa: F401
@@ -46,6 +50,7 @@ SERVICES = {
     "HistoryService": "history",
     "MarketService": "market",
     "QuantizerService": "quantizer-0",
+    "GatewayAdminService": "gateway",
 }
 DOCUMENTED = {
     grpc.StatusCode.OK,
@@ -164,7 +169,13 @@ def all_methods() -> list[tuple[str, MethodDescriptor]]:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    c = Cluster(tmp_path_factory.mktemp("fuzz"), with_history=True, with_market=True, with_quantizer=True)
+    c = Cluster(
+        tmp_path_factory.mktemp("fuzz"),
+        with_history=True,
+        with_market=True,
+        with_quantizer=True,
+        with_gateway=True,
+    )
     c.start()
     wallet = agrpc.AccountsServiceStub(c.channel("accounts-0", "wallet"))
     for user, asset, amount in ((1, "USDT", "1000000"), (2, "BTC", "100"), (3, "ETH", "1000")):
@@ -187,6 +198,12 @@ def accounts_state(c: Cluster) -> tuple[int, str, Any]:
         apb.GetAccountsStatusRequest(with_state_hash=True, with_audit=True), timeout=10
     )
     return st_.applied_sequence, st_.state_hash, st_
+
+
+def gateway_keys(c: Cluster) -> list[Any]:
+    """Every API key of the gateway, revoked ones too (user_id 0: all users)."""
+    stub = ggrpc.GatewayAdminServiceStub(c.channel("gateway"))
+    return list(stub.ListApiKeys(gpb.ListApiKeysRequest(include_revoked=True), timeout=10).keys)
 
 
 def call_once(c: Cluster, service: str, method: MethodDescriptor, request: Any) -> grpc.StatusCode:
@@ -237,11 +254,14 @@ def test_fuzz_method(cluster: Cluster, service: str, method: MethodDescriptor) -
     @given(request=messages(method.input_type))
     def run(request: Any) -> None:
         seq0, hash0, _ = accounts_state(cluster)
+        keys0 = gateway_keys(cluster) if service == "GatewayAdminService" else []
         code = call_once(cluster, service, method, request)
         seq1, hash1, status = accounts_state(cluster)
         if seq1 == seq0:
             assert hash1 == hash0, f"{method.name} ({code}) changed the accounts state without journaling"
         assert_invariants(status)
+        if service == "GatewayAdminService" and code != grpc.StatusCode.OK:
+            assert gateway_keys(cluster) == keys0, f"a refused {method.name} ({code}) changed the API keys"
 
     run()
 

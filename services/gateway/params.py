@@ -12,6 +12,15 @@ from services.gateway.errors import ILLEGAL_CHARS, INVALID_PARAMETER, MANDATORY_
 
 MAX_PARAMS = 40
 MAX_VALUE = 256
+# The largest time in ms a request may carry: ms x 1000 (+ 999, or the next ms x 1000) is a time in us
+# that still fits the API's int64 fields.
+MAX_MS = INT64_MAX // 1000 - 1
+
+
+def is_digits(text: str) -> bool:
+    """ASCII digits only: str.isdigit() is also true of "²" (which int() refuses) and of other scripts'
+    digits (which int() reads), and neither is a number a Binance client sends."""
+    return text.isascii() and text.isdigit()
 
 
 def parse(raw: str) -> dict[str, str]:
@@ -64,7 +73,7 @@ class Params:
         text = self.values.get(name, "")
         if not text:
             return default
-        if not text.isdigit() or len(text) > 19 or not low <= int(text) <= high:
+        if not is_digits(text) or len(text) > 19 or not low <= int(text) <= high:
             raise ApiError(
                 400,
                 INVALID_PARAMETER,
@@ -72,6 +81,10 @@ class Params:
                 reason=str(Reason.VALUE_OUT_OF_RANGE),
             )
         return int(text)
+
+    def millis(self, name: str) -> int:
+        """A time in ms (0: not given), at most MAX_MS: its microseconds fit an int64."""
+        return self.integer(name, 0, high=MAX_MS)
 
     def choice(self, name: str, allowed: Collection[str], default: str = "") -> str:
         value = self.values.get(name, default).upper()

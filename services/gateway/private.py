@@ -129,7 +129,7 @@ def place_request(p: Params, user_id: int, market: str) -> apb.PlaceOrderRequest
             f["time_in_force"] = enums.GTC
         else:
             f["time_in_force"] = TIME_IN_FORCE[p.choice("timeInForce", TIME_IN_FORCE, "GTC")]
-        until = p.integer("goodTillDate")
+        until = p.millis("goodTillDate")
         if until:
             f["time_in_force"] = enums.GTD
             f["expire_time_us"] = until * 1000
@@ -270,8 +270,8 @@ async def cancel_open_orders(request: web.Request) -> web.Response:
 
 
 def _time_range(p: Params) -> tuple[int, int]:
-    start = p.integer("startTime")
-    end = p.integer("endTime")
+    start = p.millis("startTime")
+    end = p.millis("endTime")
     return start * 1000, (end + 1) * 1000 if end else 0
 
 

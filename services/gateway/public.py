@@ -91,7 +91,7 @@ async def agg_trades(request: web.Request) -> web.Response:
     p = params_of(request)
     spec = gw.symbols.spec(p.required("symbol"))
     limit = p.integer("limit", 500, low=1, high=MAX_RECENT_TRADES)
-    start, end, from_id = p.integer("startTime"), p.integer("endTime"), p.integer("fromId")
+    start, end, from_id = p.millis("startTime"), p.millis("endTime"), p.integer("fromId")
     resp = await gw.market.list_recent_trades(
         kpb.ListRecentTradesRequest(market=spec.symbol, limit=MAX_RECENT_TRADES)
     )
@@ -121,8 +121,8 @@ async def klines(request: web.Request) -> web.Response:
             reason="INVALID_FIELD",
         )
     limit = p.integer("limit", 500, low=1, high=MAX_KLINES)
-    start = p.integer("startTime")
-    end = p.integer("endTime")
+    start = p.millis("startTime")
+    end = p.millis("endTime")
     req = kpb.GetKlinesRequest(
         market=spec.symbol,
         interval=formats.KLINE_INTERVALS[interval],

@@ -28,6 +28,7 @@ from services.gateway.errors import (
     ApiError,
 )
 from services.gateway.keys import ActiveKey, KeyStore
+from services.gateway.params import is_digits
 
 FUTURE_TOLERANCE_MS = 1_000
 MAX_API_KEY = 80
@@ -36,7 +37,7 @@ INVALID_RECV_WINDOW = -1131
 
 def sign(secret: str | bytes, payload: str) -> str:
     key = secret.encode() if isinstance(secret, str) else secret
-    return hmac.new(key, payload.encode(), hashlib.sha256).hexdigest()
+    return hmac.digest(key, payload.encode(), hashlib.sha256).hex()  # one-shot: OpenSSL's HMAC
 
 
 def strip_signature(raw: str) -> tuple[str, str]:
@@ -44,6 +45,9 @@ def strip_signature(raw: str) -> tuple[str, str]:
     that carries it."""
     if "signature=" not in raw:
         return raw, ""
+    at = raw.rfind("&signature=")
+    if at >= 0 and "&" not in raw[at + 1 :] and raw.find("signature=") == at + 1:
+        return raw[:at], raw[at + 11 :]  # the usual case: one signature, the last parameter
     kept: list[str] = []
     signature = ""
     for part in raw.split("&"):
@@ -129,7 +133,7 @@ class Verifier:
                 reason=str(Reason.INVALID_FIELD),
             )
         window_text = params.get("recvWindow", "")
-        if not stamp.isdigit() or len(stamp) > 16 or (window_text and not window_text.isdigit()):
+        if not is_digits(stamp) or len(stamp) > 16 or (window_text and not is_digits(window_text)):
             raise ApiError(
                 400,
                 INVALID_TIMESTAMP,

@@ -18,10 +18,17 @@ that changed (amount "0": removed). The REST depth's lastUpdateId is the same se
 subscribes, then takes a snapshot and applies the diffs with u > lastUpdateId (the first one has U <=
 lastUpdateId + 1) keeps an exact book, as on Binance.
 
-Bounded: each connection has a queue of `ws_buffer` messages; one that is full means a slow consumer,
-which is closed (code 1008, reason "slow consumer: ...") without slowing anyone else; at most
-MAX_STREAMS streams per connection. Upstream subscriptions start with the first subscriber of a market's
-feed and stop after its last one left; a broken one is re-opened after a second.
+Fan-out: a message is serialized and framed once per kind (raw, combined), not per connection; what is
+published in one turn of the event loop is flushed together (flushes at least FLUSH_INTERVAL_S apart),
+each connection getting one transport write of the frames of its streams, joined once per set of
+subscriptions, with no task or await per connection and message (Feeds.flush, Connection.send_frame).
+Depth diffs are computed once per market and period, for every subscriber.
+
+Bounded: while a connection's socket holds more than WRITE_HIGH_WATER bytes, its messages wait in its
+backlog, at most `ws_buffer` of them; one more means a slow consumer, which is closed (code 1008, reason
+"slow consumer: ...") without slowing anyone else; at most MAX_STREAMS streams per connection.
+Upstream subscriptions start with the first subscriber of a market's feed and stop after its last one
+left; a broken one is re-opened after a second.
 """
 
 from __future__ import annotations
@@ -58,7 +65,9 @@ DEPTH_PERIODS_MS = {"depth": 1000, "depth@100ms": 100}
 READY_TIMEOUT_S = 10.0
 
 
-WRITE_HIGH_WATER = 256 * 1024  # bytes in a connection's socket buffer before its writer waits
+WRITE_HIGH_WATER = 256 * 1024  # bytes in a connection's socket buffer before its messages wait
+BACKLOG_POLL_S = 0.005
+FLUSH_INTERVAL_S = 0.005  # between two fan-out flushes: at most 200 writes/s per connection
 
 
 def text_frame(text: str) -> bytes:
@@ -75,24 +84,24 @@ def text_frame(text: str) -> bytes:
     return header + data
 
 
-def frame_text(frame: bytes) -> str:
-    """The text of a frame made by text_frame."""
-    n = frame[1] & 0x7F
-    return frame[2 if n < 126 else 4 if n == 126 else 10 :].decode()
-
-
 class Connection:
-    """A WebSocket connection's bounded queue of messages and the task that writes them: a message is
-    a frame built once (services.gateway.ws.text_frame) and written with whatever else is queued in one
-    transport write; more than `buffer` waiting and the connection is dropped as a slow consumer."""
+    """A WebSocket connection's writes: a message is a frame built once (text_frame) and written straight
+    to the connection's transport, without a task or an await per message, while the socket keeps up.
+    Once more than WRITE_HIGH_WATER bytes wait in the socket buffer (or before the socket is open), the
+    frames wait in the connection's backlog, which its writer task (`writer()`) writes out as the socket
+    drains; more than `buffer` messages waiting there and the connection is dropped as a slow consumer."""
 
     def __init__(self, ws: web.WebSocketResponse, *, combined: bool, buffer: int) -> None:
         self.ws = ws
         self.combined = combined
-        self.queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=buffer)
+        self.buffer = buffer
         self.streams: set[str] = set()
         self.closed = False
         self.dropped_reason = ""
+        self.backlog: list[bytes] = []
+        self.backlog_messages = 0
+        self._backlogged = asyncio.Event()
+        self._transport: Any = None
 
     def offer(self, stream: str, payload: dict[str, Any]) -> None:
         if self.closed:
@@ -104,39 +113,55 @@ class Connection:
         if not self.closed:
             self.send_frame(text_frame(json.dumps(data, separators=(",", ":"))))
 
-    def send_frame(self, frame: bytes) -> None:
+    def transport(self) -> Any:
+        """The socket's transport once the WebSocket is open (aiohttp's WebSocketWriter holds it)."""
+        if self._transport is None:
+            writer = getattr(self.ws, "_writer", None)
+            self._transport = getattr(writer, "transport", None)
+        return self._transport
+
+    def send_frame(self, frame: bytes, messages: int = 1) -> None:
+        """Write `frame` (whole frames: `messages` of them) now, or keep it in the backlog."""
         if self.closed:
             return
-        try:
-            self.queue.put_nowait(frame)
-        except asyncio.QueueFull:
-            self.drop(f"slow consumer: more than {self.queue.maxsize} messages waiting")
+        if not self.backlog:
+            transport = self._transport or self.transport()
+            if transport is not None and transport.get_write_buffer_size() <= WRITE_HIGH_WATER:
+                if not transport.is_closing():
+                    transport.write(frame)
+                return  # a closing socket takes nothing more (nothing after a close frame)
+        self.backlog.append(frame)
+        self.backlog_messages += messages
+        if self.backlog_messages > self.buffer:
+            self.drop(f"slow consumer: more than {self.buffer} messages waiting")
+        else:
+            self._backlogged.set()
 
     def drop(self, reason: str, code: int = 1008) -> None:
         if not self.closed:
             self.closed = True
             self.dropped_reason = reason
+            self.backlog.clear()
+            self.backlog_messages = 0
             asyncio.get_running_loop().create_task(self.ws.close(code=code, message=reason[:120].encode()))
 
-    def _transport(self) -> Any:
-        writer = getattr(self.ws, "_writer", None)  # aiohttp's WebSocketWriter, once prepared
-        return getattr(writer, "transport", None)
-
     async def writer(self) -> None:
+        """Writes out the backlog as the socket drains (polled: a backlog is rare and short-lived)."""
         while not self.closed:
-            frame = await self.queue.get()
-            transport = self._transport()
-            if transport is None:  # not an aiohttp socket: its own API, a message at a time
-                await self.ws.send_str(frame_text(frame))
-                continue
-            if self.closed or self.ws.closed or transport.is_closing():
-                return  # nothing after a close frame
-            parts = [frame]
-            while not self.queue.empty():
-                parts.append(self.queue.get_nowait())
-            transport.write(b"".join(parts))
-            while transport.get_write_buffer_size() > WRITE_HIGH_WATER and not transport.is_closing():
-                await asyncio.sleep(0.005)  # the peer is behind: the queue fills meanwhile
+            await self._backlogged.wait()
+            while self.backlog and not self.closed:
+                transport = self.transport()
+                if transport is not None and transport.is_closing():
+                    self.backlog.clear()
+                    self.backlog_messages = 0
+                elif transport is not None and transport.get_write_buffer_size() <= WRITE_HIGH_WATER:
+                    data = b"".join(self.backlog)
+                    self.backlog.clear()
+                    self.backlog_messages = 0
+                    transport.write(data)
+                else:
+                    await asyncio.sleep(BACKLOG_POLL_S)
+            self._backlogged.clear()
 
 
 @dataclass
@@ -169,6 +194,9 @@ class Feeds:
         self.books: dict[str, DepthBook] = {}
         self.last_trade: dict[str, int] = {}
         self.connections: set[Connection] = set()
+        self._tick: list[tuple[str, dict[str, Any]]] = []  # published, not yet flushed
+        self._flush_scheduled = False
+        self._last_flush = 0.0
 
     # --- names -----------------------------------------------------------------------------------
 
@@ -243,22 +271,60 @@ class Feeds:
                 await t
 
     def publish(self, name: str, payload: dict[str, Any]) -> None:
-        """Each message is serialized once (raw and, for combined streams, wrapped), not per connection."""
-        subs = self.subscribers.get(name)
-        if not subs:
+        """Queue a message for the stream's subscribers: what is published in one turn of the event loop
+        goes out together at its end (flush), and flushes are at least FLUSH_INTERVAL_S apart, so that
+        under load each connection gets fewer, larger writes (and its client fewer wakeups)."""
+        if name not in self.subscribers:
             return
-        raw = combined = b""
-        for conn in list(subs):
-            if conn.combined:
-                if not combined:
-                    combined = text_frame(
-                        json.dumps({"stream": name, "data": payload}, separators=(",", ":"))
-                    )
-                conn.send_frame(combined)
+        self._tick.append((name, payload))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop = asyncio.get_running_loop()
+            wait = self._last_flush + FLUSH_INTERVAL_S - loop.time()
+            if wait > 0:
+                loop.call_later(wait, self.flush)
             else:
-                if not raw:
-                    raw = text_frame(json.dumps(payload, separators=(",", ":")))
-                conn.send_frame(raw)
+                loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Write what was published since the last flush. Each message is serialized and framed once
+        (raw and, for combined streams, wrapped); the frames a connection gets are joined once per set of
+        messages and kind, so connections with the same subscriptions share the bytes, and each connection
+        gets one write (Connection.send_frame) for all of them, in publishing order."""
+        self._flush_scheduled = False
+        self._last_flush = asyncio.get_running_loop().time()
+        tick, self._tick = self._tick, []
+        if not tick:
+            return
+        frames: dict[tuple[int, bool], bytes] = {}
+
+        def frame(i: int, combined: bool) -> bytes:
+            f = frames.get((i, combined))
+            if f is None:
+                name, payload = tick[i]
+                data = {"stream": name, "data": payload} if combined else payload
+                f = frames[(i, combined)] = text_frame(json.dumps(data, separators=(",", ":")))
+            return f
+
+        if len(tick) == 1:
+            for conn in list(self.subscribers.get(tick[0][0], ())):
+                conn.send_frame(frame(0, conn.combined))
+            return
+        per_conn: dict[Connection, list[int]] = {}
+        for i, (name, _) in enumerate(tick):
+            for conn in self.subscribers.get(name, ()):
+                got = per_conn.get(conn)
+                if got is None:
+                    per_conn[conn] = [i]
+                else:
+                    got.append(i)
+        joined: dict[tuple[bool, tuple[int, ...]], bytes] = {}
+        for conn, indices in per_conn.items():
+            key = (conn.combined, tuple(indices))
+            data = joined.get(key)
+            if data is None:
+                data = joined[key] = b"".join([frame(i, conn.combined) for i in indices])
+            conn.send_frame(data, len(indices))
 
     # --- upstreams -------------------------------------------------------------------------------
 
@@ -509,24 +575,26 @@ async def serve(
 
 
 async def handle(conn: Connection, feeds: Feeds, text: str) -> None:
+    def answer(data: Any) -> None:
+        feeds.flush()  # what was published before the answer goes out before it
+        conn.send_json(data)
+
     try:
         msg = json.loads(text)
     except ValueError:
-        conn.send_json(_error(2, "Invalid JSON", None))
+        answer(_error(2, "Invalid JSON", None))
         return
     if not isinstance(msg, dict):
-        conn.send_json(_error(2, "Invalid request", None))
+        answer(_error(2, "Invalid request", None))
         return
     request_id = msg.get("id")
     method = msg.get("method")
     params = msg.get("params", [])
     if method == "LIST_SUBSCRIPTIONS":
-        conn.send_json({"result": sorted(conn.streams), "id": request_id})
+        answer({"result": sorted(conn.streams), "id": request_id})
         return
     if method not in ("SUBSCRIBE", "UNSUBSCRIBE") or not isinstance(params, list):
-        conn.send_json(
-            _error(1, "Invalid request: method SUBSCRIBE, UNSUBSCRIBE or LIST_SUBSCRIPTIONS", request_id)
-        )
+        answer(_error(1, "Invalid request: method SUBSCRIBE, UNSUBSCRIBE or LIST_SUBSCRIPTIONS", request_id))
         return
     try:
         for name in params:
@@ -537,9 +605,9 @@ async def handle(conn: Connection, feeds: Feeds, text: str) -> None:
             else:
                 feeds.unsubscribe(conn, name)
     except ValueError as exc:
-        conn.send_json(_error(2, str(exc), request_id))
+        answer(_error(2, str(exc), request_id))
         return
-    conn.send_json({"result": None, "id": request_id})
+    answer({"result": None, "id": request_id})
 
 
 def routes(feeds: Feeds, buffer: int) -> list[web.RouteDef]:
