@@ -21,6 +21,8 @@
     exchange subaccount open 1 grid-btc | subaccount list 1    user 1's sub-accounts (ids from 2^62)
     exchange transfer 1 SUB_ID USDT 500 [--id t1]     user 1 <-> its sub-account (idempotent by --id)
     exchange token [admin]                            a bearer token for other gRPC clients
+    exchange cluster move-pair BTC_USDT --to matching-1   move a pair's book to another shard, live
+    exchange cluster add-shard matching-2 | cluster pairs    register a shard; where each pair trades
 
 A market symbol is always a positional argument (BTC_USDT); the order type is --type limit|market.
 Amounts and prices are decimals ("0.015"); output shows decimals with their asset symbol.
@@ -801,6 +803,7 @@ def build_parser() -> argparse.ArgumentParser:
     _sub_account_commands(cmd, common)
     _apikey_commands(cmd, common)
     _quantizer_commands(cmd, common)
+    _cluster_cli().add_commands(cmd, common)
     p = cmd(
         "token",
         "print a principal's bearer token from the credentials file (for grpc tools such as buf curl)",
@@ -1422,7 +1425,10 @@ def cmd_depth(c: Client, args: argparse.Namespace) -> int:
         known = ", ".join(sorted(c.config.catalog.markets))
         raise CliError(f"unknown market {args.market!r}; markets are {known}")
     req = mpb.GetDepthRequest(market=args.market, limit=args.limit, merge=args.merge)
-    resp = c.run(c.matching(spec.shard).get_depth(req))
+    # The shard that trades it now (accounts routes it; a market may have moved since the config).
+    listed = c.run(c.accounts.list_markets()).markets
+    shard = next((m.shard for m in listed if m.symbol == args.market and m.shard), spec.shard)
+    resp = c.run(c.matching(shard).get_depth(req))
     if args.json:
         out(_json(resp))
         return EXIT_OK
@@ -1622,6 +1628,7 @@ COMMANDS: dict[str, Callable[[Client, argparse.Namespace], int]] = {
     "transfer": cmd_transfer,
     "apikey": cmd_apikey,
     "strategy": lambda c, args: _quantizer_cli().cmd_strategy(c, args),
+    "cluster": lambda c, args: _cluster_cli().cmd_cluster(c, args, out),
     "backtest": lambda c, args: _quantizer_cli().cmd_backtest(c, args),
 }
 
@@ -1631,6 +1638,13 @@ def _quantizer_commands(
 ) -> None:
     """`strategy ...` and `backtest ...` (issue 10): defined in services/quantizer/cli.py."""
     _quantizer_cli().add_commands(cmd, common)
+
+
+def _cluster_cli() -> Any:
+    """`cluster move-pair|add-shard|pairs` (issue 11): defined in services/cluster/operator.py."""
+    from services.cluster import operator
+
+    return operator
 
 
 def _quantizer_cli() -> Any:

@@ -67,7 +67,10 @@ class Cluster:
         with_exporter: bool = False,
         exporter_options: dict[str, Any] | None = None,
         accounts_shards: int = 1,
+        service_args: dict[str, list[str]] | None = None,
     ) -> None:
+        """service_args: extra command-line arguments per service name (say matching in cluster mode:
+        `{"matching-0": ["--zk", ..., "--nats", ..., "--member", "a"]}`)."""
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
         shards = shards or {"matching-0": []}
@@ -100,6 +103,8 @@ class Cluster:
         if with_exporter:  # services.exporter: event export to JetStream / Kafka (exporter_options)
             self.addresses["exporter"] = f"127.0.0.1:{free_port()}"
             self.services.append(("exporter", ["services.exporter"]))
+        for name, extra in (service_args or {}).items():
+            self.services = [(n, [*a, *extra] if n == name else a) for n, a in self.services]
         lines = ['data_dir = "data"', ""]
         lines.append("[security]")
         lines.append(f'transport = "{transport}"')

@@ -9,6 +9,7 @@ Import the fixtures into a test module: `from tests.cluster_fixtures import nats
 from __future__ import annotations
 
 import os
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +21,12 @@ from services.cluster.servers import NatsCluster, ServerMissing, ZooKeeper, port
 LOCAL_NATS = "nats://127.0.0.1:4222"
 R3_PORT = 14301  # client ports 14301-14303, routes 16301-16303
 ZK_PORT = 22181
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def unavailable(why: str) -> None:
@@ -65,8 +72,11 @@ def nats_r3() -> Iterator[NatsCluster]:
 @pytest.fixture(scope="session")
 def zookeeper() -> Iterator[ZooKeeper]:
     base = Path(tempfile.mkdtemp(prefix="zk-"))
+    # Another test session's server on the usual port would pass for ours (start() waits until the
+    # port serves) and stop under us when that session ends: then take a free port.
+    port = ZK_PORT if not port_open(ZK_PORT) else free_port()
     try:
-        zk = ZooKeeper(base, nodes=1, port=ZK_PORT, peer_port=22888, election_port=23888)
+        zk = ZooKeeper(base, nodes=1, port=port, peer_port=22888, election_port=23888)
         zk.start()
     except (ServerMissing, TimeoutError, OSError) as exc:
         unavailable(f"ZooKeeper could not be started: {exc}")

@@ -3,22 +3,41 @@
 With `[accounts] shards = N` in the config, one process per shard (`--shard accounts-0` ..
 `accounts-<N-1>`, the launcher passes it): each owns the users with user_id mod N == i, forwards to
 every matching shard as source accounts-<i> and settles its own users' side of every matching shard's
-events (services.accounts.ledger, "Accounts sharded by user")."""
+events (services.accounts.ledger, "Accounts sharded by user").
+
+With --zk and --nats: cluster mode, one replica of the accounts shard (leader or hot follower, see
+services.accounts.replica); --member names it, --listen / --advertise / --data-dir set its own
+address and directory (several replicas of one shard on one machine)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
+from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 
 from exchange.v1 import accounts_service_pb2
 
 from services.accounts.links import Forwarder, SettlementFeed, own_events
 from services.accounts.machine import CODEC, AccountsMachine
+from services.accounts.replica import AccountsReplicaServicer, MatchingLeaders
 from services.accounts.service import AccountsServicer, outbox_hook
-from services.clients.resolver import config_addresses
+from services.clients.channels import Connection
+from services.clients.resolver import accounts_name, config_addresses
+from services.cluster.replica import (
+    Replica,
+    add_cluster_arguments,
+    check_cluster_arguments,
+    cluster_options,
+    follow_stream,
+    metrics_address,
+    replica_journals,
+)
 from services.common.config import load_config
+from services.common.errors import NotFound, Reason
 from services.common.failstop import FailStop
 from services.common.host import HostOptions, StateMachineHost
 from services.common.logs import setup_logging
@@ -45,7 +64,9 @@ def main() -> None:
         default="",
         help="accounts sharded by user: which shard to run (accounts-<i>; default: the first)",
     )
+    add_cluster_arguments(ap, "the accounts shard's")
     args = ap.parse_args()
+    check_cluster_arguments(ap, args)
     config = load_config(args.config)
     acfg = config.accounts_shard(args.shard or 0)
     configure(process_security(config, acfg.source))
@@ -53,10 +74,16 @@ def main() -> None:
     failstop = FailStop(acfg.source)
 
     async def run(stop: asyncio.Event) -> None:
+        cluster = bool(args.zk)
+        listen = (args.listen or acfg.listen) if cluster else acfg.listen
+        election = accounts_name(acfg.index)  # cluster mode: the name clients resolve (ZooKeeper)
+        directory = Path(args.data_dir) if cluster and args.data_dir else config.service_dir(acfg.source)
+        options = cluster_options(args, listen) if cluster else None
         forwarders: dict[str, Forwarder] = {}
+        stream, journals = replica_journals(options, acfg.source, directory) if options else (None, None)
         host: StateMachineHost[object, AccountsMachine] = StateMachineHost(
             acfg.source,
-            config.service_dir(acfg.source),
+            directory,
             restore=lambda data: AccountsMachine.restore(
                 config.catalog, acfg.source, data, shard=acfg.index, shards=acfg.shards
             ),
@@ -67,24 +94,81 @@ def main() -> None:
                 max_batch=acfg.max_batch,
                 accept_snapshot_beyond_journal=args.accept_snapshot_beyond_journal,
             ),
-            retention_floor=lambda: min((f.acked for f in forwarders.values()), default=0),
+            # Cluster mode: the command journal is the shard's stream (shared, never pruned: a new
+            # leader's forwarders resend from it); the event log is this replica's.
+            journals=journals,
+            retention_floor=(
+                (lambda: 0) if cluster else lambda: min((f.acked for f in forwarders.values()), default=0)
+            ),
         )
-        await host.start()
+        if stream is not None:
+            await follow_stream(host, stream)
+        else:
+            await host.start()
         failstop.arm(host, stop)
         where = config_addresses(config)  # the shards' advertise addresses
+        # Cluster mode: the links dial each matching shard's leader (ZooKeeper), else its address.
+        leaders = await asyncio.to_thread(MatchingLeaders, options, where) if options else None
+
+        def forward_to(name: str, address: str) -> str | Callable[[], str]:
+            return address if leaders is None else leaders.forwarder_address(name, address)
+
+        def settle_from(name: str, address: str) -> str | Connection:
+            return address if leaders is None else leaders.feed_connection(name, address)
+
         for name in config.shards:
-            forwarders[name] = Forwarder(name, where[name], host, acfg.source, config.catalog)
-        host.on_effects.append(outbox_hook(forwarders))
+            forwarders[name] = Forwarder(
+                name, forward_to(name, where[name]), host, acfg.source, config.catalog
+            )
+        host.on_effects.append(outbox_hook(forwarders))  # a follower has no effects: never called
         # Accounts sharded by user: each shard journals only its own users' events of every matching shard.
         owns = own_events(acfg.source, acfg.index, acfg.shards) if acfg.shards > 1 else None
-        feeds = [
-            SettlementFeed(name, where[name], host, partial(settled_of, host, name), owns=owns)
-            for name in config.shards
-        ]
-        servicer = AccountsServicer(host, config.catalog, acfg, forwarders)  # type: ignore[arg-type]
+        feeds: list[SettlementFeed] = []
+        tasks: list[asyncio.Task[None]] = []
+
+        linked: list[bool] = []  # [True] once the links run
+
+        def link_shard(name: str) -> None:
+            """A matching shard a market moved to that is not linked yet (added while running,
+            services.cluster.operator): its address from the configuration file as it is now."""
+            if name in forwarders:
+                return
+            address = where.get(name) or config_addresses(load_config(args.config)).get(name)
+            if not address:
+                raise NotFound(f"no matching shard {name!r} in {args.config}", Reason.MARKET_NOT_ON_SHARD)
+            where[name] = address
+            forwarders[name] = fwd = Forwarder(
+                name, forward_to(name, address), host, acfg.source, config.catalog
+            )
+            if linked:
+                feed = SettlementFeed(
+                    name, settle_from(name, address), host, partial(settled_of, host, name), owns=owns
+                )
+                feeds.append(feed)
+                tasks.extend((asyncio.create_task(fwd.run()), asyncio.create_task(feed.run())))
+            log.info("matching shard linked", extra={"shard": name, "address": address})
+
+        def links() -> None:
+            """The outbound links, a leader's only (on the loop: at the start, or once promoted), from
+            the state's checkpoints: what each shard applied of this source, what was settled."""
+            for name in sorted(set(host.machine.routes.values()) - set(forwarders)):
+                link_shard(name)  # a shard markets moved to since the configuration was read
+            feeds.extend(
+                SettlementFeed(
+                    name, settle_from(name, where[name]), host, partial(settled_of, host, name), owns=owns
+                )
+                for name in forwarders
+            )
+            tasks.extend(asyncio.create_task(f.run()) for f in forwarders.values())
+            tasks.extend(asyncio.create_task(f.run()) for f in feeds)
+            linked.append(True)
+
+        servicer_type = AccountsReplicaServicer if cluster else AccountsServicer
+        servicer = servicer_type(host, config.catalog, acfg, forwarders)  # type: ignore[arg-type]
+        servicer.link_shard = link_shard
         service = accounts_service_pb2.DESCRIPTOR.services_by_name["AccountsService"]
         server = await start_server(
-            acfg.listen,
+            listen,
             [
                 (
                     lambda s, srv: register_service(
@@ -96,19 +180,31 @@ def main() -> None:
             [service.full_name],
         )
         failstop.set_server(server)
-        start_metrics(acfg.metrics_listen)
-        tasks = [asyncio.create_task(f.run()) for f in forwarders.values()]
-        tasks += [asyncio.create_task(f.run()) for f in feeds]
+        replica: Replica | None = None
+        if options is None:
+            start_metrics(acfg.metrics_listen)
+            links()
+        else:
+            start_metrics(metrics_address(args, acfg.metrics_listen))
+            replica = Replica(election, host, options, asyncio.get_running_loop(), on_leading=links)
+            await asyncio.to_thread(replica.start)
         log.info(
-            "accounts ready",
+            "accounts replica ready" if options else "accounts ready",
             extra={
                 "port": server.port,
                 "shards": ",".join(config.shards),
                 "users": f"user_id mod {acfg.shards} == {acfg.index}",
+                **(
+                    {"member": options.member, "advertise": options.advertise, "election": election}
+                    if options
+                    else {}
+                ),
             },
         )
         await stop.wait()
         log.info("stopping")
+        if replica is not None:
+            await asyncio.to_thread(replica.stop)
         await server.stop(grace=1.0)
         for f in forwarders.values():
             f.stop()
@@ -117,6 +213,11 @@ def main() -> None:
         for t in tasks:
             t.cancel()
         await host.stop()
+        if leaders is not None:
+            await asyncio.to_thread(leaders.close)
+        if stream is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(stream.close)
         log.info("stopped", extra={"applied_seq": host.machine.applied_seq})
 
     run_until_signal(run)

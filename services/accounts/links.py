@@ -59,13 +59,14 @@ class Forwarder:
     def __init__(
         self,
         shard: str,
-        address: str,
+        address: str | Callable[[], str],
         host: StateMachineHost[Any, Any],
         source: str,
         catalog: MarketCatalog,
     ) -> None:
         self.shard = shard
-        self.address = address
+        # The shard's address, or what tells it at each session (cluster mode: the shard's leader).
+        self._address = address
         self.host = host
         self.source = source
         self.catalog = catalog
@@ -76,6 +77,11 @@ class Forwarder:
         self.connected = False
         self._more = asyncio.Event()
         self._stop = False
+
+    @property
+    def address(self) -> str:
+        a = self._address
+        return a() if callable(a) else a
 
     @property
     def lag(self) -> int:

@@ -34,6 +34,18 @@ repeated (owner, label) or (owner, transfer_id) answers the original result and 
 Settlement quarantine: see services.accounts.ledger. Quarantined events are reported as QuarantineReport
 effects (logged by the service once durable); the settle command is journaled and advances the shard's
 settled sequence as usual.
+
+Moving a market (route_market, services.matching.handover has the protocol): the machine keeps where it
+sends each market (`routes`, the configuration's shard unless a move changed it) and the markets halted
+for a move (`halted`): their orders, cancels and amends, and a cancel-all touching them, are refused
+(UNAVAILABLE, MARKET_MOVING: retryable, nothing changes) and the halt is forwarded in the old shard's
+chain (HaltMarketCommand). The switch to the new shard waits (refused, retryable) until the old shard's
+events up to the export are settled. A forwarded command's shard is the one its forward link names, so
+the outbox rebuilt from the journal goes where it went, whatever the routes are now.
+
+Adding a market while running (add_market): its spec is journaled and put into the catalog (`added`,
+part of the state: a restart puts it there again before the ledger is restored); a spec the
+configuration already has (the operator added it to the file too) is taken as it is.
 """
 
 from __future__ import annotations
@@ -43,6 +55,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from exchange.v1 import events_pb2 as ev
+from exchange.v1 import types_pb2
 
 from services.accounts.convert import EventSink, command_from_proto, is_reservation, place_from_proto
 from services.accounts.ledger import AccountOrder, AdjustResult, Ledger
@@ -59,9 +72,17 @@ from services.accounts.model import (
 )
 from services.accounts.subaccounts import OpenResult, TransferResult
 from services.common.codec import stamped_codec
-from services.common.errors import FailedPrecondition, InvalidArgument, Reason
-from services.common.markets import MarketCatalog
+from services.common.errors import (
+    ExchangeError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Reason,
+    Unavailable,
+)
+from services.common.markets import MarketCatalog, MarketSpec
 from services.common.snapshot_codec import dumps_plain, loads_plain
+from services.common.spec_codec import spec_from_message
 from services.common.statemachine import CodecSpec, Outcome
 from services.common.values import value
 from services.matching import model as matching
@@ -103,6 +124,32 @@ class CancelAllResult:
 
 
 @value
+class AddMarketResult:
+    spec: MarketSpec
+    seq: int
+
+
+@value
+class RouteResult:
+    """RouteMarket's answer; seq is 0 when nothing changed."""
+
+    market: str
+    shard: str
+    halted: bool
+    seq: int
+
+
+MOVE_RETRY_MS = 200
+HALT_MARKET = BODY_FIELDS["halt_market"]
+
+
+def market_moving(market: str, why: str) -> Unavailable:
+    return Unavailable(
+        f"market {market} {why}; retry shortly", MOVE_RETRY_MS, Reason.MARKET_MOVING, {"market": market}
+    )
+
+
+@value
 class QuarantineReport:
     """A matching event that was not settled (an effect of the settle command, for the log)."""
 
@@ -134,6 +181,21 @@ def _journaled_previous(links: Any, shard: str) -> int:
     return 0
 
 
+def add_to_catalog(catalog: MarketCatalog, spec: MarketSpec) -> None:
+    """Put a market added while running into the process's catalog (shared by the ledger, the
+    servicer and the views, so each sees it at once)."""
+    markets = catalog.markets
+    if not isinstance(markets, dict):
+        raise TypeError("the catalog's markets cannot take a market")
+    markets[spec.symbol] = spec
+
+
+def _journaled_shard(links: Any, default: str) -> str:
+    """The shard a journaled command was forwarded to (its forward link); `default` for a journal
+    written before the links."""
+    return str(links[0].shard) if len(links) and links[0].shard else default
+
+
 def outbox_commands(
     source: str,
     seq: int,
@@ -151,15 +213,21 @@ def outbox_commands(
     links = cmd.forward_links
     if kind == "place_order":  # the hot path
         order = cmd.place_order.order
-        shard = catalog.markets[order.market].shard
-        previous = previous_of[shard] if previous_of is not None else _journaled_previous(links, shard)
+        if previous_of is not None:
+            shard, previous = next(iter(previous_of.items()))
+        else:
+            shard = _journaled_shard(links, catalog.markets[order.market].shard)
+            previous = _journaled_previous(links, shard)
         return [(seq, shard, encode_command(source, seq, previous, PLACE_ORDER, order.SerializeToString()))]
     if kind == "amend_order":
         if is_reservation(cmd):
             return []
         a = cmd.amend_order
-        shard = catalog.markets[a.market].shard
-        previous = previous_of.get(shard, 0) if previous_of is not None else _journaled_previous(links, shard)
+        if previous_of is not None:
+            shard, previous = next(iter(previous_of.items()))
+        else:
+            shard = _journaled_shard(links, catalog.markets[a.market].shard)
+            previous = _journaled_previous(links, shard)
         out: list[tuple[int, str, bytes]] = []
         if a.new_amount_lots:
             rseq = seq - 1 if a.new_price_ticks else seq
@@ -170,15 +238,28 @@ def outbox_commands(
             move = matching.MoveOrder(a.order_id, a.user_id, a.market, a.new_price_ticks)
             out.append((seq, shard, command_bytes(source, seq, previous, move)))
         return out
+    if kind == "route_market":
+        r = cmd.route_market
+        if not len(links):
+            return []  # a switch to the new shard forwards nothing
+        shard = str(links[0].shard)
+        previous = previous_of[shard] if previous_of is not None else int(links[0].previous_sequence)
+        halt = ev.HaltMarketCommand(market=r.market, resume=not r.halted).SerializeToString()
+        return [(seq, shard, encode_command(source, seq, previous, HALT_MARKET, halt))]
     field = _FORWARDED.get(kind or "")
     if field is None:
         return []
     body: Any = getattr(cmd, kind or "")
     data = body.SerializeToString()
     market = body.market
-    shards = (
-        catalog.shards if kind == "cancel_all_orders" and not market else (catalog.markets[market].shard,)
-    )
+    if previous_of is not None:
+        shards: tuple[str, ...] = tuple(previous_of)
+    elif len(links):
+        shards = tuple(str(link.shard) for link in links)
+    else:
+        shards = (
+            catalog.shards if kind == "cancel_all_orders" and not market else (catalog.markets[market].shard,)
+        )
     if previous_of is not None:
         return [
             (seq, shard, encode_command(source, seq, previous_of.get(shard, 0), field, data))
@@ -206,6 +287,36 @@ class AccountsMachine:
         # Per matching shard: the sequence of the last command forwarded there (the next one's
         # previous_sequence).
         self.forwarded: dict[str, int] = dict(forwarded or {})
+        # Moving markets (see the module docstring): market -> shard where a move put it; market ->
+        # the shard it is halted on.
+        self.routes: dict[str, str] = {}
+        self.halted: dict[str, str] = {}
+        # Markets added while running: market -> its spec (serialized exchange.v1.MarketSpec).
+        self.added: dict[str, bytes] = {}
+
+    def shard_of(self, market: str) -> str:
+        """The matching shard this accounts shard sends `market`'s commands to."""
+        shard = self.routes.get(market)
+        return shard if shard is not None else self.ledger.catalog.markets[market].shard
+
+    def all_shards(self) -> tuple[str, ...]:
+        """Every matching shard owning a market (a cancel-all of every market goes to each)."""
+        if not self.routes and not self.added:
+            return self.ledger.catalog.shards
+        return tuple(sorted({self.shard_of(m) for m in self.ledger.catalog.markets}))
+
+    def _check_moving(self, user: int, order_id: int, client_order_id: str, market: str) -> None:
+        """Refuse (retryably) a command for an order on a market halted for a move (changes nothing)."""
+        if market:
+            if market in self.halted:
+                raise market_moving(market, "is moving to another matching shard")
+            return
+        try:
+            order = self.ledger.lookup(user, order_id, client_order_id)
+        except ExchangeError:
+            return  # the command's own checks answer
+        if order.market in self.halted:
+            raise market_moving(order.market, "is moving to another matching shard")
 
     @property
     def applied_seq(self) -> int:
@@ -219,7 +330,13 @@ class AccountsMachine:
         kind = record.WhichOneof("command")
         if kind == "place_order":
             return self._place(seq, time_us, record)
+        if kind == "route_market":
+            return self._route(seq, record)
+        if kind == "add_market":
+            return self._add_market(seq, record)
         cmd = command_from_proto(record, self.source)
+        if self.halted and not isinstance(cmd, (SettleEvents, AdjustBalance, Transfer, OpenSubAccount)):
+            self._check_halted(cmd)
         led = self.ledger
         catalog = led.catalog
         sink = EventSink(self.source, self._event_seq + 1, time_us)
@@ -243,18 +360,18 @@ class AccountsMachine:
             order, first = led.request_cancel(cmd)
             if not first:
                 return Outcome(result=order, journal=False)
-            shards = (catalog.markets[order.market].shard,)
+            shards = (self.shard_of(order.market),)
             result = order
         elif isinstance(cmd, CancelAllOrders):
             _, count = led.cancel_all_shards(cmd)
             if count == 0:
                 return Outcome(result=CancelAllResult(0), journal=False)
-            shards = (catalog.markets[cmd.market].shard,) if cmd.market else catalog.shards
+            shards = (self.shard_of(cmd.market),) if cmd.market else self.all_shards()
             result = CancelAllResult(count)
         elif isinstance(cmd, AmendOrder):
             plan = led.plan_amend(cmd)
             order = plan.order
-            shard = catalog.markets[order.market].shard
+            shard = self.shard_of(order.market)
             both = bool(cmd.new_price and cmd.new_amount)
             if cmd.reservation:
                 if not both:
@@ -272,10 +389,10 @@ class AccountsMachine:
             shards = (shard,)
         elif isinstance(cmd, ReduceOrder):
             order = result = led.request_reduce(cmd)
-            shards = (catalog.markets[order.market].shard,)
+            shards = (self.shard_of(order.market),)
         elif isinstance(cmd, MoveOrder):
             order = result = led.request_move(cmd, seq, sink)
-            shards = (catalog.markets[order.market].shard,)
+            shards = (self.shard_of(order.market),)
         elif isinstance(cmd, Transfer):
             moved = led.transfer(cmd, seq, sink)
             if moved.duplicate:
@@ -304,11 +421,13 @@ class AccountsMachine:
         placed = record.place_order
         o = placed.order
         led = self.ledger
+        if self.halted and o.market in self.halted:
+            raise market_moving(o.market, "is moving to another matching shard")
         sink = EventSink(self.source, self._event_seq + 1, time_us)
         order, duplicate = led.place(place_from_proto(o, placed.client_order_id), time_us, sink)
         if duplicate:
             return Outcome(result=PlaceResult(order, True), journal=False)
-        shard = led.catalog.markets[order.market].shard
+        shard = self.shard_of(order.market) if self.routes else led.catalog.markets[order.market].shard
         previous = self._complete(seq, record, o, order, (shard,))[shard]
         self._applied_seq = seq
         self._event_seq = sink.next_seq - 1
@@ -319,6 +438,89 @@ class AccountsMachine:
             keys=sink.users,
             effects=[(seq, shard, forward)],
         )
+
+    def _check_halted(self, cmd: Any) -> None:
+        if isinstance(cmd, CancelAllOrders):
+            if cmd.market:
+                self._check_moving(cmd.user_id, 0, "", cmd.market)
+                return
+            for o in self.ledger.user_orders.get(cmd.user_id, {}).values():
+                if o.market in self.halted:
+                    raise market_moving(o.market, "is moving to another matching shard")
+            return
+        market = getattr(cmd, "market", "")
+        self._check_moving(cmd.user_id, cmd.order_id, cmd.client_order_id, market)
+
+    # --- moving a market -------------------------------------------------------------------------
+
+    def _route(self, seq: int, record: ev.AccountsCommand) -> Outcome:
+        r = record.route_market
+        market = r.market
+        if market not in self.ledger.catalog.markets:
+            raise NotFound(f"unknown market {market!r}", Reason.UNKNOWN_MARKET)
+        current = self.shard_of(market)
+        halted = market in self.halted
+        target = r.shard or current
+        effects: list[Any] = []
+        if r.halted:
+            if target != current:
+                raise FailedPrecondition(
+                    f"{market} is on {current}, not on {target}",
+                    Reason.MARKET_NOT_ON_SHARD,
+                    {"shard": current},
+                )
+            if halted:
+                return Outcome(result=RouteResult(market, current, True, 0), journal=False)
+            self.halted[market] = current
+            effects = outbox_commands(
+                self.source, seq, record, self.ledger.catalog, self._link(seq, record, (current,))
+            )
+        elif target == current:  # lift the halt (the move was abandoned), or already there
+            if not halted:
+                return Outcome(result=RouteResult(market, current, False, 0), journal=False)
+            del self.halted[market]
+            effects = outbox_commands(
+                self.source, seq, record, self.ledger.catalog, self._link(seq, record, (current,))
+            )
+        else:  # the switch to the shard that took the book over
+            if r.from_shard and r.from_shard != current:
+                raise FailedPrecondition(
+                    f"{market} is on {current}, not on {r.from_shard}",
+                    Reason.MARKET_NOT_ON_SHARD,
+                    {"shard": current},
+                )
+            if not halted:
+                raise FailedPrecondition(f"{market} must be halted before it moves", Reason.MARKET_MOVING)
+            settled = self.ledger.settled.get(current, 0)
+            if settled < r.after_sequence:
+                raise market_moving(
+                    market, f"waits for {current}'s events up to {r.after_sequence} (settled {settled})"
+                )
+            del self.halted[market]
+            self.routes[market] = target
+            if target == self.ledger.catalog.markets[market].shard:
+                del self.routes[market]
+        self._applied_seq = seq
+        return Outcome(result=RouteResult(market, target, bool(r.halted), seq), effects=effects)
+
+    def _add_market(self, seq: int, record: ev.AccountsCommand) -> Outcome:
+        m = record.add_market.spec
+        data = m.SerializeToString(deterministic=True)
+        catalog = self.ledger.catalog
+        if m.symbol in self.added:
+            if self.added[m.symbol] != data:
+                raise FailedPrecondition(
+                    f"market {m.symbol} was added with another spec", Reason.INVALID_FIELD
+                )
+            return Outcome(result=AddMarketResult(catalog.markets[m.symbol], 0), journal=False)
+        spec = spec_from_message(m, catalog.assets)
+        known = catalog.markets.get(spec.symbol)
+        if known is not None and known != spec:
+            raise FailedPrecondition(f"market {m.symbol} exists with another spec", Reason.INVALID_FIELD)
+        add_to_catalog(catalog, spec)
+        self.added[spec.symbol] = data
+        self._applied_seq = seq
+        return Outcome(result=AddMarketResult(spec, seq))
 
     # --- the boundary: what the journal keeps ---------------------------------------------------
 
@@ -372,6 +574,9 @@ class AccountsMachine:
                 "applied_seq": self._applied_seq,
                 "event_seq": self._event_seq,
                 "forwarded": sorted(self.forwarded.items()),
+                "routes": sorted(self.routes.items()),
+                "halted": sorted(self.halted.items()),
+                "added": sorted(self.added.items()),
                 "ledger": self.ledger.snapshot(),
             }
         )
@@ -393,16 +598,30 @@ class AccountsMachine:
         state: Mapping[str, Any] = loads_plain(data)
         if state.get("version") not in (1, MACHINE_SNAPSHOT_VERSION) or state.get("source") != source:
             raise ValueError("snapshot is not an accounts snapshot of this source")
+        added = {str(k): bytes(v) for k, v in state.get("added", ())}
+        for raw in added.values():  # markets added while running, back into the catalog first
+            spec = spec_from_message(types_pb2.MarketSpec.FromString(raw), catalog.assets)
+            if spec.symbol not in catalog.markets:
+                add_to_catalog(catalog, spec)
         ledger = Ledger.restore(
             catalog, state["ledger"], finished_keep=finished_keep, shard=shard, shards=shards
         )
         # Version 1 did not keep the forward chain: it starts empty again.
         forwarded = {str(k): int(v) for k, v in state.get("forwarded", ())}
-        return cls(ledger, source, int(state["applied_seq"]), int(state["event_seq"]), forwarded)
+        machine = cls(ledger, source, int(state["applied_seq"]), int(state["event_seq"]), forwarded)
+        machine.routes = {str(k): str(v) for k, v in state.get("routes", ())}
+        machine.halted = {str(k): str(v) for k, v in state.get("halted", ())}
+        machine.added = added
+        return machine
 
     def state_hash(self) -> str:
+        moves = (
+            (sorted(self.routes.items()), sorted(self.halted.items()), sorted(self.added.items()))
+            if self.routes or self.halted or self.added
+            else ()
+        )
         h = hashlib.sha256(
-            repr((self._applied_seq, self._event_seq, sorted(self.forwarded.items()))).encode()
+            repr((self._applied_seq, self._event_seq, sorted(self.forwarded.items()), *moves)).encode()
         )
         h.update(repr(self.ledger.snapshot()).encode())
         return h.hexdigest()

@@ -15,11 +15,13 @@ from exchange.v1 import types_pb2
 from services.accounts.links import Forwarder
 from services.accounts.machine import (
     AccountsMachine,
+    AddMarketResult,
     AdjustOutcome,
     CancelAllResult,
     OpenOutcome,
     PlaceResult,
     QuarantineReport,
+    RouteResult,
     TransferOutcome,
 )
 from services.accounts.user_events import UserEventHub
@@ -46,9 +48,9 @@ from services.accounts.views import (
     user_stream_request,
 )
 from services.common.config import AccountsConfig
-from services.common.errors import ExchangeError, InvalidArgument, NotFound, Reason, Unavailable
+from services.common.errors import ExchangeError, InvalidArgument, NotFound, Reason, Unavailable, quote
 from services.common.host import StateMachineHost
-from services.common.limits import check_ordinary_user
+from services.common.limits import MAX_SYMBOL, check_ordinary_user, check_str
 from services.common.markets import MarketCatalog
 from services.common.rpc import (
     bounded_message,
@@ -68,6 +70,9 @@ MAX_PLACED_HINTS = 100_000  # client_order_id -> market hints one SubmitOrders s
 
 
 class AccountsServicer:
+    # Links a matching shard added while running (services.accounts.__main__; None: only the configured).
+    link_shard: Callable[[str], None] | None = None
+
     def __init__(
         self,
         host: AccountsHost,
@@ -93,13 +98,13 @@ class AccountsServicer:
             self.ledger.check_owner(user)
 
     def _check_outbox(self, market: str) -> None:
-        spec = self.catalog.markets.get(market)
-        if spec is None:
+        if market not in self.catalog.markets:
             return
-        fwd = self.forwarders.get(spec.shard)
+        shard = self.host.machine.shard_of(market)
+        fwd = self.forwarders.get(shard)
         if fwd is not None and fwd.lag >= self.config.max_outbox_lag:
             raise Unavailable(
-                f"matching shard {spec.shard} is behind ({fwd.lag} commands); retry later",
+                f"matching shard {shard} is behind ({fwd.lag} commands); retry later",
                 500,
                 Reason.SHARD_BEHIND,
             )
@@ -116,7 +121,12 @@ class AccountsServicer:
 
     @handles_errors
     async def ListMarkets(self, request: pb.ListMarketsRequest, context: Any) -> pb.ListMarketsResponse:
-        return pb.ListMarketsResponse(markets=[market_spec_message(m) for m in self.catalog.markets.values()])
+        markets = [market_spec_message(m) for m in self.catalog.markets.values()]
+        machine = self.host.machine
+        if machine.routes:  # markets moved to another shard (services.cluster.operator)
+            for m in markets:
+                m.shard = machine.shard_of(m.symbol)
+        return pb.ListMarketsResponse(markets=markets)
 
     # --- balances ------------------------------------------------------------------------------
 
@@ -184,6 +194,44 @@ class AccountsServicer:
             duplicate=out.result.duplicate,
             sequence=r.sequence,
         )
+
+    # --- moving a market (services.cluster.operator) ---------------------------------------------
+
+    @handles_errors
+    async def RouteMarket(self, request: pb.RouteMarketRequest, context: Any) -> pb.RouteMarketResponse:
+        for name in ("market", "shard", "from_shard"):
+            check_str(getattr(request, name), name, MAX_SYMBOL)
+        if request.market not in self.catalog.markets:
+            raise NotFound(f"unknown market {quote(request.market)}", Reason.UNKNOWN_MARKET)
+        if request.shard and not request.halted and self.link_shard is not None:
+            self.link_shard(request.shard)  # a shard added while running: link it before routing there
+        cmd = ev.AccountsCommand()
+        r = cmd.route_market
+        r.market, r.shard, r.halted = request.market, request.shard, request.halted
+        r.from_shard, r.after_sequence = request.from_shard, request.after_sequence
+        out: RouteResult = await self.host.submit(cmd)
+        if out.seq:
+            log.info(
+                "market route",
+                extra={"market": out.market, "shard": out.shard, "halted": out.halted, "sequence": out.seq},
+            )
+        return pb.RouteMarketResponse(market=out.market, shard=out.shard, halted=out.halted, sequence=out.seq)
+
+    @handles_errors
+    async def AddMarket(self, request: pb.AddMarketRequest, context: Any) -> pb.AddMarketResponse:
+        check_str(request.spec.symbol, "symbol", MAX_SYMBOL)
+        check_str(request.spec.shard, "shard", MAX_SYMBOL)
+        if request.spec.shard and self.link_shard is not None:
+            self.link_shard(request.spec.shard)  # its shard may be new too
+        cmd = ev.AccountsCommand()
+        cmd.add_market.spec.CopyFrom(request.spec)
+        out: AddMarketResult = await self.host.submit(cmd)
+        if out.seq:
+            log.info(
+                "market added",
+                extra={"market": out.spec.symbol, "shard": out.spec.shard, "sequence": out.seq},
+            )
+        return pb.AddMarketResponse(spec=market_spec_message(out.spec), sequence=out.seq)
 
     # --- orders --------------------------------------------------------------------------------
 
@@ -395,6 +443,8 @@ class AccountsServicer:
             queue_depth=self.host.queue_depth,
             last_order_id=max(0, self.ledger.next_order_id - self.ledger.shards),
             quarantined_events=self.ledger.quarantined_total,
+            market_routes=dict(machine.routes),
+            halted_markets=sorted(machine.halted),
         )
         if request.with_audit:
             for asset, a in sorted(self.ledger.audit().items()):

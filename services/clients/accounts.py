@@ -4,7 +4,9 @@ Retried on UNAVAILABLE (see services.clients.retry): the reads; Deposit and With
 business_id (accounts applies one business id once); PlaceOrder when it carries a client_order_id (a
 repeat answers the same order, duplicate=True); OpenSubAccount (idempotent by owner and label) and
 Transfer (idempotent by transfer_id). Never retried: CancelOrder, CancelAllOrders, AmendOrder,
-SubmitOrders (a repeat may answer differently from the first).
+SubmitOrders (a repeat may answer differently from the first). Cluster mode (services.accounts.replica):
+a write a follower refused (NOT_LEADER: it applied nothing) goes to the leader, every call and
+SubmitOrders alike (services.clients.base).
 
 account_events() and user_events(user_id) are event sources for services.clients.follow.
 
@@ -23,16 +25,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator
 from typing import Any
 
 from exchange.v1 import accounts_service_pb2 as pb
 from exchange.v1 import events_pb2 as ev
 
-from services.clients.base import ServiceClient
+from services.clients.base import MAX_REDIRECTS, ServiceClient, is_not_leader
 from services.clients.channels import Connection
+from services.clients.errors import ClientError
 from services.clients.follow import StreamSource
-from services.clients.resolver import ACCOUNTS, accounts_name
+from services.clients.resolver import ACCOUNTS, UnknownService, accounts_name
 from services.clients.retry import RetryPolicy
 
 Options = RetryPolicy | None
@@ -243,6 +247,33 @@ class AccountsClient(ServiceClient):
             retry=retry,
         )
 
+    async def route_market(
+        self,
+        request: pb.RouteMarketRequest,
+        *,
+        timeout: float | None = None,
+        retry: Options = None,
+        shard: int = 0,
+    ) -> pb.RouteMarketResponse:
+        """Admin: where accounts shard `shard` sends a market's commands (services.cluster.operator).
+        Idempotent: retried, also while it answers UNAVAILABLE, MARKET_MOVING (settlement catching up)."""
+        return await self.for_shard(shard)._unary(
+            "RouteMarket", request, pb.RouteMarketResponse, safe=True, timeout=timeout, retry=retry
+        )
+
+    async def add_market(
+        self,
+        request: pb.AddMarketRequest,
+        *,
+        timeout: float | None = None,
+        retry: Options = None,
+        shard: int = 0,
+    ) -> pb.AddMarketResponse:
+        """Admin: a market added while running, on accounts shard `shard` (a repeat changes nothing)."""
+        return await self.for_shard(shard)._unary(
+            "AddMarket", request, pb.AddMarketResponse, safe=True, timeout=timeout, retry=retry
+        )
+
     async def open_sub_account(
         self, request: pb.OpenSubAccountRequest, *, timeout: float | None = None, retry: Options = None
     ) -> pb.OpenSubAccountResponse:
@@ -275,8 +306,96 @@ class AccountsClient(ServiceClient):
         several accounts shards each batch is split by user over one stream per shard and its
         results come back in the batch's order."""
         if self.shard_count == 1:
-            return self._bidi("SubmitOrders", requests, pb.SubmitOrdersResponse, timeout=timeout)
+            return self._submit_at_leader(requests, timeout)
         return self._submit_sharded(requests, timeout)
+
+    async def _submit_at_leader(
+        self, requests: AsyncIterable[pb.SubmitOrdersRequest], timeout: float | None
+    ) -> AsyncGenerator[pb.SubmitOrdersResponse, None]:
+        """SubmitOrders on one shard's stream, redirected to the shard's leader when a follower refuses
+        it (NOT_LEADER, services.accounts.replica). A follower refuses before it answers anything and
+        applies nothing of the stream, so the requests that stream was sent are sent again, in order,
+        on a stream to the leader (within the client's deadline, see services.clients.base), then the
+        rest. Once a stream answered, its errors are raised (a batch is never sent twice)."""
+        buffered: deque[pb.SubmitOrdersRequest] = deque()  # read from `requests`, not yet sent
+        unanswered: deque[pb.SubmitOrdersRequest] = deque()  # sent on the current stream, not answered
+        more, room = asyncio.Event(), asyncio.Event()
+        ended: list[BaseException | None] = []  # [None]: `requests` ended; [exc]: it failed
+        current = [0]  # the attempt whose stream takes requests (an abandoned one's feed stops)
+
+        async def pump() -> None:
+            try:
+                async for req in requests:
+                    while len(buffered) >= _PIPELINE:
+                        room.clear()
+                        await room.wait()
+                    buffered.append(req)
+                    more.set()
+                ended.append(None)
+            except Exception as exc:
+                ended.append(exc)
+            more.set()
+
+        async def feed(attempt: int) -> AsyncIterator[pb.SubmitOrdersRequest]:
+            for req in list(unanswered):  # what the refused stream was sent, again
+                yield req
+            while True:
+                while not buffered and not ended and current[0] == attempt:
+                    more.clear()
+                    await more.wait()
+                if current[0] != attempt:
+                    return
+                if buffered:  # taken and recorded at once: no await in between
+                    req = buffered.popleft()
+                    unanswered.append(req)
+                    room.set()
+                    yield req
+                    continue
+                if ended[0] is not None:
+                    raise ended[0]
+                return
+
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        pumping = asyncio.create_task(pump())
+        redirects = 0
+        try:
+            while True:
+                answered = False
+                try:
+                    stream = self._bidi(
+                        "SubmitOrders", feed(current[0]), pb.SubmitOrdersResponse, timeout=timeout
+                    )
+                    try:
+                        async for resp in stream:
+                            answered = True
+                            if unanswered:
+                                unanswered.popleft()
+                            yield resp
+                        return
+                    finally:
+                        await stream.aclose()
+                except ClientError as exc:
+                    if answered or not is_not_leader(exc):
+                        raise
+                    failure = exc
+                except UnknownService:
+                    if not redirects:
+                        raise
+                    failure = self.no_leader_error("SubmitOrders", redirects + 1)
+                current[0] += 1  # the refused stream's feed takes no more requests
+                more.set()
+                redirects += 1
+                if redirects > MAX_REDIRECTS or not await self.follow_leader(failure):
+                    raise failure
+                pause = self.redirect_wait(redirects)
+                if loop.time() + pause >= deadline:
+                    raise failure
+                await asyncio.sleep(pause)
+        finally:
+            pumping.cancel()
+            with contextlib.suppress(BaseException):
+                await pumping
 
     async def _submit_sharded(
         self, requests: AsyncIterable[pb.SubmitOrdersRequest], timeout: float | None
@@ -294,9 +413,7 @@ class AccountsClient(ServiceClient):
                 yield r
 
         async def read(i: int) -> None:
-            stream = self.for_shard(i)._bidi(
-                "SubmitOrders", feed(i), pb.SubmitOrdersResponse, timeout=timeout
-            )
+            stream = self.for_shard(i)._submit_at_leader(feed(i), timeout)
             try:
                 async for resp in stream:
                     incoming[i].put_nowait(resp)

@@ -68,6 +68,30 @@ class MatchingClient(ServiceClient):
             retry=retry,
         )
 
+    async def export_market(
+        self, request: pb.ExportMarketRequest, *, timeout: float | None = None, retry: Options = None
+    ) -> pb.ExportMarketResponse:
+        """Admin: hand a halted market's book over (a repeat answers the same book: retried)."""
+        return await self._unary(
+            "ExportMarket", request, pb.ExportMarketResponse, safe=True, timeout=timeout, retry=retry
+        )
+
+    async def import_market(
+        self, request: pb.ImportMarketRequest, *, timeout: float | None = None, retry: Options = None
+    ) -> pb.ImportMarketResponse:
+        """Admin: take over an exported book (a repeat changes nothing: retried)."""
+        return await self._unary(
+            "ImportMarket", request, pb.ImportMarketResponse, safe=True, timeout=timeout, retry=retry
+        )
+
+    async def open_market(
+        self, request: pb.OpenMarketRequest, *, timeout: float | None = None, retry: Options = None
+    ) -> pb.OpenMarketResponse:
+        """Admin: an empty book for a market added while running (a repeat changes nothing)."""
+        return await self._unary(
+            "OpenMarket", request, pb.OpenMarketResponse, safe=True, timeout=timeout, retry=retry
+        )
+
     def stream_events(
         self, request: pb.StreamEventsRequest, *, timeout: float | None = None
     ) -> AsyncGenerator[pb.StreamEventsResponse, None]:

@@ -103,6 +103,9 @@ _grant("AccountsService", (_A, _T, _R), "ListSubAccounts")
 _grant("MatchingService", (_P,), "SubmitCommands")
 _grant("MatchingService", (_A, _P, _R), "StreamEvents", "GetMatchingStatus")
 _grant("MatchingService", (_A, _P, _T, _R), "GetDepth", "ListBookOrders")
+# Moving a market between shards and adding one while running (services.cluster.operator).
+_grant("MatchingService", (_A,), "ExportMarket", "ImportMarket", "OpenMarket")
+_grant("AccountsService", (_A,), "RouteMarket", "AddMarket")
 _grant(
     "HistoryService",
     (_A, _T, _R),

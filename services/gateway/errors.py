@@ -55,6 +55,9 @@ REASONS: dict[Reason, tuple[int, int]] = {
     R.UNKNOWN_ASSET: (400, BAD_SYMBOL),
     R.ORDER_NOT_FOUND: (400, NO_SUCH_ORDER),
     R.MARKET_NOT_ON_SHARD: (500, UNKNOWN),
+    R.USER_NOT_ON_SHARD: (500, UNKNOWN),  # the gateway routes by user: a wrong shard is ours
+    R.NOT_LEADER: (503, SERVER_BUSY),  # the client library redirects; left over only mid-failover
+    R.MARKET_MOVING: (503, SERVER_BUSY),  # a pair being moved to another shard: retry shortly
     R.INSUFFICIENT_BALANCE: (400, NEW_ORDER_REJECTED),
     R.ORDER_ALREADY_DONE: (400, CANCEL_REJECTED),
     R.ORDER_NOT_AMENDABLE: (400, NEW_ORDER_REJECTED),

@@ -14,11 +14,17 @@ from pathlib import Path
 
 from exchange.v1 import matching_service_pb2
 
-from services.clients.resolver import advertise_address
+from services.cluster.replica import (
+    add_cluster_arguments,
+    check_cluster_arguments,
+    cluster_options,
+    follow_stream,
+    metrics_address,
+    replica_journals,
+)
 from services.common.config import DEFAULT_SHARD, load_config
 from services.common.failstop import FailStop
 from services.common.host import HostOptions, StateMachineHost
-from services.common.journal import FileJournals
 from services.common.logs import setup_logging
 from services.common.rpc import configure, register_service, run_until_signal, start_metrics, start_server
 from services.common.security import process_security
@@ -38,26 +44,9 @@ def main() -> None:
         action="store_true",
         help="after journal damage: take the latest snapshot as the truth and continue after it",
     )
-    cluster = ap.add_argument_group("cluster mode (leader + hot followers; needs --zk and --nats)")
-    cluster.add_argument("--zk", default="", help="ZooKeeper hosts (host:port,...)")
-    cluster.add_argument("--nats", default="", help="comma-separated NATS URLs of the JetStream cluster")
-    cluster.add_argument("--member", default="", help="this replica's name in the election")
-    cluster.add_argument("--listen", default="", help="gRPC listen address (default: the shard's)")
-    cluster.add_argument("--advertise", default="", help="address clients dial (default: --listen)")
-    cluster.add_argument("--data-dir", default="", help="this replica's directory (default: the shard's)")
-    cluster.add_argument(
-        "--metrics-listen",
-        default=None,
-        help="Prometheus address (default: the shard's, or none when --listen is given)",
-    )
-    cluster.add_argument("--session-timeout", type=float, default=2.0, help="ZooKeeper session (s)")
-    cluster.add_argument("--stream-replicas", type=int, default=1, help="JetStream copies of the journal")
-    cluster.add_argument("--zk-root", default="/ostrakon")
+    add_cluster_arguments(ap, "the shard's")
     args = ap.parse_args()
-    if bool(args.zk) != bool(args.nats):
-        ap.error("cluster mode needs both --zk and --nats")
-    if args.zk and not args.member:
-        ap.error("cluster mode needs --member")
+    check_cluster_arguments(ap, args)
     setup_logging(args.shard)
     failstop = FailStop(args.shard)
     config = load_config(args.config)
@@ -72,7 +61,7 @@ def main() -> None:
         host: StateMachineHost[object, MatchingMachine] = StateMachineHost(
             args.shard,
             config.service_dir(args.shard),
-            restore=lambda data: MatchingMachine.restore(args.shard, markets, data),
+            restore=lambda data: MatchingMachine.restore(args.shard, markets, data, config.catalog.markets),
             codec=CODEC,  # type: ignore[arg-type]
             options=HostOptions(
                 snapshot_every=shard_cfg.snapshot_every,
@@ -104,26 +93,16 @@ def main() -> None:
         log.info("stopped", extra={"applied_seq": host.machine.applied_seq})
 
     async def run_replica(stop: asyncio.Event) -> None:
-        from services.cluster.journals import RoutedJournals
-        from services.common.journal.jetstream import JetStreamJournals
-        from services.matching.replica import ClusterOptions, Replica, ReplicaServicer
+        from services.matching.replica import Replica, ReplicaServicer
 
         listen = args.listen or shard_cfg.listen
-        options = ClusterOptions(
-            zk_hosts=args.zk,
-            nats_urls=tuple(u for u in args.nats.split(",") if u),
-            member=args.member,
-            advertise=advertise_address(listen, args.advertise),
-            session_timeout_s=args.session_timeout,
-            stream_replicas=args.stream_replicas,
-            zk_root=args.zk_root,
-        )
+        options = cluster_options(args, listen)
         directory = Path(args.data_dir) if args.data_dir else config.service_dir(args.shard)
-        stream = JetStreamJournals(list(options.nats_urls), service=args.shard, replicas=args.stream_replicas)
+        stream, journals = replica_journals(options, args.shard, directory)
         host: StateMachineHost[object, MatchingMachine] = StateMachineHost(
             args.shard,
             directory,
-            restore=lambda data: MatchingMachine.restore(args.shard, markets, data),
+            restore=lambda data: MatchingMachine.restore(args.shard, markets, data, config.catalog.markets),
             codec=CODEC,  # type: ignore[arg-type]
             options=HostOptions(
                 snapshot_every=shard_cfg.snapshot_every,
@@ -131,12 +110,10 @@ def main() -> None:
                 accept_snapshot_beyond_journal=args.accept_snapshot_beyond_journal,
             ),
             # The command journal is the shard's stream (shared); the event log is this replica's.
-            journals=RoutedJournals({"commands": stream}, FileJournals(directory)),
+            journals=journals,
             retention_floor=lambda: 0,  # the shared stream is not pruned in cluster mode
         )
-        await asyncio.to_thread(stream.ensure_stream, "commands")
-        reader = await asyncio.to_thread(stream.open_reader, "commands")
-        await host.start_following(reader)
+        await follow_stream(host, stream)
         failstop.arm(host, stop)
         servicer = ReplicaServicer(host, config.catalog, args.shard)  # type: ignore[arg-type]
         service = matching_service_pb2.DESCRIPTOR.services_by_name["MatchingService"]
@@ -146,17 +123,14 @@ def main() -> None:
             [service.full_name],
         )
         failstop.set_server(server)
-        if args.metrics_listen is not None:
-            start_metrics(args.metrics_listen)
-        elif not args.listen:  # replicas on one machine would share the shard's metrics port
-            start_metrics(shard_cfg.metrics_listen)
+        start_metrics(metrics_address(args, shard_cfg.metrics_listen))
         timers: list[asyncio.Task[None]] = []
 
         def leading() -> None:  # on the loop, once promoted: the leader's own command source
             timer = ExpiryTimer(host, args.shard).run(shard_cfg.expiry_interval_ms / 1000)
             timers.append(asyncio.create_task(timer))
 
-        replica = Replica(args.shard, host, options, asyncio.get_running_loop(), on_leading=leading)  # type: ignore[arg-type]
+        replica = Replica(args.shard, host, options, asyncio.get_running_loop(), on_leading=leading)
         await asyncio.to_thread(replica.start)
         log.info(
             "matching replica ready",

@@ -34,8 +34,9 @@ from services.common.markets import MarketCatalog, MarketSpec
 from services.common.rpc import caller, handles_errors, handles_stream_errors
 from services.common.streams import Pipeline
 from services.common.wire import repeated_messages
+from services.matching.handover import PART_ORDERS
 from services.matching.intake import CommandIntake
-from services.matching.machine import MatchingMachine
+from services.matching.machine import Imported, MatchingMachine, admin_source
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,7 @@ class MatchingServicer:
         self.catalog = catalog
         self.shard = shard
         self.intake = CommandIntake(host)
+        self._admin = asyncio.Lock()  # the admin source numbers its commands one at a time
 
     @property
     def engine(self) -> Any:
@@ -172,6 +174,78 @@ class MatchingServicer:
             if aclose is not None:
                 await aclose()
 
+    # --- moving a market (services.matching.handover) ------------------------------------------
+
+    async def _submit_admin(self, cmd: ev.MatchingCommand) -> Any:
+        """Journal an operator command under the shard's admin source; its result."""
+        source = admin_source(self.shard)
+        async with self._admin:
+            cmd.source = source
+            cmd.source_sequence = self.host.machine.engine.source_seqs.get(source, 0) + 1
+            return await self.host.submit(cmd)
+
+    @handles_errors
+    async def ExportMarket(self, request: pb.ExportMarketRequest, context: Any) -> pb.ExportMarketResponse:
+        check_str(request.market, "market", MAX_SYMBOL)
+        check_str(request.to_shard, "to_shard", MAX_SYMBOL)
+        if len(request.sources) > 1024:
+            raise InvalidArgument("at most 1024 sources", Reason.VALUE_OUT_OF_RANGE)
+        for source in request.sources:
+            check_str(source, "sources", MAX_SYMBOL)
+        cmd = ev.MatchingCommand()
+        cmd.export_market.market = request.market
+        cmd.export_market.to_shard = request.to_shard
+        cmd.export_market.sources.extend(request.sources)
+        book: ev.MarketBook = await self._submit_admin(cmd)
+        log.info(
+            "market exported",
+            extra={
+                "market": book.market,
+                "to_shard": book.to_shard,
+                "export_sequence": book.export_sequence,
+                "orders": len(book.bids) + len(book.asks),
+            },
+        )
+        return pb.ExportMarketResponse(book=book)
+
+    @handles_errors
+    async def ImportMarket(self, request: pb.ImportMarketRequest, context: Any) -> pb.ImportMarketResponse:
+        check_str(request.book.market, "market", MAX_SYMBOL)
+        if len(request.book.bids) + len(request.book.asks) > PART_ORDERS:
+            raise InvalidArgument(
+                f"at most {PART_ORDERS} orders per part: send a larger book in parts", Reason.BATCH_TOO_LARGE
+            )
+        if request.parts > 1_000_000 or request.part >= max(1, request.parts):
+            raise InvalidArgument("part must be below parts (at most 1,000,000)", Reason.VALUE_OUT_OF_RANGE)
+        cmd = ev.MatchingCommand()
+        cmd.import_market.book.CopyFrom(request.book)
+        cmd.import_market.part, cmd.import_market.parts = request.part, request.parts
+        done: Imported = await self._submit_admin(cmd)
+        log.info(
+            "market imported" if done.complete else "market import part",
+            extra={
+                "market": done.market,
+                "from_shard": request.book.from_shard,
+                "orders": done.order_count,
+            },
+        )
+        return pb.ImportMarketResponse(
+            market=done.market,
+            order_count=done.order_count,
+            event_sequence=done.event_sequence,
+            complete=done.complete,
+        )
+
+    @handles_errors
+    async def OpenMarket(self, request: pb.OpenMarketRequest, context: Any) -> pb.OpenMarketResponse:
+        check_str(request.spec.symbol, "symbol", MAX_SYMBOL)
+        cmd = ev.MatchingCommand()
+        cmd.open_market.spec.CopyFrom(request.spec)
+        seq: int = await self._submit_admin(cmd)
+        if seq:
+            log.info("market opened", extra={"market": request.spec.symbol, "sequence": seq})
+        return pb.OpenMarketResponse(market=request.spec.symbol, sequence=seq)
+
     # --- events --------------------------------------------------------------------------------
 
     @handles_stream_errors
@@ -252,6 +326,7 @@ class MatchingServicer:
         self, request: pb.GetMatchingStatusRequest, context: Any
     ) -> pb.GetMatchingStatusResponse:
         engine = self.engine
+        machine = self.host.machine
         markets = []
         for symbol in sorted(engine.books):
             book = engine.books[symbol]
@@ -263,14 +338,16 @@ class MatchingServicer:
                     order_count=len(book),
                     state_hash=book.state_hash() if request.with_state_hash else "",
                     last_trade_id=book.next_trade_id - 1,
+                    halted_by=sorted(machine.halted.get(symbol, ())),
                 )
             )
         return pb.GetMatchingStatusResponse(
             shard=self.shard,
             applied_sequence=self.host.machine.applied_seq,
             event_sequence=self.host.machine.event_seq,
-            state_hash=engine.state_hash() if request.with_state_hash else "",
+            state_hash=machine.state_hash() if request.with_state_hash else "",
             source_sequences=dict(engine.source_seqs),
             markets=markets,
             snapshot_sequence=self.host.snapshot_seq,
+            moved_out={m: ev.MarketBook.FromString(b).to_shard for m, b in machine.moved_out.items()},
         )

@@ -113,13 +113,15 @@ def journal_host(journal: Any) -> Any:
 
 
 def _expected(source: str, seq: int, cmd: ev.AccountsCommand) -> list[tuple[int, str, bytes]]:
-    """What outbox_commands must produce, built with protobuf."""
+    """What outbox_commands must produce, built with protobuf. A journaled command goes to the shards
+    its forward links name (a market may have moved since), else to its market's configured shard."""
     previous = {link.shard: link.previous_sequence for link in cmd.forward_links}
+    linked = tuple(link.shard for link in cmd.forward_links)
     kind = cmd.WhichOneof("command")
     out = []
     if kind == "amend_order":
         a = cmd.amend_order
-        shard = CATALOG.markets[a.market].shard
+        shard = linked[0] if linked else CATALOG.markets[a.market].shard
         prev = previous.get(shard, 0)
         both = a.new_price_ticks and a.new_amount_lots
         if a.new_amount_lots:
@@ -143,7 +145,9 @@ def _expected(source: str, seq: int, cmd: ev.AccountsCommand) -> list[tuple[int,
         return out
     body: Any = cmd.place_order.order if kind == "place_order" else getattr(cmd, kind or "")
     shards = (
-        CATALOG.shards
+        (linked[:1] if kind == "place_order" else linked)
+        if linked
+        else CATALOG.shards
         if kind == "cancel_all_orders" and not body.market
         else (CATALOG.markets[body.market].shard,)
     )

@@ -73,6 +73,8 @@ def bodies(draw: st.DrawFn) -> tuple[str, bytes]:
     name = draw(st.sampled_from(sorted(BODY_FIELDS)))
     message = ev.MatchingCommand.DESCRIPTOR.fields_by_name[name].message_type._concrete_class()
     for f in message.DESCRIPTOR.fields:
+        if f.is_repeated or f.type == f.TYPE_MESSAGE:
+            continue  # (the market-move bodies: left empty)
         if f.type == f.TYPE_STRING:
             setattr(message, f.name, draw(TEXT))
         elif f.type == f.TYPE_BOOL:
@@ -81,6 +83,8 @@ def bodies(draw: st.DrawFn) -> tuple[str, bytes]:
             setattr(message, f.name, draw(st.integers(0, 3)))
         elif f.type == f.TYPE_INT64:
             setattr(message, f.name, draw(I64))
+        elif f.type == f.TYPE_UINT32:
+            setattr(message, f.name, draw(st.integers(0, 2**32 - 1)))
         else:
             setattr(message, f.name, draw(U64))
     return name, message.SerializeToString()
@@ -109,4 +113,7 @@ def test_every_command_of_the_wire_has_a_domain_form() -> None:
         MoveOrder(1, 2, "BTC_USDT", 7),
         ExpireOrders(),
     ]
-    assert {command_to_proto("s", 1, 0, c).WhichOneof("command") for c in examples} == names
+    # The commands of a market move (and of a market added while running) are the machine's own
+    # (services.matching.machine), not the engine's.
+    moves = {"halt_market", "export_market", "import_market", "open_market"}
+    assert {command_to_proto("s", 1, 0, c).WhichOneof("command") for c in examples} == names - moves
