@@ -1,34 +1,42 @@
 """Gateway benchmark: HTTP against the real services, driven by wrk (Debian's `wrk`: apt-get install wrk).
 
-    python bench/gateway_bench.py [--seconds 5] [--out FILE]
+    python bench/gateway_bench.py [--seconds 5] [--workers 1,2] [--accounts-shards 1] [--out FILE]
 
-Starts matching, accounts, history, market and the gateway as processes in a temporary directory
-(rate limits raised out of the way), then measures:
+For each value of --workers (`[gateway] workers`: gateway processes on one port), one after another in
+the same run, starts matching, accounts (--accounts-shards), history, market and the gateway as
+processes in a temporary directory (rate limits raised out of the way), then measures:
 
 - signed order entry (POST /api/v3/order, HMAC-signed, each request unique: its own timestamp and
   newClientOrderId, signed in advance, since the gateway refuses a replayed signature) at 1, 16 and 64
-  connections: accepted orders/s (HTTP 200 answers per second), other answers, mean latency;
+  connections: accepted orders/s (HTTP 200 answers per second), other answers, latency, and the CPU
+  time of every process per accepted order (the gateway with its workers, accounts, matching, history,
+  market, wrk), the machine's busy cores and what other processes of the machine took meanwhile;
 - public GET /api/v3/depth and /api/v3/ticker/24hr at 16 connections: requests/s.
 - WebSocket fan-out (--ws-clients, default 1,000, spread over --ws-procs receiver processes): every
   client on btcusdt@trade + btcusdt@depth@100ms while two wrk runs cross signed orders at one price
   (as fast as they go, or paced at --ws-rate orders/s: the orders/s reached is reported); delay =
   receive wall time - the time in the message (trade T, gateway E), p50/p99/max; drops = connections
-  closed by the gateway, trade messages a connection missed, depth U/u gaps. --only-ws skips the HTTP
-  parts. The receivers (--ws-receiver) are lean asyncio protocols that parse frames themselves, or
-  aiohttp's client (which costs the receivers more CPU, on the same cores as the gateway).
+  closed by the gateway, trade messages a connection missed, depth U/u gaps; the CPU of the gateway
+  and of the receivers per message delivered. --only-ws skips the HTTP parts. The receivers
+  (--ws-receiver) are lean asyncio protocols that parse frames themselves and read the few integers
+  they need from the bytes, or aiohttp's client (which costs the receivers more CPU, on the same cores
+  as the gateway).
 
 The orders are passive limit buys of many users (funded first), so they rest in the book. Everything
-runs on this 2-core machine: the load generator, the gateway and the exchange share the cores. Prints
-one JSON object.
+runs on this 2-core machine: the load generator, the gateway and the exchange share the cores (and
+whatever else runs there: see others_cpu_s). Prints one JSON object (bench/output.py): `side_by_side`
+has the figures of each worker count next to each other, `runs` the details.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
 import re
+import resource
 import subprocess
 import sys
 import tempfile
@@ -43,6 +51,7 @@ from exchange.v1 import accounts_service_pb2 as apb
 from exchange.v1 import gateway_service_pb2 as gpb
 from exchange.v1 import gateway_service_pb2_grpc as ggrpc
 
+from bench.output import emit
 from services.gateway.signing import sign
 from testkit.cluster import Cluster
 
@@ -53,17 +62,22 @@ USERS = 64
 # and the summary is printed as one JSON line.
 WRK_SCRIPT = r"""
 local paths = {}
+local keys = {}
 local i = 0
 local key = ""
 init = function(args)
   if args[1] then for line in io.lines(args[1]) do paths[#paths + 1] = line end end
+  for n, line in ipairs(paths) do  -- "KEY PATH": each request with its own user's key
+    local k, p = line:match("^(%S+) (.+)$")
+    if k then keys[n] = k; paths[n] = p end
+  end
   key = args[2] or ""
 end
 request = function()
   if #paths == 0 then return wrk.request() end
   i = i + 1
-  local p = paths[i] or paths[#paths]
-  return wrk.format("POST", p, {["X-MBX-APIKEY"] = key}, "")
+  local n = paths[i] and i or #paths
+  return wrk.format("POST", paths[n], {["X-MBX-APIKEY"] = keys[n] or key}, "")
 end
 done = function(summary, latency, requests)
   io.write(string.format(
@@ -92,7 +106,8 @@ def wrk(
     rate: float = 0.0,
 ) -> dict[str, Any]:
     """wrk (one thread, `clients` connections) for `seconds` against `url`; with `paths`, POSTs each path
-    once, in order; with `rate`, at most about `rate` requests/s (each connection paced)."""
+    once, in order (a line "KEY PATH" is sent with that API key, else with `key`); with `rate`, at most
+    about `rate` requests/s (each connection paced)."""
     with tempfile.TemporaryDirectory() as d:
         script = Path(d) / "bench.lua"
         script.write_text(WRK_SCRIPT + (WRK_PACE % round(clients * 1000 / rate) if rate else ""))
@@ -159,7 +174,7 @@ def signed_order_urls(
 
 
 STREAMS = "btcusdt@trade/btcusdt@depth@100ms"
-QUIET_S = 1.0
+QUIET_S = 3.0  # longer than the worst delays seen under foreign load: a late message is not a miss
 # The receivers run niced: on a machine shared with the gateway, a receiver woken by each message would
 # otherwise preempt the gateway in the middle of a fan-out (what a remote client cannot do).
 RECEIVER_NICE = 10
@@ -177,6 +192,11 @@ def _histogram_pct(hist: dict[int, int], q: float) -> int | None:
         if seen > rank:
             return value
     return max(hist)
+
+
+def _own_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
 
 
 def _receiver(base: str, clients: int, stop_at: Any, ready: Any, results: Any) -> None:
@@ -267,6 +287,7 @@ def _receiver(base: str, clients: int, stop_at: Any, ready: Any, results: Any) -
                 await asyncio.sleep(0.002)  # do not flood the accept queue
             await connected.wait()
             ready.put(clients - state["connect_failed"])
+            state["cpu_ready"] = _own_cpu()
             await asyncio.gather(*tasks, return_exceptions=True)
 
     asyncio.run(run())
@@ -278,6 +299,7 @@ def _receiver(base: str, clients: int, stop_at: Any, ready: Any, results: Any) -
             "counts": counts,
             "reasons": reasons,
             **state,
+            "cpu_s": _own_cpu() - state.get("cpu_ready", 0),
         }
     )
 
@@ -316,6 +338,7 @@ def _raw_receiver(base: str, clients: int, stop_at: Any, ready: Any, results: An
             self.last_rx = time.time()
             self.last_u = 0
             self.trades = 0
+            self.seen = 0
             self.finished = False
             self.transport: Any = None
 
@@ -377,18 +400,26 @@ def _raw_receiver(base: str, clients: int, stop_at: Any, ready: Any, results: An
             del buf[:pos]
 
         def message(self, payload: bytes, now: int) -> None:
-            d = json.loads(payload)["data"]
-            if d["e"] == "trade":
+            # The few integers needed, found in the bytes (json.loads of every message cost the
+            # receivers more CPU than the gateway spent sending it). Every 64th message is parsed
+            # whole, as a check that the scanning reads what json does.
+            trade = payload.find(b'"e":"trade"') >= 0
+            e = _int_at(payload, b'"E":')
+            if trade:
                 self.trades += 1
-                a, b = now - d["T"], now - d["E"]
-                trade_t[a] = trade_t.get(a, 0) + 1
-                trade_e[b] = trade_e.get(b, 0) + 1
+                t = _int_at(payload, b'"T":')
+                trade_t[now - t] = trade_t.get(now - t, 0) + 1
+                trade_e[now - e] = trade_e.get(now - e, 0) + 1
             else:
-                c = now - d["E"]
-                depth_e[c] = depth_e.get(c, 0) + 1
-                if self.last_u and d["U"] != self.last_u + 1:
+                depth_e[now - e] = depth_e.get(now - e, 0) + 1
+                first, last = _int_at(payload, b'"U":'), _int_at(payload, b'"u":')
+                if self.last_u and first != self.last_u + 1:
                     state["gaps"] += 1
-                self.last_u = d["u"]
+                self.last_u = last
+            self.seen += 1
+            if self.seen % 64 == 0:
+                d = json.loads(payload)["data"]
+                assert d["E"] == e and (d["T"] == t if trade else d["u"] == last), payload[:200]
 
     async def connect(loop: asyncio.AbstractEventLoop) -> Client | None:
         try:
@@ -409,6 +440,7 @@ def _raw_receiver(base: str, clients: int, stop_at: Any, ready: Any, results: An
             await asyncio.sleep(0.002)  # do not flood the accept queue
         conns = [c for c in await asyncio.gather(*pending) if c is not None]
         ready.put(len(conns))
+        state["cpu_ready"] = _own_cpu()
         # After the load: until a connection is quiet for QUIET_S (what was sent has arrived), at most
         # DRAIN_S.
         while any(not c.finished for c in conns):
@@ -429,8 +461,16 @@ def _raw_receiver(base: str, clients: int, stop_at: Any, ready: Any, results: An
             "counts": counts,
             "reasons": reasons,
             **state,
+            "cpu_s": _own_cpu() - state.get("cpu_ready", 0),
         }
     )
+
+
+def _int_at(payload: bytes, tag: bytes) -> int:
+    """The integer after `tag` (e.g. b'"E":') in a JSON message's bytes, where a comma follows it (as
+    for every field read here: none is the last of its object)."""
+    i = payload.find(tag) + len(tag)
+    return int(payload[i : payload.find(b",", i)])
 
 
 def cpu_seconds(pid: int) -> float:
@@ -440,7 +480,13 @@ def cpu_seconds(pid: int) -> float:
 
 
 def fan_out(
-    base: str, clients: int, procs: int, load: Any, *, receiver: str = "raw", gateway_pid: int = 0
+    base: str,
+    clients: int,
+    procs: int,
+    load: Any,
+    *,
+    receiver: str = "raw",
+    gateway_pids: Any = None,
 ) -> dict[str, Any]:
     """`clients` WebSocket connections (over `procs` receiver processes) on btcusdt@trade and
     btcusdt@depth@100ms while `load()` crosses orders. Drops: connections the gateway closed (slow
@@ -458,11 +504,12 @@ def fan_out(
         w.start()
     connected = sum(ready.get(timeout=300) for _ in workers)
     time.sleep(1.0)
-    cpu0 = cpu_seconds(gateway_pid) if gateway_pid else 0.0
+    pids = gateway_pids() if gateway_pids else []
+    cpu0 = sum(cpu_seconds(p) for p in pids)
     load()
     stop_at.value = time.time()  # the receivers drain what was sent during the load, then stop
     parts = [results.get(timeout=300) for _ in workers]
-    gateway_cpu = cpu_seconds(gateway_pid) - cpu0 if gateway_pid else 0.0
+    gateway_cpu = sum(cpu_seconds(p) for p in pids) - cpu0
     for w in workers:
         w.join(timeout=30)
 
@@ -506,62 +553,110 @@ def fan_out(
         # included), and per message delivered to a connection.
         "gateway_cpu_s": round(gateway_cpu, 2),
         "gateway_cpu_us_per_message": round(gateway_cpu * 1e6 / delivered, 2) if delivered else None,
+        # What the receivers themselves cost (separate processes, niced, on the same 2 cores), from
+        # the end of their connecting until they drained.
+        "receivers_cpu_s": round(sum(p["cpu_s"] for p in parts), 2),
+        "receivers_cpu_us_per_message": (
+            round(sum(p["cpu_s"] for p in parts) * 1e6 / delivered, 2) if delivered else None
+        ),
     }
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seconds", type=float, default=5.0)
-    ap.add_argument("--levels", default="1,16,64", help="connection counts for signed order entry")
-    ap.add_argument("--ws-clients", type=int, default=1000, help="WebSocket fan-out clients (0 = skip)")
-    ap.add_argument("--ws-procs", type=int, default=3, help="receiver processes of the fan-out clients")
-    ap.add_argument(
-        "--ws-load-connections", type=int, default=8, help="wrk connections per side of the crossing load"
-    )
-    ap.add_argument(
-        "--ws-receiver",
-        choices=("raw", "aiohttp"),
-        default="raw",
-        help="fan-out clients: asyncio protocols parsing frames themselves, or aiohttp's client",
-    )
-    ap.add_argument(
-        "--ws-rate",
-        type=float,
-        default=0.0,
-        help="orders/s of the crossing load, both sides together (0 = as fast as they go)",
-    )
-    ap.add_argument("--only-ws", action="store_true", help="skip order entry and public requests")
-    ap.add_argument(
-        "--no-consumers",
-        action="store_true",
-        help="without history and market (order entry only: what their event consumption costs)",
-    )
-    ap.add_argument("--out", default="")
-    args = ap.parse_args()
-    result: dict[str, Any] = {
-        "bench": "gateway",
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-        "seconds": args.seconds,
-    }
+def _tree(pid: int) -> list[int]:
+    """`pid` and the worker processes it started (the gateway's workers; not multiprocessing's
+    resource tracker, which does nothing here)."""
+    out = [pid]
+    try:
+        kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return out
+    for k in kids:
+        try:
+            if b"spawn_main" in Path(f"/proc/{k}/cmdline").read_bytes():
+                out.append(int(k))
+        except OSError:
+            pass
+    return out
+
+
+def machine_busy_s() -> float:
+    """CPU seconds the whole machine spent busy so far (every process, ours or not: /proc/stat)."""
+    f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = f[3] + f[4]
+    return (sum(f[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU seconds of every process of the exchange (the gateway with its workers), of the load
+    generators this process waited for (wrk), and of the whole machine, between `start` and `stop`."""
+
+    def __init__(self, c: Cluster) -> None:
+        self.c = c
+
+    def _read(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for name, proc in self.c.procs.items():
+            total = 0.0
+            for pid in _tree(proc.pid):
+                with contextlib.suppress(OSError):
+                    total += cpu_seconds(pid)
+            out[name] = total
+        kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+        out["load generator (wrk)"] = kids.ru_utime + kids.ru_stime
+        out["machine"] = machine_busy_s()
+        return out
+
+    def start(self) -> None:
+        self.t0, self.before = time.monotonic(), self._read()
+
+    def stop(self, per: int = 0) -> dict[str, Any]:
+        after = self._read()
+        wall = time.monotonic() - self.t0
+        used = {k: round(after[k] - self.before.get(k, 0.0), 2) for k in after}
+        machine = used.pop("machine")
+        ours = sum(used.values())
+        out: dict[str, Any] = {
+            "wall_s": round(wall, 2),
+            "cpu_s": used,
+            "machine_busy_cores": round(machine / wall, 2),
+            # what the machine spent outside this benchmark's processes (other users of the cores)
+            "others_cpu_s": round(max(0.0, machine - ours), 2),
+        }
+        if per:
+            out["cpu_us_per_order"] = {k: round(v * 1e6 / per, 1) for k, v in used.items() if v}
+            # The ceiling of this machine for this pipeline: every core busy with these processes only.
+            out["orders_per_s_if_all_cores_did_this"] = (
+                round((os.cpu_count() or 1) * per / ours) if ours else None
+            )
+        return out
+
+
+def run_exchange(args: argparse.Namespace, workers: int) -> dict[str, Any]:
+    """Everything measured against one exchange whose gateway has `workers` worker processes."""
+    result: dict[str, Any] = {"gateway_workers": workers, "accounts_shards": args.accounts_shards}
     with tempfile.TemporaryDirectory(prefix="gateway-bench-") as d:
+        where = Path(args.keep) / f"workers-{workers}" if args.keep else Path(d)
         c = Cluster(
-            Path(d),
+            where,
             with_history=not args.no_consumers,
             with_market=not args.no_consumers,
             with_gateway=True,
+            accounts_shards=args.accounts_shards,
             gateway_options={
                 "weight_per_minute_ip": 1_000_000_000,
                 "weight_per_minute_key": 1_000_000_000,
                 "ws_connections_per_ip": 100_000,
+                "workers": workers,
             },
         )
         c.start()
+        meter = CpuMeter(c)
         try:
             admin = ggrpc.GatewayAdminServiceStub(c.channel("gateway"))
             keys = []
-            # One key per user: h2load sends one header set, so each run uses one key (one user).
+            # One key per user; each signed order is sent with the key of its user.
             for user in range(1, USERS + 1):
-                c.accounts.Deposit(
+                c.accounts_of(user).Deposit(
                     apb.DepositRequest(
                         user_id=user,
                         asset="USDT",
@@ -579,19 +674,16 @@ def main() -> None:
             for run, level in enumerate(
                 int(x) for x in ("" if args.only_ws else args.levels).split(",") if x
             ):
-                key = keys[run % len(keys)]
-                # Enough unique requests for the run at well above the rate reached.
-                urls = signed_order_urls(base, [key], int(args.seconds * 8000) + 1000, run)
-                cpu0 = cpu_seconds(c.procs["gateway"].pid)
-                r = wrk(base, level, args.seconds, paths=[u for u, _ in urls], key=key[0])
-                cpu = cpu_seconds(c.procs["gateway"].pid) - cpu0
-                # The gateway's own CPU time per accepted order: what the machine's other load (the
-                # exchange, wrk, other users of the cores) does not change much.
-                r["gateway_cpu_s"] = round(cpu, 2)
-                r["gateway_cpu_us_per_ok"] = round(cpu * 1e6 / r["ok"], 1) if r["ok"] else None
+                # Enough unique requests for the run at well above the rate reached, each of the next
+                # of USERS users (with several accounts shards: spread over them).
+                urls = signed_order_urls(base, keys, int(args.seconds * 12000) + 1000, run)
+                meter.start()
+                r = wrk(base, level, args.seconds, paths=[f"{k} {u}" for u, k in urls])
+                r["cpu"] = meter.stop(r["ok"])
                 entry.append(r)
                 time.sleep(1.0)
-            result["signed_order_entry"] = entry
+            if entry:
+                result["signed_order_entry"] = entry
             if not args.no_consumers and not args.only_ws:
                 result["public"] = {
                     "depth": wrk(f"{base}/api/v3/depth?symbol=BTCUSDT&limit=100", 16, args.seconds),
@@ -600,12 +692,12 @@ def main() -> None:
                 }
             if not args.no_consumers and args.ws_clients:
                 seller, buyer = keys[-1], keys[-2]
-                c.accounts.Deposit(
+                c.accounts_of(USERS).Deposit(
                     apb.DepositRequest(
                         user_id=USERS, asset="BTC", amount="1000", business="bench", business_id="btc"
                     )
                 )
-                n = int(args.seconds * 5000)  # per side: more than this machine reaches
+                n = int(args.seconds * 6000)  # per side: more than this machine reaches
                 sells = signed_order_urls(base, [seller], n, 90, side="SELL", price="20000")
                 buys = signed_order_urls(base, [buyer], n, 91, side="BUY", price="20000")
 
@@ -613,6 +705,7 @@ def main() -> None:
                     import threading
 
                     out: dict[str, Any] = {}
+                    meter.start()
                     t = threading.Thread(
                         target=lambda: out.setdefault(
                             "sell",
@@ -636,10 +729,12 @@ def main() -> None:
                         rate=args.ws_rate / 2,
                     )
                     t.join()
+                    orders = out["sell"]["ok"] + out["buy"]["ok"]
                     result["ws_load_rate_asked"] = args.ws_rate
                     result["ws_load_orders_per_s"] = round(
                         out["sell"]["ok_per_s"] + out["buy"]["ok_per_s"], 1
                     )
+                    result["ws_load_cpu"] = meter.stop(orders)
 
                 result["ws_fan_out"] = fan_out(
                     base,
@@ -647,16 +742,84 @@ def main() -> None:
                     args.ws_procs,
                     load,
                     receiver=args.ws_receiver,
-                    gateway_pid=c.procs["gateway"].pid,
+                    gateway_pids=lambda: _tree(c.procs["gateway"].pid),
                 )
-            status = c.accounts.GetAccountsStatus(apb.GetAccountsStatusRequest())
-            result["orders_in_accounts"] = status.last_order_id
+            result["orders_in_accounts"] = sum(
+                c.accounts_shard(i).GetAccountsStatus(apb.GetAccountsStatusRequest()).last_order_id
+                for i in range(args.accounts_shards)
+            )
         finally:
             c.stop()
-    text = json.dumps(result, indent=2)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
-    print(text)
+    return result
+
+
+def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The figures of each run side by side (by gateway workers)."""
+    out: dict[str, Any] = {}
+    for r in runs:
+        w = f"workers={r['gateway_workers']}"
+        row: dict[str, Any] = {}
+        for e in r.get("signed_order_entry", []):
+            row[f"signed_entry_ok_per_s_c{e['connections']}"] = e["ok_per_s"]
+        if "ws_fan_out" in r:
+            f = r["ws_fan_out"]
+            row["ws_load_orders_per_s"] = r.get("ws_load_orders_per_s")
+            row["ws_trade_delay_p50_ms"] = f["trade_delay_from_trade_time_ms"]["p50"]
+            row["ws_trade_delay_p99_ms"] = f["trade_delay_from_trade_time_ms"]["p99"]
+            row["ws_depth_delay_p99_ms"] = f["depth_delay_from_gateway_event_ms"]["p99"]
+            row["ws_drops"] = (
+                f["dropped_connections"] + f["missed_trade_messages"] + f["depth_gaps"] + f["connect_failed"]
+            )
+        out[w] = row
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--levels", default="1,16,64", help="connection counts for signed order entry")
+    ap.add_argument(
+        "--workers",
+        default="1,2",
+        help="gateway worker processes: one exchange per value, run one after another",
+    )
+    ap.add_argument("--accounts-shards", type=int, default=1, help="accounts shards behind the gateway")
+    ap.add_argument("--ws-clients", type=int, default=1000, help="WebSocket fan-out clients (0 = skip)")
+    ap.add_argument("--ws-procs", type=int, default=3, help="receiver processes of the fan-out clients")
+    ap.add_argument(
+        "--ws-load-connections", type=int, default=8, help="wrk connections per side of the crossing load"
+    )
+    ap.add_argument(
+        "--ws-receiver",
+        choices=("raw", "aiohttp"),
+        default="raw",
+        help="fan-out clients: asyncio protocols parsing frames themselves, or aiohttp's client",
+    )
+    ap.add_argument(
+        "--ws-rate",
+        type=float,
+        default=0.0,
+        help="orders/s of the crossing load, both sides together (0 = as fast as they go)",
+    )
+    ap.add_argument("--only-ws", action="store_true", help="skip order entry and public requests")
+    ap.add_argument(
+        "--no-consumers",
+        action="store_true",
+        help="without history and market (order entry only: what their event consumption costs)",
+    )
+    ap.add_argument("--keep", default="", help="run the exchanges in this directory and keep it (logs)")
+    ap.add_argument("--out", default="")
+    args = ap.parse_args()
+    result: dict[str, Any] = {
+        "bench": "gateway",
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "seconds": args.seconds,
+        "targets": {"signed_entry_ok_per_s_c64": 6800, "ws_delay_p99_ms": 100, "ws_drops": 0},
+    }
+    runs = [run_exchange(args, int(w)) for w in args.workers.split(",") if w]
+    result["side_by_side"] = summary(runs)
+    result["runs"] = runs
+    emit(result, args.out or None)
 
 
 if __name__ == "__main__":

@@ -152,13 +152,16 @@ def plan(config: ExchangeConfig, only: set[str] | None = None) -> list[Child]:
     children.append(Child(config.quantizer.source, "services.quantizer", ["--config", cfg], quantizer_at))
     gateway_at = advertise_address(config.gateway.admin_listen, config.gateway.advertise)
     http = advertise_address(config.gateway.listen)
+    # `[gateway] workers = N`: this child is worker 0, which starts (and restarts) workers 1..N-1 on the
+    # same HTTP port and answers health once they all serve (services.gateway.workers).
+    n = config.gateway.workers
     children.append(
         Child(
             "gateway",
             "services.gateway",
             ["--config", cfg],
             gateway_at,
-            also=f"http://{http}/ (web page, /api/v3, /ws)",
+            also=f"http://{http}/ (web page, /api/v3, /ws)" + (f", {n} worker processes" if n > 1 else ""),
         )
     )
     if config.exporter.enabled:  # event export to broker topics: only when configured

@@ -143,6 +143,10 @@ class GatewayConfig:
     # A MARKET BUY by quantity spends at most best ask x (1 + this, in basis points) x quantity
     # (services.gateway.market_buy).
     market_buy_price_cap_bps: int = 500
+    # Worker processes serving `listen` together (SO_REUSEPORT): the first one also serves admin_listen
+    # and starts the others; rate limits, the replay guard, API keys and listen keys hold across them
+    # (services.gateway.shared). 1 on a machine the whole exchange shares (services.gateway.workers).
+    workers: int = 1
 
 
 @dataclass(frozen=True)

@@ -21,4 +21,7 @@ Modules:
 - ratelimit: request weights per key and per address.
 - entry: order commands of every HTTP client aggregated into the accounts SubmitOrders stream.
 - public, private: the REST handlers; admin: GatewayAdminService; app: the process.
+- workers: `[gateway] workers = N` processes on one port (SO_REUSEPORT); shared: what they share (request
+  weights, replays, WebSocket connections per address, the API keys' version); listenkeys: listen keys in
+  the key database, so that every worker knows them.
 """

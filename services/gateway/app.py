@@ -1,6 +1,13 @@
-"""The gateway process: an aiohttp server for REST (and, later, WebSocket) on `[gateway] listen`, the
-gRPC admin service and health on `[gateway] admin_listen`, the API key store, the aggregated order
-entry, and the clients of accounts, history and market (as principal "gateway", role trader).
+"""The gateway process: an aiohttp server for REST and WebSocket on `[gateway] listen`, the gRPC admin
+service and health on `[gateway] admin_listen`, the API key store, the aggregated order entry, and the
+clients of accounts, history and market (as principal "gateway", role trader).
+
+With `[gateway] workers = N` there are N such processes on the same HTTP port (SO_REUSEPORT: the kernel
+spreads the connections), started by the first (services.gateway.workers), which alone serves the admin
+gRPC and health. Each worker has its own clients, its own aggregated SubmitOrders stream and its own
+market-data subscriptions; what must hold across them (request weights, replays, WebSocket connections
+per address, API key versions, listen keys) is shared (services.gateway.shared, services.gateway
+.listenkeys).
 
 Every /api request is charged its weight against the client address's limit; signed ones also against
 the key's. Errors are answered as Binance does, `{code, msg}`, with the HTTP status of the reason
@@ -23,6 +30,7 @@ from services.clients.errors import ClientError
 from services.clients.quantizer import QuantizerClient, quantizer_address
 from services.common.config import ExchangeConfig
 from services.common.errors import ExchangeError, Reason
+from services.common.markets import ConfigError
 from services.common.rpc import ServerHandle, start_server
 from services.gateway import openapi, private, public, strategies, userdata, userstream, ws
 from services.gateway.admin import GatewayAdminServicer
@@ -38,6 +46,7 @@ from services.gateway.errors import (
 from services.gateway.keys import KeyStore, load_or_create_master_key
 from services.gateway.listenkeys import ListenKeys
 from services.gateway.ratelimit import TRY_AGAIN_LATER, ConnectionLimiter, WeightLimiter
+from services.gateway.shared import SharedState
 from services.gateway.signing import Verifier
 from services.gateway.symbols import Symbols
 
@@ -45,6 +54,7 @@ log = logging.getLogger("services.gateway")
 
 SERVICE_NAME = gateway_service_pb2.DESCRIPTOR.services_by_name["GatewayAdminService"].full_name
 MAX_BODY = 64 * 1024
+MAX_WORKERS = 64
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -65,8 +75,11 @@ def weight_of(request: web.Request) -> int:
 async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
     gw = request.app[GATEWAY]
     ip = request.remote or ""
+    if gw.keys.stale():  # a key was created or revoked through another worker: read them first
+        await gw.keys.sync()
+    used = -1
     if request.path.startswith("/api/"):
-        wait = gw.ip_limits.take(ip, weight_of(request), now_ms())
+        wait, used = gw.ip_limits.take(ip, weight_of(request), now_ms())
         if wait is not None:
             return error_response(
                 ApiError(
@@ -93,7 +106,7 @@ async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
             ApiError(500, UNKNOWN, "An unknown error occurred while processing the request.")
         )
     if not response.prepared:
-        response.headers["X-MBX-USED-WEIGHT-1M"] = str(gw.ip_limits.used(ip))
+        response.headers["X-MBX-USED-WEIGHT-1M"] = str(used if used >= 0 else gw.ip_limits.used(ip, now_ms()))
     return response
 
 
@@ -140,13 +153,29 @@ async def page_script(request: web.Request) -> web.StreamResponse:
 
 
 class GatewayApp:
-    def __init__(self, config: ExchangeConfig, *, clients: Clients | None = None) -> None:
+    """One worker of the gateway: `worker` 0 of `[gateway] workers` serves the admin gRPC too; `shared`
+    is the workers' shared state (one worker: a private one)."""
+
+    def __init__(
+        self,
+        config: ExchangeConfig,
+        *,
+        clients: Clients | None = None,
+        worker: int = 0,
+        shared: SharedState | None = None,
+        port: int | None = None,
+    ) -> None:
         self.config = config
         cfg = config.gateway
+        if not 1 <= cfg.workers <= MAX_WORKERS:
+            raise ConfigError(f"[gateway] workers must be in 1..{MAX_WORKERS}")
+        self.worker = worker
+        self.port = port  # the HTTP port (workers after the first: the one the first bound)
+        self.shared = shared or SharedState.local()
         self.clients = clients or Clients.from_config(config)
         url = cfg.database_url.replace("{data_dir}", str(config.data_dir))
         master = load_or_create_master_key(config.path_of(cfg.key_file))
-        self.keys = KeyStore(url, master)
+        self.keys = KeyStore(url, master, state=self.shared)
         self.entry = OrderEntry(
             self.clients.accounts, max_batch=cfg.max_batch, max_pending=cfg.max_pending_orders
         )
@@ -159,17 +188,23 @@ class GatewayApp:
             keys=self.keys,
             verifier=Verifier(
                 self.keys,
+                self.shared,
                 max_recv_window_ms=cfg.max_recv_window_ms,
                 default_recv_window_ms=cfg.default_recv_window_ms,
             ),
             entry=self.entry,
-            ip_limits=WeightLimiter(cfg.weight_per_minute_ip),
-            key_limits=WeightLimiter(cfg.weight_per_minute_key),
+            ip_limits=WeightLimiter(cfg.weight_per_minute_ip, self.shared),
+            key_limits=WeightLimiter(cfg.weight_per_minute_key, self.shared, per_key=True),
         )
         self.web = web.Application(middlewares=[ws_connections, edge], client_max_size=MAX_BODY)
         self.web[GATEWAY] = self.gateway
-        self.web[WS_LIMIT] = ConnectionLimiter(cfg.ws_connections_per_ip)
-        self.web[userstream.LISTEN_KEYS] = ListenKeys(max_per_key=cfg.listen_keys_per_api_key)
+        self.shared.forget_worker(worker)  # a restarted worker's connections are gone
+        self.web[WS_LIMIT] = ConnectionLimiter(
+            cfg.ws_connections_per_ip, self.shared, worker=worker, workers=cfg.workers
+        )
+        self.web[userstream.LISTEN_KEYS] = ListenKeys(
+            self.keys.engine, max_per_key=cfg.listen_keys_per_api_key, state=self.shared
+        )
         self.web.add_routes(userstream.routes())  # before ws's: /ws/<listenKey> ahead of /ws/<streams>
         self.web.add_routes(public.routes())
         self.web.add_routes(private.routes())
@@ -195,15 +230,34 @@ class GatewayApp:
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
+        await self.start_http()
+        if self.worker == 0:
+            await self.start_admin()
+
+    async def start_http(self) -> None:
         self.entry.start()
         self.runner = web.AppRunner(self.web, access_log=None, handle_signals=False)
         await self.runner.setup()
         host, _, port = self.config.gateway.listen.rpartition(":")
-        site = web.TCPSite(self.runner, host or "127.0.0.1", int(port), backlog=1024, reuse_address=True)
+        site = web.TCPSite(
+            self.runner,
+            host or "127.0.0.1",
+            self.port if self.port is not None else int(port),
+            backlog=1024,
+            reuse_address=True,
+            reuse_port=self.config.gateway.workers > 1 or None,
+        )
         await site.start()
         server = getattr(site, "_server", None)
         sockets = getattr(server, "sockets", None) or []
         self.http_port = int(sockets[0].getsockname()[1]) if sockets else int(port)
+        self._tasks.append(asyncio.create_task(self._refresh_keys(), name="refresh-keys"))
+        self._tasks.append(
+            asyncio.create_task(userstream.sweeper(self.web, self.gateway), name="sweep-listen-keys")
+        )
+
+    async def start_admin(self) -> None:
+        """The admin gRPC service and health (the first worker; health SERVING once it is called)."""
         self.server = await start_server(
             self.config.gateway.admin_listen,
             [
@@ -214,16 +268,12 @@ class GatewayApp:
             ],
             [SERVICE_NAME],
         )
-        self._tasks.append(asyncio.create_task(self._refresh_keys(), name="refresh-keys"))
-        self._tasks.append(
-            asyncio.create_task(userstream.sweeper(self.web, self.gateway), name="sweep-listen-keys")
-        )
 
     async def _refresh_keys(self) -> None:
         while True:
             await asyncio.sleep(self.keys.refresh_s)
             try:
-                await asyncio.to_thread(self.keys.reload)
+                await self.keys.refresh()
             except Exception:
                 log.exception("reloading the API keys failed")
 

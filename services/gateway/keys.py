@@ -12,7 +12,11 @@ not a journaled state machine: keys are configuration of the edge, not money; no
 against other commands, several gateways can share one database, and an operator can inspect and revoke
 with SQL in an emergency. Lookups are answered from memory (every valid key, loaded at start and
 re-read every `refresh_s`), so a signed request costs no query; a key revoked through another gateway
-stops working within that period, through this one at once.
+(another machine sharing the database) stops working within that period, through this one at once.
+The worker processes of one gateway (`[gateway] workers = N`) share a version number of the keys
+(services.gateway.shared): a create or revoke bumps it once committed, and a worker that sees a newer
+version re-reads the keys before it verifies its next request (`sync`), so a key created or revoked
+through the admin service holds on every worker as soon as the admin call has answered.
 
 Permissions: read (balances, orders, trades, the user data stream), trade (orders), strategies
 (quantizer). There is no withdrawal permission: withdrawals never go through keys.
@@ -20,6 +24,7 @@ Permissions: read (balances, orders, trades, the user data stream), trade (order
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 import time
@@ -31,6 +36,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from services.common.errors import InvalidArgument, NotFound, Reason, quote
 from services.common.limits import check_user
+from services.gateway.shared import KEYS_VERSION, SharedState
 
 READ, TRADE, STRATEGIES = "read", "trade", "strategies"
 PERMISSIONS = (READ, TRADE, STRATEGIES)
@@ -110,13 +116,18 @@ def parse_permissions(text: str) -> frozenset[str]:
 
 
 class KeyStore:
-    def __init__(self, url: str, master_key: bytes, *, refresh_s: float = 2.0) -> None:
+    def __init__(
+        self, url: str, master_key: bytes, *, refresh_s: float = 2.0, state: SharedState | None = None
+    ) -> None:
         self.engine = sa.create_engine(url)
         metadata.create_all(self.engine)
         self._aead = AESGCM(master_key)
         self.refresh_s = refresh_s
+        self.state = state or SharedState.local(replay_slots=1, weight_slots=1, connection_slots=1)
+        self.version = self.state.version(KEYS_VERSION)
         self._active: dict[str, ActiveKey] = {}
         self._loaded_at = 0.0
+        self._syncing: asyncio.Lock | None = None
         self.reload()
 
     def close(self) -> None:
@@ -163,6 +174,7 @@ class KeyStore:
                 )
             )
         self._active[api_key] = ActiveKey(key, secret.encode())
+        self.state.bump(KEYS_VERSION)
         return key, secret
 
     def list(self, user_id: int = 0, *, include_revoked: bool = False) -> list[ApiKey]:
@@ -187,11 +199,13 @@ class KeyStore:
             else:
                 now = row.revoked_time_us
         self._active.pop(api_key, None)
+        self.state.bump(KEYS_VERSION)
         key = self._key(row)
         return ApiKey(key.api_key, key.user_id, key.permissions, key.label, key.created_time_us, now)
 
     def reload(self) -> None:
         """Re-read every valid key (and decrypt its secret) from the database."""
+        version = self.state.version(KEYS_VERSION)  # read first: a change during the read is seen next
         active: dict[str, ActiveKey] = {}
         with self.engine.connect() as conn:
             for row in conn.execute(sa.select(api_keys).where(api_keys.c.revoked_time_us == 0)):
@@ -199,6 +213,25 @@ class KeyStore:
                 active[row.api_key] = ActiveKey(self._key(row), secret)
         self._active = active
         self._loaded_at = time.monotonic()
+        self.version = version
+
+    def stale(self) -> bool:
+        """Whether another worker created or revoked a key since this one last read them."""
+        return self.state.version(KEYS_VERSION) != self.version
+
+    async def sync(self) -> None:
+        """Re-read the keys if another worker changed them (the request path: one comparison when
+        nothing changed); concurrent callers wait for the same reading."""
+        if self.stale():
+            await self.refresh(only_if_stale=True)
+
+    async def refresh(self, *, only_if_stale: bool = False) -> None:
+        """Re-read the keys in a thread; one reading at a time (so an older one never lands last)."""
+        if self._syncing is None:
+            self._syncing = asyncio.Lock()
+        async with self._syncing:
+            if not only_if_stale or self.stale():
+                await asyncio.to_thread(self.reload)
 
     # --- the request path ------------------------------------------------------------------------
 

@@ -69,7 +69,7 @@ async def signed(request: web.Request, permission: str) -> tuple[Gateway, Params
         endpoint=f"{request.method} {request.path}",
     )
     weight = WEIGHTS.get((request.method, request.path), 1)
-    wait = gw.key_limits.take(verified.key.key.api_key, weight, now_ms())
+    wait, _ = gw.key_limits.take(verified.key.key.api_key, weight, now_ms())
     if wait is not None:
         raise ApiError(
             429,

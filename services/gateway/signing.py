@@ -5,7 +5,8 @@ of the query string followed by the request body (both as sent, without the `sig
 `timestamp` (ms) must lie within `recvWindow` ms (default 5000, at most the configured maximum) before
 the server's time, and at most 1 s after it. Within that window a signature is accepted once: an exact
 replay of a signed request (same endpoint, same signature) is refused (the window bounds what has to be
-remembered).
+remembered), by whichever of the gateway's worker processes it reaches: the signatures seen are kept in
+their shared state (services.gateway.shared).
 
 The key's user is the only user a request acts for: no parameter names a user.
 """
@@ -15,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
-from collections import deque
 from dataclasses import dataclass
 
 from services.common.errors import Reason
@@ -29,6 +29,8 @@ from services.gateway.errors import (
 )
 from services.gateway.keys import ActiveKey, KeyStore
 from services.gateway.params import is_digits
+from services.gateway.shared import SharedState
+from services.gateway.shared import key_of as key_of_text
 
 FUTURE_TOLERANCE_MS = 1_000
 MAX_API_KEY = 80
@@ -59,24 +61,19 @@ def strip_signature(raw: str) -> tuple[str, str]:
 
 
 class ReplayGuard:
-    """Signatures seen in the last `window_ms`; at most `capacity` remembered (beyond that the oldest
-    are forgotten early, which only shortens the replay protection to the recvWindow check)."""
+    """Signatures seen in the last `window_ms` (+ FUTURE_TOLERANCE_MS), in the workers' shared state
+    (services.gateway.shared), so a replay is refused by whichever worker it reaches. The table is
+    bounded: when a signature's probe chain is full, the entry that expires first is forgotten early
+    (that only shortens the replay protection of that request to the recvWindow check)."""
 
-    def __init__(self, window_ms: int, capacity: int = 200_000) -> None:
+    def __init__(self, window_ms: int, state: SharedState) -> None:
         self.window_ms = window_ms
-        self.capacity = capacity
-        self._seen: set[str] = set()
-        self._order: deque[tuple[int, str]] = deque()
+        self.state = state
 
     def first_time(self, signature: str, now_ms: int) -> bool:
-        order, seen = self._order, self._seen
-        while order and (order[0][0] <= now_ms or len(order) >= self.capacity):
-            seen.discard(order.popleft()[1])
-        if signature in seen:
-            return False
-        seen.add(signature)
-        order.append((now_ms + self.window_ms + FUTURE_TOLERANCE_MS, signature))
-        return True
+        return self.state.first_time(
+            key_of_text(signature), now_ms, now_ms + self.window_ms + FUTURE_TOLERANCE_MS
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,11 +100,18 @@ def key_of(store: KeyStore, header: str | None) -> ActiveKey:
 
 
 class Verifier:
-    def __init__(self, store: KeyStore, *, max_recv_window_ms: int, default_recv_window_ms: int) -> None:
+    def __init__(
+        self,
+        store: KeyStore,
+        state: SharedState,
+        *,
+        max_recv_window_ms: int,
+        default_recv_window_ms: int,
+    ) -> None:
         self.store = store
         self.max_recv_window_ms = max_recv_window_ms
         self.default_recv_window_ms = default_recv_window_ms
-        self.replays = ReplayGuard(max_recv_window_ms)
+        self.replays = ReplayGuard(max_recv_window_ms, state)
 
     def verify(
         self,

@@ -32,6 +32,7 @@ log = logging.getLogger("services.gateway.userstream")
 
 LISTEN_KEYS: web.AppKey[ListenKeys] = web.AppKey("listen_keys", ListenKeys)
 SWEEP_S = 1.0
+VERSION_POLL_S = 0.05
 PATH = "/api/v3/userDataStream"
 
 
@@ -77,26 +78,29 @@ async def _listen_key_param(request: web.Request) -> str:
 
 async def create(request: web.Request) -> web.Response:
     _, store, api_key, user_id = _api_key(request)
-    entry = store.create(api_key, user_id, now_ms())
+    entry = await asyncio.to_thread(store.create, api_key, user_id, now_ms())
     return json_response({"listenKey": entry.listen_key})
 
 
 async def keepalive(request: web.Request) -> web.Response:
     _, store, api_key, _ = _api_key(request)
-    store.keepalive(api_key, await _listen_key_param(request), now_ms())
+    listen_key = await _listen_key_param(request)
+    await asyncio.to_thread(store.keepalive, api_key, listen_key, now_ms())
     return json_response({})
 
 
 async def delete(request: web.Request) -> web.Response:
     _, store, api_key, _ = _api_key(request)
-    store.delete(api_key, await _listen_key_param(request), now_ms())
+    listen_key = await _listen_key_param(request)
+    await asyncio.to_thread(store.remove, api_key, listen_key, now_ms())
+    store.close([(listen_key, "listen key deleted")])
     return json_response({})
 
 
 async def stream(request: web.Request) -> web.WebSocketResponse:
     gw = gateway_of(request)
     store = request.app[LISTEN_KEYS]
-    entry = store.get(request.match_info["listen_key"], now_ms())
+    entry = await asyncio.to_thread(store.get, request.match_info["listen_key"], now_ms())
     if entry is None or not valid_api_key(gw)(entry.api_key):
         raise ApiError(
             400, INVALID_LISTEN_KEY, "This listenKey does not exist.", reason=str(Reason.INVALID_FIELD)
@@ -108,7 +112,7 @@ async def stream(request: web.Request) -> web.WebSocketResponse:
     def close(reason: str) -> None:
         conn.drop(reason, code=1000)
 
-    entry.streams.add(close)
+    store.attach(entry.listen_key, close)
     loop = asyncio.get_running_loop()
     tasks = [loop.create_task(conn.writer()), loop.create_task(follow_user(gw, conn, entry.user_id, dict))]
     try:
@@ -116,7 +120,7 @@ async def stream(request: web.Request) -> web.WebSocketResponse:
             pass
     finally:
         conn.closed = True
-        entry.streams.discard(close)
+        store.detach(entry.listen_key, close)
         for t in tasks:
             t.cancel()
         for t in tasks:
@@ -126,13 +130,21 @@ async def stream(request: web.Request) -> web.WebSocketResponse:
 
 
 async def sweeper(app: web.Application, gw: Gateway) -> None:
-    """Every SWEEP_S: close the streams of expired listen keys and of revoked API keys."""
+    """Every SWEEP_S, and at once when a listen key was deleted through another worker or an API key
+    changed: close this worker's streams of expired, deleted or orphaned listen keys."""
     store = app[LISTEN_KEYS]
     check = valid_api_key(gw)
+    next_sweep = 0.0
+    loop = asyncio.get_running_loop()
     while True:
-        await asyncio.sleep(SWEEP_S)
+        await asyncio.sleep(VERSION_POLL_S)
+        if gw.keys.stale():
+            await gw.keys.sync()
+        elif not store.changed() and loop.time() < next_sweep:
+            continue
+        next_sweep = loop.time() + SWEEP_S
         try:
-            store.sweep(now_ms(), check)
+            store.close(await asyncio.to_thread(store.dead, now_ms(), check, list(store.streams)))
         except Exception:
             log.exception("sweeping the listen keys failed")
 

@@ -19,7 +19,8 @@ subscribes, then takes a snapshot and applies the diffs with u > lastUpdateId (t
 lastUpdateId + 1) keeps an exact book, as on Binance.
 
 Fan-out: a message is serialized and framed once per kind (raw, combined), not per connection; what is
-published in one turn of the event loop is flushed together (flushes at least FLUSH_INTERVAL_S apart),
+published in one turn of the event loop is flushed together (flushes at least FLUSH_INTERVAL_S apart,
+more under load: FLUSH_COST_FACTOR times the last flush's cost, at most MAX_FLUSH_INTERVAL_S),
 each connection getting one transport write of the frames of its streams, joined once per set of
 subscriptions, with no task or await per connection and message (Feeds.flush, Connection.send_frame).
 Depth diffs are computed once per market and period, for every subscriber.
@@ -38,6 +39,7 @@ import contextlib
 import json
 import logging
 import struct
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -68,6 +70,12 @@ READY_TIMEOUT_S = 10.0
 WRITE_HIGH_WATER = 256 * 1024  # bytes in a connection's socket buffer before its messages wait
 BACKLOG_POLL_S = 0.005
 FLUSH_INTERVAL_S = 0.005  # between two fan-out flushes: at most 200 writes/s per connection
+# A flush's cost is about one socket write per connection, whatever the messages: the next flush waits
+# FLUSH_COST_FACTOR times as long as the last one took (at least FLUSH_INTERVAL_S, at most
+# MAX_FLUSH_INTERVAL_S), so that the fan-out takes at most about 1 / FLUSH_COST_FACTOR of the process
+# however many connections there are, and the messages of busy streams go out in fewer, larger writes.
+FLUSH_COST_FACTOR = 4.0
+MAX_FLUSH_INTERVAL_S = 0.04
 
 
 def text_frame(text: str) -> bytes:
@@ -197,6 +205,7 @@ class Feeds:
         self._tick: list[tuple[str, dict[str, Any]]] = []  # published, not yet flushed
         self._flush_scheduled = False
         self._last_flush = 0.0
+        self.flush_interval = FLUSH_INTERVAL_S  # adapted to the cost of the last flush
 
     # --- names -----------------------------------------------------------------------------------
 
@@ -280,7 +289,7 @@ class Feeds:
         if not self._flush_scheduled:
             self._flush_scheduled = True
             loop = asyncio.get_running_loop()
-            wait = self._last_flush + FLUSH_INTERVAL_S - loop.time()
+            wait = self._last_flush + self.flush_interval - loop.time()
             if wait > 0:
                 loop.call_later(wait, self.flush)
             else:
@@ -296,6 +305,14 @@ class Feeds:
         tick, self._tick = self._tick, []
         if not tick:
             return
+        started = time.perf_counter()
+        try:
+            self._write(tick)
+        finally:
+            cost = time.perf_counter() - started
+            self.flush_interval = min(MAX_FLUSH_INTERVAL_S, max(FLUSH_INTERVAL_S, FLUSH_COST_FACTOR * cost))
+
+    def _write(self, tick: list[tuple[str, dict[str, Any]]]) -> None:
         frames: dict[tuple[int, bool], bytes] = {}
 
         def frame(i: int, combined: bool) -> bytes:

@@ -5,9 +5,10 @@ of it, int() refuses it) was answered 500 instead of Binance's 400 {code, msg}."
 from __future__ import annotations
 
 import os
+import random
 import time
 from pathlib import Path
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode
 
 import pytest
 from hypothesis import given
@@ -16,7 +17,7 @@ from hypothesis import strategies as st
 from services.common.units import INT64_MAX
 from services.gateway.errors import ApiError
 from services.gateway.keys import TRADE, KeyStore
-from services.gateway.params import MAX_MS, Params, is_digits
+from services.gateway.params import MAX_MS, MAX_PARAMS, Params, is_digits, parse
 from services.gateway.signing import Verifier, sign, strip_signature
 
 NOT_ASCII_DIGITS = ["²", "١٢", "\uff11", "߁"]  # superscript two, Arabic-Indic, full-width, N'Ko digits
@@ -45,7 +46,7 @@ def test_a_signed_request_with_other_digits_is_refused_not_failed(
     try:
         key, secret = store.create(7, frozenset({TRADE}))
         store.reload()
-        verifier = Verifier(store, max_recv_window_ms=60_000, default_recv_window_ms=5_000)
+        verifier = Verifier(store, store.state, max_recv_window_ms=60_000, default_recv_window_ms=5_000)
         now = int(time.time() * 1000)
         params = {"symbol": "BTCUSDT", "timestamp": str(now), name: text}
         query = urlencode(params)
@@ -91,3 +92,22 @@ def test_strip_signature_is_the_parameter_split(parts: list[str]) -> None:
     """strip_signature's fast path (one signature, last) answers as splitting on '&' does."""
     raw = "&".join(parts)
     assert strip_signature(raw) == _strip_by_parts(raw)
+
+
+def test_the_fast_parameter_split_reads_what_parse_qsl_reads() -> None:
+    rng = random.Random(13)
+    alphabet = "ab=&%+2F x;"
+    for _ in range(20_000):
+        raw = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 24)))
+        try:
+            want: object = dict(parse_qsl(raw, keep_blank_values=True, max_num_fields=MAX_PARAMS))
+        except ValueError:
+            want = "too many"
+        try:
+            got: object = parse(raw)
+        except ValueError:
+            got = "too many"
+        assert got == want, raw
+    assert parse("&".join(f"k{i}=v" for i in range(MAX_PARAMS)))["k39"] == "v"
+    with pytest.raises(ValueError):
+        parse("&".join(f"k{i}=v" for i in range(MAX_PARAMS + 1)))

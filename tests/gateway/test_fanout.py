@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, cast
@@ -17,7 +18,7 @@ from aiohttp import web
 
 from services.clients.market import MarketClient
 from services.gateway.symbols import Symbols
-from services.gateway.ws import Connection, Feeds
+from services.gateway.ws import FLUSH_COST_FACTOR, FLUSH_INTERVAL_S, MAX_FLUSH_INTERVAL_S, Connection, Feeds
 from testkit.accounts_sim import default_catalog
 
 
@@ -163,3 +164,57 @@ def test_a_consumer_that_stops_reading_is_dropped_and_the_others_get_everything(
     assert stuck.closed and stuck.dropped_reason.startswith("slow consumer: more than 5 messages")
     assert not healthy.dropped_reason and received == published < 2_000
     assert b"slow consumer" in with_reason  # the close frame carries the reason
+
+
+class _SlowConnection:
+    """A connection whose writes take `cost_s` each (as a socket write to a busy kernel would)."""
+
+    def __init__(self, cost_s: float) -> None:
+        self.cost_s = cost_s
+        self.combined = False
+        self.frames: list[bytes] = []
+
+    def send_frame(self, frame: bytes, messages: int = 1) -> None:
+        deadline = time.perf_counter() + self.cost_s
+        while time.perf_counter() < deadline:
+            pass
+        self.frames.append(frame)
+
+
+def test_flushes_space_out_as_they_grow_costly_and_come_back() -> None:
+    """The next flush waits FLUSH_COST_FACTOR x the last one's cost (between FLUSH_INTERVAL_S and
+    MAX_FLUSH_INTERVAL_S): with many connections, fewer and larger writes, everything still sent."""
+
+    async def run() -> None:
+        f = feeds()
+        slow = [_SlowConnection(0.0004) for _ in range(10)]  # ~4 ms a flush
+        for c in slow:
+            f.subscribers.setdefault("a@trade", set()).add(cast(Connection, c))
+        assert f.flush_interval == FLUSH_INTERVAL_S
+        f.publish("a@trade", {"i": 1})
+        await until(lambda: all(c.frames for c in slow))
+        assert FLUSH_COST_FACTOR * 0.004 <= f.flush_interval <= MAX_FLUSH_INTERVAL_S
+        spaced, first_flush = f.flush_interval, f._last_flush
+        for i in range(2, 6):  # published in four turns: one write per connection, after the wait
+            f.publish("a@trade", {"i": i})
+            await asyncio.sleep(0)
+        await until(lambda: all(len(c.frames) == 2 for c in slow))
+        assert f._last_flush - first_flush >= spaced * 0.99  # the second flush waited
+        assert [json.loads(p) for p in _payloads(slow[0].frames[1])] == [{"i": i} for i in range(2, 6)]
+        for c in slow:
+            c.cost_s = 0.0
+        f.publish("a@trade", {"i": 6})
+        await until(lambda: all(len(c.frames) == 3 for c in slow))
+        assert f.flush_interval == FLUSH_INTERVAL_S  # cheap again: back to the shortest wait
+
+    asyncio.run(run())
+
+
+def _payloads(data: bytes) -> list[bytes]:
+    """The payloads of a run of short unmasked text frames."""
+    out = []
+    while data:
+        n = data[1]
+        out.append(data[2 : 2 + n])
+        data = data[2 + n :]
+    return out

@@ -7,48 +7,66 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+import sqlalchemy as sa
 from exchange.v1 import gateway_service_pb2 as gpb
 
 from services.gateway.errors import ApiError
-from services.gateway.listenkeys import LISTEN_KEY_LEN, LISTEN_KEY_TTL_MS, ListenKeys
+from services.gateway.listenkeys import LISTEN_KEY_LEN, LISTEN_KEY_TTL_MS, PURGE_AFTER_MS, ListenKeys
+from services.gateway.shared import SharedState
 from tests.gateway.conftest import Env, Rest, new_user
 from tests.gateway.test_ws import limit
 
 PATH = "/api/v3/userDataStream"
 
 
-def test_listen_keys_expire_without_keepalive_and_are_bounded() -> None:
-    store = ListenKeys(max_per_key=2)
+def test_listen_keys_expire_without_keepalive_and_are_bounded(tmp_path: Path) -> None:
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'keys.sqlite'}")
+    state = SharedState.local()
+    store = ListenKeys(engine, max_per_key=2, state=state)
+    other_worker = ListenKeys(engine, max_per_key=2, state=state)  # the same database and state
     closed: list[str] = []
     a = store.create("K", 7, 0)
     assert len(a.listen_key) == LISTEN_KEY_LEN and a.listen_key.isalnum() and a.user_id == 7
-    a.streams.add(closed.append)
-    b = store.create("K", 7, 0)
-    assert a.listen_key != b.listen_key
+    store.attach(a.listen_key, closed.append)
+    b = other_worker.create("K", 7, 0)
+    assert a.listen_key != b.listen_key and store.get(b.listen_key, 0) == b
     with pytest.raises(ApiError) as err:
-        store.create("K", 7, 0)  # at most 2 per API key
+        store.create("K", 7, 0)  # at most 2 per API key, through any worker
     assert err.value.body()["code"] == -1125
     store.create("OTHER", 8, 0)  # another API key has its own bound
-    store.keepalive("K", a.listen_key, LISTEN_KEY_TTL_MS - 1)  # a is now valid until 2 x TTL - 1
+    other_worker.keepalive("K", a.listen_key, LISTEN_KEY_TTL_MS - 1)  # a is valid until 2 x TTL - 1
     with pytest.raises(ApiError):
         store.keepalive("OTHER", a.listen_key, 1)  # only the owner's API key
-    assert store.sweep(LISTEN_KEY_TTL_MS, lambda _k: True) == 2  # b and OTHER's expired
+    assert store.count(LISTEN_KEY_TTL_MS) == 1  # b and OTHER's expired
+    assert store.sweep(LISTEN_KEY_TTL_MS, lambda _k: True) == 0 and not closed  # a's stream is alive
     assert store.get(b.listen_key, LISTEN_KEY_TTL_MS) is None
-    assert store.get(a.listen_key, 2 * LISTEN_KEY_TTL_MS - 2) is a and not closed
+    assert store.get(a.listen_key, 2 * LISTEN_KEY_TTL_MS - 2) == a.__class__(
+        a.listen_key, "K", 7, 2 * LISTEN_KEY_TTL_MS - 1
+    )
     assert store.get(a.listen_key, 2 * LISTEN_KEY_TTL_MS - 1) is None  # expired, even before a sweep
     store.create("K", 7, LISTEN_KEY_TTL_MS)  # b's place is free again
-    assert store.sweep(LISTEN_KEY_TTL_MS, lambda k: k != "K") == 2  # K revoked: its keys go
-    assert closed == ["API key revoked"] and len(store) == 0
-    c = store.create("K", 7, 0)
-    c.streams.add(closed.append)
-    store.delete("K", c.listen_key, 1)
-    assert closed[-1] == "listen key deleted" and store.get(c.listen_key, 1) is None
+    assert store.sweep(LISTEN_KEY_TTL_MS, lambda k: k != "K") == 1  # K revoked: a's stream closes
+    assert closed == ["API key revoked"] and not store.streams
+    c = store.create("OTHER", 8, 0)
+    store.attach(c.listen_key, closed.append)
+    assert not store.changed()
+    other_worker.delete("OTHER", c.listen_key, 1)  # deleted through the other worker
+    assert store.changed()  # what the sweeper polls: it sweeps at once
+    assert store.sweep(1, lambda _k: True) == 1 and closed[-1] == "listen key deleted"
+    assert store.get(c.listen_key, 1) is None and not store.changed()
     with pytest.raises(ApiError):
-        store.delete("K", c.listen_key, 1)
+        store.delete("OTHER", c.listen_key, 1)
+    d = store.create("OTHER", 8, 0)
+    store.attach(d.listen_key, closed.append)
+    assert store.sweep(LISTEN_KEY_TTL_MS, lambda _k: True) == 1 and closed[-1] == "listen key expired"
+    store.sweep(LISTEN_KEY_TTL_MS + PURGE_AFTER_MS, lambda _k: True)  # purges what expired a minute ago
+    assert store._row(d.listen_key) is None
+    engine.dispose()
 
 
 def _call(r: Rest, method: str, listen_key: str = "", key: str | None = None) -> Any:

@@ -3,30 +3,77 @@
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 
-from services.gateway.ratelimit import ConnectionLimiter, WeightLimiter
+from services.gateway import shared
+from services.gateway.ratelimit import OVERFLOW, ConnectionLimiter, WeightLimiter
+from services.gateway.shared import SharedHandle, SharedState
+from services.gateway.signing import ReplayGuard
 from testkit.cluster import Cluster
 from tests.gateway.conftest import Env
 
 pytestmark = pytest.mark.slow
 
 
+def _wait(answer: tuple[int | None, int]) -> int | None:
+    return answer[0]
+
+
 def test_limiter_windows_and_bounds() -> None:
-    lim = WeightLimiter(10, max_clients=2)
-    assert lim.take("a", 6, 1_000) is None and lim.take("a", 4, 2_000) is None
-    assert lim.take("a", 1, 59_500) == 1  # half a second to the next window: 1 s
-    assert lim.take("a", 1, 30_000) == 30 and lim.used("a") == 10  # refused weight is not counted
-    assert lim.take("b", 10, 3_000) is None and lim.take("b", 11, 60_000) == 60
-    assert lim.take("a", 10, 60_000) is None  # a new window
-    lim.take("c", 1, 60_001)
-    lim.take("d", 1, 60_002)  # past max_clients: one shared counter
-    assert lim.used("\x00overflow") == 1
+    state = SharedState.local(replay_slots=1, weight_slots=2, connection_slots=1)  # room for 2 clients
+    lim = WeightLimiter(10, state)
+    assert lim.take("a", 6, 1_000) == (None, 6) and lim.take("a", 4, 2_000) == (None, 10)
+    assert _wait(lim.take("a", 1, 59_500)) == 1  # half a second to the next window: 1 s
+    assert _wait(lim.take("a", 1, 30_000)) == 30 and lim.used("a", 30_000) == 10  # refused: not counted
+    assert _wait(lim.take("b", 10, 3_000)) is None and _wait(lim.take("b", 11, 60_000)) == 60
+    assert _wait(lim.take("a", 10, 60_000)) is None  # a new window
+    assert lim.used("a", 60_000) == 10 and lim.used("b", 60_000) == 0
+    assert lim.take("b", 1, 60_000) == (None, 1)  # b's slot of the last window is reused
+    other = WeightLimiter(10, state, per_key=True)  # the keys' table is another one
+    assert other.used("a", 60_000) == 0 and other.take("a", 3, 60_000) == (None, 3)
+    lim.take("c", 1, 60_001)  # a's and b's slots are this window's: c has no room, nor d
+    lim.take("d", 1, 60_002)  # past the table's room: one shared counter
+    assert lim.used(OVERFLOW, 60_002) == 2 and lim.used("c", 60_002) == 0
+
+
+def test_limits_and_replays_hold_across_processes_sharing_the_state() -> None:
+    """Two processes on one SharedState (as the gateway's workers): one limit, one replay memory."""
+    state = SharedState.create()
+    ctx = multiprocessing.get_context("spawn")
+    results, go = ctx.Queue(), ctx.Queue()
+    child = ctx.Process(target=_use_shared, args=(state.handle, results, go))
+    child.start()
+    try:
+        assert results.get(timeout=30) == "ready"
+        mine = WeightLimiter(10, state)
+        guard = ReplayGuard(60_000, state)
+        assert guard.first_time("POST /api/v3/order abc", 1_000)  # the child saw it: refused there
+        assert mine.take("1.2.3.4", 6, 1_000) == (None, 6)
+        go.put("go")
+        assert results.get(timeout=30) == ("replayed", False, "weight", (None, 10), (1, 10))
+        assert not guard.first_time("POST /api/v3/order child", 1_000)  # remembered by the child
+        assert mine.used("1.2.3.4", 1_000) == 10
+    finally:
+        child.join(30)
+
+
+def _use_shared(handle: SharedHandle, results: Any, go: Any) -> None:
+    state = SharedState.attach(handle)
+    lim = WeightLimiter(10, state)
+    guard = ReplayGuard(60_000, state)
+    results.put("ready")
+    go.get(timeout=30)
+    first = guard.first_time("POST /api/v3/order abc", 1_000)
+    guard.first_time("POST /api/v3/order child", 1_000)
+    results.put(("replayed", first, "weight", lim.take("1.2.3.4", 4, 1_500), lim.take("1.2.3.4", 1, 59_500)))
 
 
 @pytest.fixture(scope="module")
@@ -76,12 +123,19 @@ def test_address_limit_answers_429_with_retry_after(limited: Env) -> None:
     assert 1 <= int(refused.headers["Retry-After"]) <= 60
 
 
-def test_connection_limiter_counts_per_address() -> None:
-    lim = ConnectionLimiter(2)
+def test_connection_limiter_counts_per_address_over_every_worker() -> None:
+    state = SharedState.local()
+    lim = ConnectionLimiter(2, state)
     assert lim.acquire("a") and lim.acquire("a") and not lim.acquire("a")
     assert lim.acquire("b") and lim.open("a") == 2  # a refused connection is not counted
     lim.release("a")
     assert lim.acquire("a") and not lim.acquire("a")
+    w0 = ConnectionLimiter(3, state, worker=0, workers=2)
+    w1 = ConnectionLimiter(3, state, worker=1, workers=2)
+    assert w0.acquire("c") and w1.acquire("c") and w1.acquire("c") and not w0.acquire("c")
+    assert w0.open("c") == w1.open("c") == 3
+    state.forget_worker(1)  # worker 1 restarted: its connections are gone
+    assert w0.open("c") == 1 and w1.acquire("c")
 
 
 def test_websocket_connections_per_address_are_limited(limited: Env) -> None:
@@ -129,3 +183,26 @@ def test_streams_per_connection_are_bounded(limited: Env) -> None:
             await ws.close()
 
     asyncio.run(run())
+
+
+def test_a_worker_killed_holding_the_shared_lock_does_not_stop_the_others(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(shared, "STALE_LOCK_S", 0.2)
+    state = SharedState.create()
+    ctx = multiprocessing.get_context("spawn")
+    child = ctx.Process(target=_die_holding_the_lock, args=(state.handle,))
+    child.start()
+    child.join(30)
+    assert child.exitcode == 0
+    lim = WeightLimiter(10, state)
+    started = time.monotonic()
+    assert lim.take("a", 1, 1_000) == (None, 1)  # after the wait, not forever
+    assert 0.15 < time.monotonic() - started < 5
+    started = time.monotonic()
+    assert lim.take("a", 1, 1_000) == (None, 2) and time.monotonic() - started < 0.1  # free again
+
+
+def _die_holding_the_lock(handle: SharedHandle) -> None:
+    handle.lock.acquire()
+    os._exit(0)
