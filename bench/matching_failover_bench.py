@@ -257,13 +257,19 @@ def main() -> None:
     parser.add_argument("--after", type=float, default=4.0, help="seconds of load after the recovery")
     parser.add_argument("--stream-replicas", type=int, default=3, choices=(1, 3))
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
+    parser.add_argument(
+        "--zk-tick-ms", type=int, default=200, help="ZooKeeper tickTime (sessions expire per tick)"
+    )
     args = parser.parse_args()
     base = Path(tempfile.mkdtemp(prefix="matching-failover-bench-"))
     cluster: NatsCluster | None = None
-    zk = ZooKeeper(base / "zk", nodes=1, port=25181, peer_port=25888, election_port=26888)
+    zk = ZooKeeper(
+        base / "zk", nodes=1, port=25181, peer_port=25888, election_port=26888, tick_ms=args.zk_tick_ms
+    )
     result: dict[str, Any] = {
         "bench": "matching_failover",
         "session_timeout_s": SESSION_S,
+        "zk_tick_ms": args.zk_tick_ms,
         "stream_replicas": args.stream_replicas,
     }
     try:

@@ -239,6 +239,10 @@ class ZooKeeper:
     port: int = 2191
     peer_port: int = 2888
     election_port: int = 3888
+    # The server's tick: it expires sessions in buckets of one tick, so a dead leader's session ends
+    # up to a tick after its timeout (which the failover waits for). 200 ms keeps that at a tenth of
+    # the 2 s session; initLimit and syncLimit keep 5 s and 2.5 s whatever the tick.
+    tick_ms: int = 200
     members: list[Node] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -252,9 +256,9 @@ class ZooKeeper:
             conf = d / "conf"
             conf.mkdir(exist_ok=True)
             cfg = [
-                "tickTime=500",
-                "initLimit=10",
-                "syncLimit=5",
+                f"tickTime={self.tick_ms}",
+                f"initLimit={-(-5000 // self.tick_ms)}",
+                f"syncLimit={-(-2500 // self.tick_ms)}",
                 f"dataDir={data}",
                 f"clientPort={self.port + i}",
                 "clientPortAddress=127.0.0.1",
