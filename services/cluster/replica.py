@@ -147,6 +147,10 @@ async def follow_stream(host: StateMachineHost[Any, Any], stream: JetStreamJourn
     await host.start_following(reader)
 
 
+# How long a replica that refuses a write stream goes on reading it before it ends the call.
+REFUSAL_GRACE_S = 0.2
+
+
 async def refused_write_stream(
     host: StateMachineHost[Any, Any],
     request_iterator: AsyncIterator[Any],
@@ -156,13 +160,21 @@ async def refused_write_stream(
     writes (a follower: NOT_LEADER; a failed writer: WRITER_FAILED), end the call with that status and
     return True, before anything of the stream reaches the host (a follower must not count commands as
     queued that it never applies, and no resume point is reported from a machine that may be ahead of
-    the journal). The first request is read first: a status sent while the client is still writing
-    that message reaches it as INTERNAL ("Failed execute_batch", grpc aio), not as the refusal."""
+    the journal). The first request is read first, then whatever the client sends within
+    REFUSAL_GRACE_S more (dropped: the client library sends it again to the leader), or until it ends
+    its stream: a status that reaches a client whose write is still under way becomes INTERNAL
+    ("Internal error from Core", grpc aio overwrites the call's status when a write fails), not the
+    refusal (seen under load with a second request 50 ms after the first)."""
     refusal = host.write_refusal()
     if refusal is None:
         return False
-    with contextlib.suppress(StopAsyncIteration):
-        await request_iterator.__aiter__().__anext__()
+    requests = request_iterator.__aiter__()
+    with contextlib.suppress(StopAsyncIteration, TimeoutError):
+        await requests.__anext__()
+        loop = asyncio.get_running_loop()
+        until = loop.time() + REFUSAL_GRACE_S
+        while (left := until - loop.time()) > 0:
+            await asyncio.wait_for(requests.__anext__(), left)
     await abort(context, refusal)
     return True
 
