@@ -71,8 +71,8 @@ from services.clients import (
     HistoryClient,
     MarketClient,
     MatchingClient,
-    StaticResolver,
 )
+from services.clients.discovery import resolver_for
 from services.clients.resolver import accounts_name
 from services.common import limits
 from services.common.config import ExchangeConfig, load_config
@@ -187,7 +187,7 @@ class Client:
     def __init__(self, config: ExchangeConfig, timeout: float) -> None:
         self.config = config
         self.timeout = timeout
-        self.resolver = StaticResolver.from_config(config)
+        self.resolver = resolver_for(config)
         self._clients: Clients | None = None
         self._runner: asyncio.Runner | None = None
         self._catalog: Catalog | None = None

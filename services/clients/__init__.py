@@ -17,6 +17,7 @@ Modules:
 - clients.retry: RetryPolicy (which waits, how many attempts), NO_RETRY.
 - clients.follow: follow_events / EventFollower / EventBatch and the EventSource protocol.
 - clients.resolver: Resolver, StaticResolver (from the config's advertise addresses), advertise_address.
+- clients.discovery: resolver_for(config), the static one or, in cluster mode, ZooKeeper's over it.
 - clients.channels: Connection (one service's channel, by name), sync_channel (blocking, for tools).
 """
 
@@ -27,6 +28,7 @@ from typing import Any, TypeVar
 from services.clients.accounts import AccountsClient
 from services.clients.base import ServiceClient
 from services.clients.channels import Connection, Options, sync_channel
+from services.clients.discovery import resolver_for
 from services.clients.errors import ClientError, EventGap, EventsOutOfRange
 from services.clients.follow import EventBatch, EventFollower, EventSource, follow_events
 from services.clients.history import HistoryClient
@@ -114,7 +116,7 @@ class Clients:
 
     @classmethod
     def from_config(cls, config: ExchangeConfig, **kw: Any) -> Clients:
-        return cls(StaticResolver.from_config(config), **kw)
+        return cls(resolver_for(config), **kw)
 
     def client(self, name: str) -> ServiceClient:
         """The client of service `name` (see kind_of); UnknownService for a name the resolver lacks."""

@@ -379,6 +379,12 @@ def exchange_config_dict(desc: ClusterDescription) -> dict[str, Any]:
         out["shards"][s.name] = table
     for section, settings in desc.services.items():
         out[section] = {**base.get(section, {}), **settings}
+    # Every client of the generated config finds the leaders in ZooKeeper (services.clients.discovery).
+    out["cluster"] = {
+        **base.get("cluster", {}),
+        "zookeeper": desc.zookeeper.connect_string,
+        "zk_root": desc.zookeeper.root,
+    }
     return out
 
 

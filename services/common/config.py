@@ -19,6 +19,11 @@ dialed at `shard_advertise[i]` (default: shard 0 at `advertise`, each as for any
 `metrics_listen`, when set, moves by i too.
 With one shard (the default) the source is `source` ("accounts-0") and nothing changes.
 
+Cluster mode: `[cluster] zookeeper = "h1:2181,h2:2181,h3:2181"` (and `zk_root`, default "/ostrakon")
+makes every client of this file (the services, the CLI, the gateway) find shard and accounts leaders in
+ZooKeeper and follow their changes (services.clients.discovery); the addresses here remain the
+fallback for every other name. Empty (the default): the addresses here are all there is.
+
 `listen` is where a service binds; `advertise` (optional, in each of those sections) is the address the
 others dial (services.clients.resolver): by default `listen`, with a wildcard host (0.0.0.0, [::]) taken
 as 127.0.0.1.
@@ -188,6 +193,15 @@ class SecurityConfig:
 
 
 @dataclass(frozen=True)
+class ClusterConfig:
+    """Where the clients of this configuration find leaders (cluster mode; see the module docstring)."""
+
+    zookeeper: str = ""  # "host:port,host:port,..."; "" = no ZooKeeper: the configured addresses
+    zk_root: str = "/ostrakon"
+    session_timeout_s: float = 10.0  # the clients' own ZooKeeper session (they lead nothing)
+
+
+@dataclass(frozen=True)
 class ExchangeConfig:
     path: Path
     data_dir: Path
@@ -200,6 +214,7 @@ class ExchangeConfig:
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
     quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
     exporter: ExporterConfig = field(default_factory=ExporterConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
     def accounts_sources(self) -> list[str]:
         """The source names of every accounts shard, by index."""
@@ -296,6 +311,7 @@ def config_from_dict(data: Mapping[str, Any], *, base_dir: Path, path: Path | No
         gateway=_build(GatewayConfig, data.get("gateway", {}), "gateway"),
         quantizer=_build(QuantizerConfig, data.get("quantizer", {}), "quantizer"),
         exporter=_build(ExporterConfig, data.get("exporter", {}), "exporter"),
+        cluster=_build(ClusterConfig, data.get("cluster", {}), "cluster"),
     )
 
 

@@ -9,7 +9,8 @@ import logging
 
 from services.clients import AccountsClient, MatchingClient
 from services.clients.channels import Connection
-from services.clients.resolver import ACCOUNTS, Resolver, StaticResolver
+from services.clients.discovery import resolver_for
+from services.clients.resolver import ACCOUNTS, Resolver
 from services.common.config import ExchangeConfig
 from services.common.consumers import SourceFailure, set_health
 from services.common.rpc import ServerHandle, start_metrics, start_server
@@ -45,7 +46,7 @@ class ExporterApp:
     def __init__(self, config: ExchangeConfig, *, resolver: Resolver | None = None) -> None:
         self.config = config
         fmt = check_format(config.exporter.format)
-        self.resolver = resolver or StaticResolver.from_config(config)
+        self.resolver = resolver or resolver_for(config)
         kinds = configured_sinks(config)
         if not kinds:
             raise ValueError("[exporter] needs nats_url or kafka_bootstrap")

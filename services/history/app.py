@@ -23,7 +23,8 @@ import logging
 from exchange.v1 import history_service_pb2_grpc
 
 from services.clients.channels import Connection
-from services.clients.resolver import Resolver, StaticResolver, accounts_name
+from services.clients.discovery import resolver_for
+from services.clients.resolver import Resolver, accounts_name
 from services.common.config import ExchangeConfig
 from services.common.consumers import SourceFailure, set_health
 from services.common.rpc import ServerHandle, start_metrics, start_server
@@ -45,7 +46,7 @@ class HistoryApp:
         resolver: Resolver | None = None,
     ) -> None:
         self.config = config
-        self.resolver = resolver or StaticResolver.from_config(config)
+        self.resolver = resolver or resolver_for(config)
         self.engine = create_history_engine(database_url or config.history_url())
         self.database = describe_url(self.engine)
         self.store = HistoryStore(self.engine)

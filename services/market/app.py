@@ -20,7 +20,8 @@ from pathlib import Path
 from exchange.v1 import market_service_pb2, market_service_pb2_grpc
 
 from services.clients.channels import Connection
-from services.clients.resolver import Resolver, StaticResolver
+from services.clients.discovery import resolver_for
+from services.clients.resolver import Resolver
 from services.common.config import ExchangeConfig
 from services.common.consumers import SourceFailure, set_health
 from services.common.rpc import ServerHandle, start_metrics, start_server
@@ -92,7 +93,7 @@ class MarketDataApp:
         self.hub = Hub()
         self.servicer = MarketServicer(self.state, self.hub)
         self.snapshotter = Snapshotter(self.store, self.state, config.market.snapshot_every)
-        self.resolver = resolver or StaticResolver.from_config(config)
+        self.resolver = resolver or resolver_for(config)
         self.consumers = [
             ShardConsumer(
                 name,

@@ -15,9 +15,9 @@ from typing import Any
 from exchange.v1 import quantizer_service_pb2
 
 from services.clients.accounts import AccountsClient
+from services.clients.discovery import resolver_for
 from services.clients.errors import ClientError
 from services.clients.market import MarketClient
-from services.clients.resolver import StaticResolver
 from services.common.config import ExchangeConfig, load_config
 from services.common.failstop import FailStop
 from services.common.host import HostOptions, StateMachineHost
@@ -67,7 +67,7 @@ class Quantizer:
                 snapshot_every=q.snapshot_every, accept_snapshot_beyond_journal=accept_snapshot_beyond_journal
             ),
         )
-        resolver = StaticResolver.from_config(config)
+        resolver = resolver_for(config)
         self.accounts = AccountsClient.resolve(resolver)
         # The feed reads every user's accounts events (StreamAccountEvents, GetAccountsStatus) as the
         # quantizer principal itself: its role allows those two reads (services.common.auth).
