@@ -19,8 +19,8 @@ from services.clients.zk_resolver import ZooKeeperResolver
 from services.cluster.election import LeaderInfo, connect, leader_path
 from services.cluster.servers import ZooKeeper
 from services.common.config import config_from_dict
-from tests.cluster_fixtures import zookeeper  # noqa: F401
 from tests.clients.fakes import Script, ScriptedAccounts, serve
+from tests.cluster_fixtures import zookeeper  # noqa: F401
 
 ASSETS = {
     "assets": {"USDT": {"decimals": 8}, "BTC": {"decimals": 8}},
