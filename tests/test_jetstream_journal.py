@@ -14,15 +14,17 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from itertools import count
 from pathlib import Path
 
 import pytest
 
+from services.cluster.journals import RoutedJournals
 from services.cluster.servers import NatsCluster, port_open
-from services.common.journal import FencedError, JournalError
+from services.common.journal import FencedError, FileJournals, JournalError
 from services.common.journal.jetstream import (
     JetStreamJournals,
     decode_message,
@@ -30,6 +32,7 @@ from services.common.journal.jetstream import (
     split_batch,
 )
 from tests.cluster_fixtures import nats_local, nats_r3  # noqa: F401
+from tests.test_jetstream_host import make_host
 
 ROOT = Path(__file__).resolve().parents[1]
 _ids = count(1)
@@ -212,6 +215,134 @@ def test_a_follower_reader_stays_hot(nats_local: list[str], factories: list[JetS
     assert seen[2] == (103, b"r0-0") and seen[-1] == (352, b"r4-49")
     reader.close()
     w.close()
+
+
+def _servers(request: pytest.FixtureRequest, where: str) -> list[str]:
+    if where == "r3":
+        cluster: NatsCluster = request.getfixturevalue("nats_r3")
+        return cluster.urls
+    local: list[str] = request.getfixturevalue("nats_local")
+    return local
+
+
+@pytest.mark.parametrize("where", ["local", "r3"])
+def test_when_durable_calls_back_in_order_once_acknowledged(
+    request: pytest.FixtureRequest, where: str, factories: list[JetStreamJournals]
+) -> None:
+    servers = _servers(request, where)
+    replicas = 3 if where == "r3" else 1
+    service = service_name("whendurable")
+    f = JetStreamJournals(servers, service=service, replicas=replicas, max_message_bytes=2000)
+    factories.append(f)
+    j = f.open("commands")
+    calls: list[tuple[int, int, int, BaseException | None]] = []  # (target, seq, durable then, error)
+    done = threading.Event()
+    batches = 12
+
+    def callback(target: int) -> Callable[[int, BaseException | None], None]:
+        def cb(seq: int, error: BaseException | None) -> None:
+            calls.append((target, seq, j.durable_seq, error))
+            if len(calls) == batches:
+                done.set()
+
+        return cb
+
+    written: list[bytes] = []
+    for b in range(batches):  # pipelined: nothing waits between the batches (several messages each)
+        batch = [f"b{b}-{k}".encode() * 20 for k in range(30)]
+        j.write_after(j.last_seq, batch)
+        written += batch
+        j.when_durable(j.last_seq, callback(j.last_seq))
+    assert done.wait(30), calls
+    assert [c[0] for c in calls] == [30 * (b + 1) for b in range(batches)]  # in order
+    assert all(err is None and seq >= target and durable >= target for target, seq, durable, err in calls)
+    # a target already durable is called back at once
+    late = threading.Event()
+    j.when_durable(30, lambda seq, err: late.set() if err is None and seq >= 30 else None)
+    assert late.wait(10)
+    # what was called back durable is in the stream: a fresh connection reads it all
+    g = JetStreamJournals(servers, service=service, replicas=replicas)
+    factories.append(g)
+    r = g.open("commands", durable_through=30 * batches)
+    assert [p for _, p in r.read(1, max_records=5000)] == written
+
+
+@pytest.mark.parametrize("where", ["local", "r3"])
+def test_a_deposed_writers_pipelined_messages_are_all_refused(
+    request: pytest.FixtureRequest, where: str, factories: list[JetStreamJournals]
+) -> None:
+    """The old writer's batch goes out as several pipelined messages right after a new writer fenced
+    the stream: the first is refused by its expected sequence, and the next ones, whose expected
+    sequences the new writer's messages now hold, by the chained message id: nothing of the old
+    writer lands on top of the new one, and the new one carries on."""
+    servers = _servers(request, where)
+    replicas = 3 if where == "r3" else 1
+    service = service_name("pipefence")
+    old_f = JetStreamJournals(servers, service=service, replicas=replicas, max_message_bytes=1000)
+    new_f = JetStreamJournals(servers, service=service, replicas=replicas)
+    factories.extend([old_f, new_f])
+    old = old_f.open("commands")
+    old.write_after(0, [b"old-1"])
+    assert old.sync() == 1
+    new = new_f.open("commands")
+    new.fence()  # one empty message: the stream's last sequence moves one past the old one's view
+    outcome: list[BaseException | None] = []
+    called = threading.Event()
+    stale = [f"stale-{k}".encode() * 30 for k in range(12)]  # ~4 messages of at most 1000 bytes
+    old.write_after(1, stale)
+    old.when_durable(old.last_seq, lambda seq, err: (outcome.append(err), called.set()))
+    assert called.wait(30)
+    assert isinstance(outcome[0], FencedError), outcome
+    with pytest.raises(FencedError):
+        old.sync()
+    with pytest.raises(FencedError):
+        old.write_after(old.last_seq, [b"again"])
+    assert new.write_after(1, [b"new-2", b"new-3"]) == range(2, 4)
+    assert new.sync() == 3
+    check = JetStreamJournals(servers, service=service, replicas=replicas)
+    factories.append(check)
+    r = check.open("commands", durable_through=3)
+    assert [p for _, p in r.read(1)] == [b"old-1", b"new-2", b"new-3"]
+
+
+def test_a_host_on_r3_answers_pipelined_batches_in_order_once_acknowledged(
+    nats_r3: NatsCluster,  # noqa: F811
+    factories: list[JetStreamJournals],
+    tmp_path: Path,
+) -> None:
+    """The host's journal thread hands batches to the stream without waiting (when_durable): fed
+    without waiting for answers, as accounts feeds a matching shard, every batch is answered in
+    order and only once the stream acknowledged its records (and all before them)."""
+    service = service_name("hostpipe")
+    stream = JetStreamJournals(nats_r3.urls, service=service, replicas=3)
+    factories.append(stream)
+    journals = RoutedJournals({"commands": stream}, FileJournals(tmp_path / "events"))
+    answers: list[tuple[int, int, int]] = []  # (batch, last result, stream durable at the answer)
+    most_in_flight = 0
+
+    async def scenario() -> None:
+        nonlocal most_in_flight
+        host = make_host(tmp_path / "host", journals)
+        await host.start()
+        futures = []
+        for b in range(40):
+            fut = host.submit_batch([b"1"] * 50)
+            fut.add_done_callback(
+                lambda f, b=b: answers.append((b, f.result()[-1], host.commands.durable_seq))
+            )
+            futures.append(fut)
+            most_in_flight = max(most_in_flight, len(host._unanswered))
+            await asyncio.sleep(0.0003)  # commands keep arriving while earlier batches are in flight
+        await asyncio.gather(*futures)
+        await host.stop(snapshot=False)
+
+    asyncio.run(scenario())
+    assert [b for b, _, _ in answers] == list(range(40))
+    assert all(total == 50 * (b + 1) and durable >= total for b, total, durable in answers), answers
+    check = JetStreamJournals(nats_r3.urls, service=service, replicas=3)
+    factories.append(check)
+    assert len(check.open("commands", durable_through=2000).read(1, max_records=5000)) == 2000
+    print(f"at most {most_in_flight} batches unanswered at once")
 
 
 @pytest.mark.slow

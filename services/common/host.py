@@ -22,8 +22,12 @@ being written back (the previous batch's fdatasync), so neither the writes nor t
 event loop; one long-lived thread costs one queue put and one call_soon_threadsafe per batch (a
 worker-pool hop per journal and a gather cost several). The writer applies at most
 `max_inflight_batches` batches ahead of durability; commands that arrive meanwhile form the next,
-larger batch. Live event streams that are caught up are served the latest batches' events from
-memory (TAIL_RECORDS), not read back from the log they were just written to.
+larger batch. A command journal that confirms durability by itself (`when_durable`: JetStream, whose
+acknowledged publishes are pipelined over one connection) is not waited on by the journal thread:
+it hands each batch over and its callback answers it, with up to `pipelined_inflight_batches` in
+flight (a quorum round trip per batch would otherwise bound the shard's rate). Live event streams
+that are caught up are served the latest batches' events from memory (TAIL_RECORDS), not read back
+from the log they were just written to.
 
 Storage is pluggable: the journals come from a JournalFactory (services.common.journal; by default
 FileJournals in `<directory>/commands` and `<directory>/events`) and the snapshot store from a
@@ -223,6 +227,7 @@ class _JournalThread:
                         break
                 stop = None in batch
                 key = 0
+                last_record = 0
                 step = "the journal append"
                 for t in batch:
                     if t is None:
@@ -231,11 +236,20 @@ class _JournalThread:
                         # Fenced on the machine's numbering (record n = the machine's command n): a
                         # journal that holds anything else refuses, writing nothing.
                         host.commands.write_after(t.after, t.records)
+                        last_record = t.after + len(t.records)
                     if t.event_records:
                         host.events.write_after(t.events_after, t.event_records)
                         events_dirty = True
                     key = t.key
-                if key:
+                when_durable = getattr(host.commands, "when_durable", None)
+                if key and when_durable is not None:
+                    # A journal that confirms durability by itself (JetStream: acknowledged
+                    # publishes, pipelined): no waiting here, the next batches are published meanwhile.
+                    when_durable(last_record, self._durable_callback(key))
+                    if stop:
+                        step = "the command journal's acknowledgements"
+                        host.commands.sync()
+                elif key:
                     step = "fsync of the command journal"
                     host.commands.sync()
                     self.loop.call_soon_threadsafe(host._on_durable, key)
@@ -249,6 +263,20 @@ class _JournalThread:
         except BaseException as exc:
             with contextlib.suppress(RuntimeError):  # the loop is closed: the process is going down
                 self.loop.call_soon_threadsafe(host._fail, exc, step)
+
+    def _durable_callback(self, key: int) -> Callable[[int, BaseException | None], None]:
+        """when_durable's callback for batch `key` (runs on the journal's own thread): answer up to
+        it, or fail-stop on a refused or unacknowledged publish."""
+        host, loop = self.host, self.loop
+
+        def durable(_seq: int, error: BaseException | None) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: the process is going down
+                if error is None:
+                    loop.call_soon_threadsafe(host._on_durable, key)
+                else:
+                    loop.call_soon_threadsafe(host._fail, error, "the command journal's acknowledgement")
+
+        return durable
 
     def stop(self) -> None:
         """Write and sync what was handed over, then end (blocks: call it in a thread)."""
@@ -280,6 +308,9 @@ class HostOptions:
     # Batches applied and appended but not yet durable and answered: the writer runs this far ahead
     # of the fsync (their records share one fdatasync when they wait together).
     max_inflight_batches: int = 2
+    # The same with a command journal that confirms durability by itself (when_durable: JetStream's
+    # acknowledged publishes, pipelined over one connection): batches published and not yet acked.
+    pipelined_inflight_batches: int = 8
     # The event log is fsynced behind the command journal: when idle, at most this often.
     event_sync_interval_s: float = 0.05
     # Events kept in the event log (older segments are pruned); 0 = keep everything.
@@ -886,7 +917,12 @@ class StateMachineHost(Generic[C, M]):
                 self._commit(batch)
                 # The writer runs at most max_inflight_batches ahead of durability; meanwhile commands
                 # queue up and become the next (larger) batch: group commit.
-                while len(self._unanswered) >= self.options.max_inflight_batches and self._failure is None:
+                limit = (
+                    self.options.pipelined_inflight_batches
+                    if hasattr(self.commands, "when_durable")
+                    else self.options.max_inflight_batches
+                )
+                while len(self._unanswered) >= limit and self._failure is None:
                     await self._wait_progress()
                 if self.options.snapshot_every and self._since_snapshot >= self.options.snapshot_every:
                     await self._drain()

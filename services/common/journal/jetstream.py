@@ -18,7 +18,12 @@ Layout (one stream per journal):
 - fencing: the writer knows the stream sequence of the last message (it loaded the stream up to its
   end when it opened it) and publishes message k of its pipeline with `Nats-Expected-Last-Sequence`
   = that + k. A deposed writer's publish is refused by the server (err_code 10071): the backend then
-  raises FencedError from flush()/sync() and from every later append (deposed for good). Within one
+  raises FencedError from flush()/sync() and from every later append (deposed for good). A message
+  published while the one before it is still unacknowledged also carries
+  `Nats-Expected-Last-Msg-Id` = that one's id (refused with err_code 10070 otherwise): without it, a
+  deposed writer's first message refused because a new leader's fence took its sequence would let
+  its second one through (it expects exactly that sequence), on top of the new leader's. A message
+  published with nothing of this writer in flight before it is fenced by the sequence alone. Within one
   factory (one process) handles of one journal share its state, so a second handle opened while the
   first is open (a new leader in the contract tests) fences the first one locally too, at once.
   A new leader calls `fence()` right after it opened the stream: an empty batch message fenced on
@@ -26,10 +31,14 @@ Layout (one stream per journal):
   append (a frozen leader that wakes first would otherwise still append).
 - durability: only acknowledged publishes count (issue 11: unacknowledged publishes lost most
   messages at R3). durable_seq is the last record of the contiguous prefix of acknowledged
-  messages. write_after/append_after publish without waiting (pipelined); flush()/sync() wait for
-  the acknowledgements. An acknowledgement lost (timeout, no responders while the stream elects a
-  leader, a reconnect) resends the unacknowledged window in order, with the same message ids, until
-  `ack_deadline_s`; then the journal fails (JournalError: the host fail-stops).
+  messages. write_after/append_after publish without waiting (pipelined, in order, over the one
+  connection); flush()/sync() wait for the acknowledgements, and when_durable(seq, callback) asks
+  for the same without waiting (the host's journal thread keeps several batches in flight with it
+  instead of one publish round trip per batch: services.common.host). An acknowledgement lost
+  (timeout, no responders while the stream elects a leader, a reconnect) resends the
+  unacknowledged window in order, with the same message ids (the stream stores a resent message
+  once: its duplicate window), until `ack_deadline_s`; then the journal fails (JournalError: the
+  host fail-stops).
 - reads: read() runs on callers' event loops and must not wait on the network, so it is served from
   a local copy in memory (the writer's own records; a reader's copy is filled by its consumer). The
   copy holds every record from first_seq: the host's event-log retention bounds it (pruning drops it
@@ -65,7 +74,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -99,12 +108,16 @@ from services.common.journal.base import (
 )
 
 T = TypeVar("T")
+# when_durable's callback: (durable sequence, None) once the target is durable, or (_, the error)
+DurableCallback = Callable[[int, JournalError | None], None]
 
 MAGIC = b"OJ1"
 _HEAD = struct.Struct(">3sQI")  # magic, first record sequence, record count
 _LEN = struct.Struct(">I")
 WRONG_LAST_SEQUENCE = 10071  # JetStream's err_code for a stale Nats-Expected-Last-Sequence
+WRONG_LAST_MSG_ID = 10070  # ... and for a stale Nats-Expected-Last-Msg-Id
 EXPECTED_LAST_SEQ = "Nats-Expected-Last-Sequence"
+EXPECTED_LAST_MSG_ID = "Nats-Expected-Last-Msg-Id"
 MSG_ID = "Nats-Msg-Id"
 DEFAULT_MAX_MESSAGE_BYTES = 900_000  # under the server's default max_payload (1 MiB) with headers
 
@@ -308,6 +321,8 @@ class _Stream:
         self.outgoing: deque[_Outgoing] = deque()
         self.wake: asyncio.Event | None = None
         self.pump: asyncio.Task[None] | None = None
+        # when_durable's requests, in order of target: (target, callback)
+        self.durable_calls: deque[tuple[int, DurableCallback]] = deque()
         self.writer_id = uuid.uuid4().hex[:12]
 
     @property
@@ -317,6 +332,18 @@ class _Stream:
     def notify(self) -> None:
         for s in list(self.signals):
             s.notify()
+
+    def settle_calls(self) -> None:  # on the client loop
+        """Run the when_durable callbacks whose target is durable, or all of them once it failed."""
+        calls = self.durable_calls
+        while calls:
+            with self.lock:
+                failure, durable = self.failure, self.durable
+            target, callback = calls[0]
+            if failure is None and durable < target:
+                return
+            calls.popleft()
+            callback(durable, None if failure is None else _again(failure))
 
 
 # --- the journal --------------------------------------------------------------------------------------
@@ -491,13 +518,18 @@ class JetStreamJournal:
         factory = store.factory
         deadline: float | None = None
         while True:
-            for o in store.outgoing:
+            i = 0
+            while i < len(store.outgoing):  # by index: _enqueue and _fail may run during the awaits
+                o = store.outgoing[i]
                 if o.future is None:
-                    o.future = await client.publish(
-                        store.subject,
-                        o.data,
-                        {EXPECTED_LAST_SEQ: str(o.msg_seq - 1), MSG_ID: o.msg_id},
-                    )
+                    headers = {EXPECTED_LAST_SEQ: str(o.msg_seq - 1), MSG_ID: o.msg_id}
+                    if i > 0:
+                        # Chained on the message before it, still unacknowledged: should that one be
+                        # refused (a newer writer appended), this one is refused too, even where the
+                        # newer writer's messages took the sequence it expects.
+                        headers[EXPECTED_LAST_MSG_ID] = store.outgoing[i - 1].msg_id
+                    o.future = await client.publish(store.subject, o.data, headers)
+                i += 1
             if not store.outgoing:
                 store.wake.clear()
                 await store.wake.wait()
@@ -513,7 +545,7 @@ class JetStreamJournal:
                 continue
             error = answer.get("error")
             if error is not None:
-                if error.get("err_code") == WRONG_LAST_SEQUENCE:
+                if error.get("err_code") in (WRONG_LAST_SEQUENCE, WRONG_LAST_MSG_ID):
                     await self._deposed(head)
                     return
                 if error.get("code") in (503, 408, 504):  # no responders / timeout: the stream elects
@@ -537,6 +569,7 @@ class JetStreamJournal:
                 store.acked = max(store.acked, head.last_record)
                 store.durable = max(store.durable, min(store.acked, store.wanted))
             store.notify()
+            store.settle_calls()
 
     async def _resend_later(self, deadline: float | None, exc: BaseException) -> float | None:
         """The head's acknowledgement did not come: send the whole window again (same ids) after a
@@ -587,6 +620,7 @@ class JetStreamJournal:
                 o.future.cancel()
         store.outgoing.clear()
         store.notify()
+        store.settle_calls()
 
     async def _wait_durable(self, target: int) -> int:  # on the client loop
         return await _wait_durable(self._store, target)
@@ -596,6 +630,31 @@ class JetStreamJournal:
         if self._store.durable >= target and self._store.failure is None:
             return self._store.durable
         return await self._client.acall(self._wait_durable(target))
+
+    def when_durable(self, target: int, callback: DurableCallback) -> None:
+        """Ask for the records up to `target` to be durable, without waiting: `callback(durable_seq,
+        None)` runs once they are (their message and every earlier one acknowledged), or
+        `callback(durable_seq, error)` once the journal failed or was fenced (a refused publish fails
+        every later one too). Callbacks run in the order of their targets, on the client loop: keep
+        them short (hand over with call_soon_threadsafe). Requests made from one thread after its
+        write_after calls follow those publishes (both go through the client loop in order). The
+        host's journal thread uses it to keep several batches in flight instead of one sync each."""
+        self._client.soon(self._request_durable, target, callback)
+
+    def _request_durable(self, target: int, callback: DurableCallback) -> None:  # on the client loop
+        store = self._store
+        calls = store.durable_calls
+        if calls and calls[-1][0] > target:  # keep them sorted by target (one writer asks in order)
+            items = sorted([*calls, (target, callback)], key=lambda c: c[0])
+            calls.clear()
+            calls.extend(items)
+        else:
+            calls.append((target, callback))
+        with store.lock:
+            store.wanted = max(store.wanted, target)
+            store.durable = max(store.durable, min(store.acked, store.wanted))
+        store.notify()
+        store.settle_calls()
 
     def sync(self) -> int:
         target = self._store.last
@@ -710,6 +769,7 @@ async def _wait_durable(store: _Stream, target: int) -> int:
         store.wanted = max(store.wanted, target)
         store.durable = max(store.durable, min(store.acked, store.wanted))
     store.notify()
+    store.settle_calls()
     try:
         while True:
             with store.lock:
@@ -895,7 +955,10 @@ class JetStreamJournals:
     def ensure_stream(self, name: str, *, start_seq: int = 1) -> bool:
         """Create journal `name`'s stream if it does not exist (a follower that starts before any
         leader wrote, so that open_reader finds it); True when this call created it."""
-        created, _ = self.client.call(self._ensure(_Stream(self, name), start_seq))
+        store = _Stream(self, name)
+        created, _ = self.client.call(
+            self._retrying(lambda: self._ensure(store, start_seq)), timeout=self.ack_deadline_s + 60
+        )
         return created
 
     def open_reader(self, name: str) -> JetStreamReader:
@@ -903,17 +966,20 @@ class JetStreamJournals:
         client = self.client
         store = _Stream(self, name)
 
-        async def start() -> JetStreamReader:
+        async def position() -> int:
             info = await client.js.stream_info(store.stream)
             start_seq = _description_start(info.config.description) or 1
             store.first = start_seq
             store.durable = start_seq - 1
-            until = await self._last_msg_seq(store) if info.state.messages else 0
+            return await self._last_msg_seq(store) if info.state.messages else 0
+
+        async def start() -> JetStreamReader:
+            until = await self._retrying(position)
             reader = JetStreamReader(store)
             await reader._start(until)
             return reader
 
-        return client.call(start())
+        return client.call(start(), timeout=self.ack_deadline_s + 90)
 
     async def _ensure(self, store: _Stream, start_seq: int) -> tuple[bool, int]:
         """Create the stream if missing; (created, the start sequence for an empty stream)."""
@@ -955,6 +1021,22 @@ class JetStreamJournals:
     async def _last_msg_seq(self, store: _Stream) -> int:
         msg = await self.client.js.get_msg(store.stream, subject=store.subject)
         return int(msg.seq or 0)
+
+    async def _retrying(self, step: Callable[[], Coroutine[Any, Any, T]]) -> T:
+        """step(), again after a timeout or while the stream has no leader (a stream just created
+        or that just lost its leader), until ack_deadline_s: as _load_retrying does for a writer."""
+        deadline = time.monotonic() + self.ack_deadline_s
+        while True:
+            try:
+                return await step()
+            except (
+                nats.errors.TimeoutError,
+                nats.errors.NoRespondersError,
+                nats.js.errors.ServiceUnavailableError,
+            ):
+                if time.monotonic() >= deadline:
+                    raise
+                await asyncio.sleep(0.2)
 
     async def _load_retrying(self, store: _Stream, start_seq: int) -> bool:
         """_load, again after a timeout or while the stream has no leader (say just after losing
