@@ -6,7 +6,9 @@ of `exchange cluster add-shard` and `move-pair`).
 While traders keep placing crossing and resting BTC_USDT orders (and ETH_USDT orders), BTC_USDT moves
 from matching-0 to matching-1. Checked: every order is either accepted or
 refused with UNAVAILABLE, MARKET_MOVING and accepted when resent (none lost, none refused otherwise);
-the resting orders keep their priority on the new shard and their later fills settle once; after
+the resting orders keep their priority on the new shard and their later fills settle once; market
+data's depth of the pair equals the new shard's book and history stored every event of both shards,
+the new shard's trades included, without a restart; after
 restarts of both shards and of an accounts shard, accounts and the books agree on every open order
 and the balance invariant holds over both accounts shards."""
 
@@ -26,6 +28,10 @@ import grpc
 import pytest
 from exchange.v1 import accounts_service_pb2 as apb
 from exchange.v1 import events_pb2 as ev
+from exchange.v1 import history_service_pb2 as hpb
+from exchange.v1 import history_service_pb2_grpc as hgrpc
+from exchange.v1 import market_service_pb2 as kpb
+from exchange.v1 import market_service_pb2_grpc as kgrpc
 from exchange.v1 import matching_service_pb2 as mpb
 from exchange.v1 import types_pb2
 
@@ -54,7 +60,12 @@ def exchange(tmp_path: Path) -> Iterator[Cluster]:
     accounts_config = tmp_path / "accounts.toml"
     args = ["--config", str(accounts_config)]
     c = Cluster(
-        tmp_path, shards=SHARDS, accounts_shards=2, service_args={"accounts-0": args, "accounts-1": args}
+        tmp_path,
+        shards=SHARDS,
+        accounts_shards=2,
+        service_args={"accounts-0": args, "accounts-1": args},
+        with_history=True,
+        with_market=True,
     )
     # Accounts starts with a configuration that does not have matching-1 yet.
     full = c.config_path.read_text()
@@ -66,6 +77,17 @@ def exchange(tmp_path: Path) -> Iterator[Cluster]:
         yield c
     finally:
         c.stop()
+
+
+def _levels(depth: Any) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    return [(x.price, x.amount) for x in depth.bids], [(x.price, x.amount) for x in depth.asks]
+
+
+def _until(what: str, check: Any, timeout: float = 20.0) -> None:
+    end = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < end, f"timed out waiting for {what}"
+        time.sleep(0.1)
 
 
 def book(c: Cluster, shard: str, side: int) -> list[mpb.BookOrder]:
@@ -197,6 +219,32 @@ def test_a_pair_moves_under_load_and_nothing_is_lost(exchange: Cluster, zookeepe
     c.wait_quiet_all()
     assert [o.order_id for o in book(c, "matching-1", BUY) if o.price_ticks == 2_800_000] == rest_bids
     assert [o.order_id for o in book(c, "matching-1", SELL) if o.price_ticks == 3_200_000] == rest_asks
+    # Downstream, without a restart: market data shows the pair's book as the new shard holds it (the
+    # old shard's events up to the export, then the new shard's), and history stored the trades of both.
+    depth = c.matching("matching-1").GetDepth(mpb.GetDepthRequest(market=MARKET, limit=5000), timeout=5)
+    market = kgrpc.MarketServiceStub(c.channel("market"))
+
+    def market_depth() -> Any:
+        return market.GetMarketDepth(kpb.GetMarketDepthRequest(market=MARKET, limit=5000), timeout=5)
+
+    _until("market data's depth of the moved pair", lambda: _levels(market_depth()) == _levels(depth))
+    history = hgrpc.HistoryServiceStub(c.channel("history"))
+    last = {
+        s: c.matching(s).GetMatchingStatus(mpb.GetMatchingStatusRequest(), timeout=5).event_sequence
+        for s in ("matching-0", "matching-1")
+    }
+
+    def stored() -> dict[str, int]:
+        st = history.GetHistoryStatus(hpb.GetHistoryStatusRequest(), timeout=5)
+        assert not st.failed_sequences, st
+        return {s: st.checkpoints.get(s, 0) for s in last}
+
+    _until("history's checkpoints of both shards", lambda: stored() == last)
+    moved_trades = _trades_after(c, "matching-1", 0)
+    assert moved_trades  # the pair traded on its new shard
+    for t in moved_trades:
+        got = history.ListOrderTrades(hpb.ListOrderTradesRequest(order_id=t.maker_order_id), timeout=5)
+        assert t.trade_id in {x.trade_id for x in got.trades}, t
 
     # A market added without a restart: its table in the operator's configuration, then add-market.
     with_sol = c.dir / "with-sol.toml"
