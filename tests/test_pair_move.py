@@ -63,11 +63,11 @@ def exchange(tmp_path: Path) -> Iterator[Cluster]:
         tmp_path,
         shards=SHARDS,
         accounts_shards=2,
-        service_args={"accounts-0": args, "accounts-1": args},
+        service_args={name: args for name in ("accounts-0", "accounts-1", "history", "market")},
         with_history=True,
         with_market=True,
     )
-    # Accounts starts with a configuration that does not have matching-1 yet.
+    # Accounts, history and market start with a configuration that does not have matching-1 yet.
     full = c.config_path.read_text()
     head, _, tail = full.partition('[shards."matching-1"]')
     accounts_config.write_text(head + tail.split("\n", 2)[2])
@@ -250,6 +250,7 @@ def test_a_pair_moves_under_load_and_nothing_is_lost(exchange: Cluster, zookeepe
     with_sol = c.dir / "with-sol.toml"
     with_sol.write_text(c.config_path.read_text() + SOL_BTC)
     op_config = load_config(with_sol)
+    (c.dir / "accounts.toml").write_text(with_sol.read_text())  # what history and market read
 
     async def add() -> tuple[str, bool]:
         clients = c.clients()
@@ -268,6 +269,14 @@ def test_a_pair_moves_under_load_and_nothing_is_lost(exchange: Cluster, zookeepe
     assert pairs.get("SOL_BTC") == PairEntry("matching-1", "", 1)
     sol_ask = _place(c, 20, "SOL_BTC", SELL, "0.0015", "3")
     _place(c, 21, "SOL_BTC", BUY, "0.0015", "1")
+
+    def sol_trades() -> list[Any]:
+        req = kpb.ListRecentTradesRequest(market="SOL_BTC")
+        return list(market.ListRecentTrades(req, timeout=5).trades)
+
+    _until("market data of the added market", lambda: len(sol_trades()) == 1)
+    sol_depth = market.GetMarketDepth(kpb.GetMarketDepthRequest(market="SOL_BTC"), timeout=5)
+    assert _levels(sol_depth) == ([], [("0.0015", "2")]), sol_depth  # every event of it was applied
 
     # Restarts replay the move and the new market from the journals (and snapshots).
     for name in ("matching-0", "matching-1", "accounts-1", "accounts-0"):

@@ -14,7 +14,7 @@ elsewhere would only be refused).
 
 from __future__ import annotations
 
-from services.clients.resolver import Resolver, StaticResolver
+from services.clients.resolver import Resolver, StaticResolver, config_addresses
 from services.common.config import ExchangeConfig
 
 
@@ -32,3 +32,14 @@ def resolver_for(config: ExchangeConfig) -> Resolver:
         fallback=static,
         session_timeout_s=cluster.session_timeout_s,
     )
+
+
+def learn_addresses(resolver: Resolver, config: ExchangeConfig) -> None:
+    """Take the addresses of a reloaded configuration (services.common.config_watch: a shard added
+    while running) into `resolver`: a StaticResolver's, or the static fallback of a ZooKeeperResolver
+    (whose leaders come from ZooKeeper anyway). Connections to a changed address redial it."""
+    static = resolver if isinstance(resolver, StaticResolver) else getattr(resolver, "fallback", None)
+    if not isinstance(static, StaticResolver):
+        return
+    for name, address in config_addresses(config).items():
+        static.set(name, address)

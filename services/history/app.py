@@ -23,9 +23,10 @@ import logging
 from exchange.v1 import history_service_pb2_grpc
 
 from services.clients.channels import Connection
-from services.clients.discovery import resolver_for
+from services.clients.discovery import learn_addresses, resolver_for
 from services.clients.resolver import Resolver, accounts_name
 from services.common.config import ExchangeConfig
+from services.common.config_watch import ConfigWatch
 from services.common.consumers import SourceFailure, set_health
 from services.common.rpc import ServerHandle, start_metrics, start_server
 from services.history.consumer import DbWorker, StreamConsumer
@@ -59,19 +60,7 @@ class HistoryApp:
             failures=self.failures,
         )
         self.worker = DbWorker()
-        batch = config.history.batch_size
-        self.consumers = [
-            StreamConsumer(
-                name,
-                "matching",
-                Connection(name, self.resolver),
-                self.store,
-                self.worker,
-                batch_events=batch,
-                on_failure_change=self._update_health,
-            )
-            for name in sorted(config.shards)
-        ]
+        self.consumers = [self._shard_consumer(name) for name in sorted(config.shards)]
         # Accounts sharded by user: one consumer (and checkpoint) per accounts shard's event stream.
         self.consumers += [
             StreamConsumer(
@@ -80,14 +69,41 @@ class HistoryApp:
                 Connection(accounts_name(i), self.resolver),
                 self.store,
                 self.worker,
-                batch_events=batch,
+                batch_events=config.history.batch_size,
                 on_failure_change=self._update_health,
             )
             for i, source in enumerate(config.accounts_sources())
         ]
+        # A matching shard (or market) added to the configuration while running is followed too.
+        self.watch = ConfigWatch(config.path, self._reconfigure)
         self.server: ServerHandle | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
+
+    def _shard_consumer(self, name: str) -> StreamConsumer:
+        return StreamConsumer(
+            name,
+            "matching",
+            Connection(name, self.resolver),
+            self.store,
+            self.worker,
+            batch_events=self.config.history.batch_size,
+            on_failure_change=self._update_health,
+        )
+
+    def _reconfigure(self, config: ExchangeConfig) -> None:
+        """A reloaded configuration (services.common.config_watch): follow the shards it adds, answer
+        queries on the markets and assets it adds."""
+        learn_addresses(self.resolver, config)
+        self.queries.catalog = self.servicer.catalog = config.catalog
+        followed = {c.source for c in self.consumers}
+        for name in sorted(set(config.shards) - followed):
+            consumer = self._shard_consumer(name)
+            self.consumers.append(consumer)
+            log.info("following a shard added to the configuration", extra={"source": name})
+            if self._tasks:  # started: follow it now (else start() does)
+                self._tasks.append(asyncio.create_task(consumer.run(), name=f"history-consume-{name}"))
+        self.config = config
 
     def failures(self) -> dict[str, SourceFailure]:
         """The sources whose next event cannot be stored."""
@@ -108,6 +124,7 @@ class HistoryApp:
         self._tasks = [
             asyncio.create_task(c.run(), name=f"history-consume-{c.source}") for c in self.consumers
         ]
+        self._tasks.append(asyncio.create_task(self.watch.run(), name="history-config-watch"))
 
     async def stop(self) -> None:
         self._stopping = True

@@ -20,9 +20,10 @@ from pathlib import Path
 from exchange.v1 import market_service_pb2, market_service_pb2_grpc
 
 from services.clients.channels import Connection
-from services.clients.discovery import resolver_for
+from services.clients.discovery import learn_addresses, resolver_for
 from services.clients.resolver import Resolver
 from services.common.config import ExchangeConfig
+from services.common.config_watch import ConfigWatch
 from services.common.consumers import SourceFailure, set_health
 from services.common.rpc import ServerHandle, start_metrics, start_server
 from services.common.snapshots import SnapshotStore
@@ -94,19 +95,45 @@ class MarketDataApp:
         self.servicer = MarketServicer(self.state, self.hub)
         self.snapshotter = Snapshotter(self.store, self.state, config.market.snapshot_every)
         self.resolver = resolver or resolver_for(config)
-        self.consumers = [
-            ShardConsumer(
-                name,
-                Connection(name, self.resolver),
-                self.state,
-                self._on_batch,
-                on_failure_change=self._update_health,
-            )
-            for name in sorted(config.shards)
-        ]
+        self.consumers = [self._shard_consumer(name) for name in sorted(config.shards)]
+        # A matching shard or market added to the configuration while running is followed too.
+        self.watch = ConfigWatch(config.path, self._reconfigure)
         self.server: ServerHandle | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
+
+    def _shard_consumer(self, name: str) -> ShardConsumer:
+        return ShardConsumer(
+            name,
+            Connection(name, self.resolver),
+            self.state,
+            self._on_batch,
+            on_failure_change=self._update_health,
+            on_unknown_markets=self._on_unknown_markets,
+        )
+
+    def _on_unknown_markets(self, markets: set[str]) -> None:
+        """Events of markets not known here: a market just added (its table in the configuration
+        before `exchange cluster add-market`) may not have been noticed yet; look now."""
+        config = self.watch.check()
+        if config is not None:
+            self._reconfigure(config)
+
+    def _reconfigure(self, config: ExchangeConfig) -> None:
+        """A reloaded configuration (services.common.config_watch): the markets and shards it adds.
+        A market is taken in before its shard is followed, so none of its events is skipped."""
+        learn_addresses(self.resolver, config)
+        for spec in config.catalog.markets.values():
+            if self.state.add_market(spec):
+                log.info("market added to the configuration", extra={"market": spec.symbol})
+        followed = {c.shard for c in self.consumers}
+        for name in sorted(set(config.shards) - followed):
+            consumer = self._shard_consumer(name)
+            self.consumers.append(consumer)
+            log.info("following a shard added to the configuration", extra={"shard": name})
+            if self._tasks:  # started: follow it now (else start() does)
+                self._tasks.append(asyncio.create_task(consumer.run(), name=f"consume-{name}"))
+        self.config = config
 
     def failures(self) -> dict[str, SourceFailure]:
         """The shards whose next event cannot be applied."""
@@ -128,6 +155,7 @@ class MarketDataApp:
         )
         start_metrics(self.config.market.metrics_listen)
         self._tasks = [asyncio.create_task(c.run(), name=f"consume-{c.shard}") for c in self.consumers]
+        self._tasks.append(asyncio.create_task(self.watch.run(), name="market-config-watch"))
 
     async def stop(self) -> None:
         self._stopping = True

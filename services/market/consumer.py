@@ -87,6 +87,7 @@ class ShardConsumer(SourceConsumer):
         out_of_range_retry_s: float = OUT_OF_RANGE_RETRY_S,
         reminder_s: float = REMINDER_S,
         on_failure_change: Callable[[], Awaitable[None]] | None = None,
+        on_unknown_markets: Callable[[set[str]], None] | None = None,
     ) -> None:
         super().__init__(
             shard,
@@ -110,6 +111,10 @@ class ShardConsumer(SourceConsumer):
         self.lag_poll_s = lag_poll_s
         self.apply_failed_retry_s = apply_failed_retry_s
         self.out_of_range_retry_s = out_of_range_retry_s
+        # Told the markets of a batch the state does not know, before the batch is applied (the app
+        # then looks for a market added to the configuration while running: not one of its events is
+        # skipped as "not configured here").
+        self.on_unknown_markets = on_unknown_markets
         self.shard_sequence = 0  # the shard's latest event sequence, as last polled
         # gaps: the state refuses them (GapError) and names the event
         self.follower = self._follower(
@@ -128,6 +133,11 @@ class ShardConsumer(SourceConsumer):
                 async with contextlib.aclosing(batches):
                     async for batch in batches:
                         failed: ApplyFailed | None = None
+                        if self.on_unknown_markets is not None:
+                            known = state.markets
+                            unknown = {e.market for e in batch.events if e.market and e.market not in known}
+                            if unknown:
+                                self.on_unknown_markets(unknown)
                         try:
                             changes = state.apply_batch(shard, batch.events)
                         except BadEvent as exc:

@@ -129,6 +129,14 @@ class MarketDataState:
         self.checkpoints: dict[str, int] = {}
         self.event_times: dict[str, int] = {}  # time of the last event applied per shard
 
+    def add_market(self, spec: MarketSpec) -> bool:
+        """Take in a market added while running (its book starts empty: its events are still to be
+        read, from whichever shard trades it). False when it is known already."""
+        if spec.symbol in self.markets:
+            return False
+        self.markets[spec.symbol] = MarketData(spec)
+        return True
+
     def checkpoint(self, shard: str) -> int:
         return self.checkpoints.get(shard, 0)
 
