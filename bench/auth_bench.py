@@ -4,8 +4,8 @@
 
 The same trivial authenticated method (AccountsService/ListAssets answering a fixed message) is served
 twice in one process: by services.common.rpc.start_server (loopback-only local credentials, the bearer
-token checked by the interceptor against the method's roles) and by a bare grpc.aio server with no
-interceptor. h2load drives each at c=1 and c=64 (alternating, twice), and the ratio is the cost of
+token checked against the method's roles where gRPC looks the handler up) and by a bare grpc.aio
+server with no check. h2load drives each at c=1 and c=64 (alternating, twice), and the ratio is the cost of
 authentication and authorization relative to the transport itself.
 """
 

@@ -10,6 +10,16 @@ are pre-built and pre-serialized so the load generator costs little CPU on this 
 Reports, per entry mode: accepted orders/s (sustained, and per second), fills/s (trades counted by the
 shard), and the latency from PlaceOrder to the fill event seen on the user's event stream (probe orders
 that cross the book every 20 ms, measured on the unary path and as part of a streaming batch).
+
+The unary load comes from h2load (Debian's nghttp2-client) when it is installed: 64 connections, paced
+with --unary-rate (h2load's --rps per connection), 7 in 8 of them placing passive limit orders and 1 in
+8 crossing IOC orders that fill against a resting ask wall, so a 2k orders/s load costs the load
+generator little of this 2-core machine (Python gRPC clients top out near a thousand calls a second
+per process; `--unary-load python` still uses them). h2load cannot read gRPC trailers: accepted orders
+are counted by the exchange (the accounts' last order id).
+
+`--root DIR` runs the same measurement against another checkout (its services, client library and
+testkit), so before and after come from one script in the same minutes.
 """
 
 from __future__ import annotations
@@ -22,27 +32,41 @@ import multiprocessing
 import os
 import platform
 import random
+import re
+import shutil
+import struct
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import grpc
-from exchange.v1 import accounts_service_pb2 as apb
-from exchange.v1 import events_pb2 as ev
-from exchange.v1 import history_service_pb2 as hpb
-from exchange.v1 import matching_service_pb2 as mpb
-from exchange.v1 import types_pb2
+def _root() -> Path:
+    """--root DIR (read before the imports below, which come from that checkout)."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--root", type=Path, default=Path(__file__).resolve().parent.parent)
+    return Path(pre.parse_known_args()[0].root).resolve()
 
-from services.clients import AccountsClient, HistoryClient, MatchingClient
-from services.clients.channels import Connection
-from services.common import rpc
-from services.common.config import load_config
-from services.common.security import process_security
-from testkit.cluster import Cluster
+
+ROOT = _root()
+sys.path[:0] = [str(ROOT), str(ROOT / "gen")]
+os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "gen"), os.environ.get("PYTHONPATH", "")])
+
+import grpc  # noqa: E402
+from exchange.v1 import accounts_service_pb2 as apb  # noqa: E402
+from exchange.v1 import events_pb2 as ev  # noqa: E402
+from exchange.v1 import history_service_pb2 as hpb  # noqa: E402
+from exchange.v1 import matching_service_pb2 as mpb  # noqa: E402
+from exchange.v1 import types_pb2  # noqa: E402
+
+from services.clients import AccountsClient, HistoryClient, MatchingClient  # noqa: E402
+from services.clients.channels import Connection  # noqa: E402
+from services.common import rpc  # noqa: E402
+from services.common.config import load_config  # noqa: E402
+from services.common.security import process_security  # noqa: E402
+from testkit.cluster import Cluster  # noqa: E402
 
 MARKETS = {"BTC_USDT": 30000, "ETH_USDT": 2000, "SOL_USDT": 20}
 BUY, SELL = types_pb2.SIDE_BUY, types_pb2.SIDE_SELL
@@ -404,6 +428,71 @@ async def drive_unary(
         p.join(10)
 
 
+def _frame(message: Any) -> bytes:
+    body: bytes = message.SerializeToString()
+    return b"\x00" + struct.pack(">I", len(body)) + body
+
+
+def _h2load_paced(url: str, data: Path, clients: int, seconds: float, rps: float, token: str) -> int:
+    """h2load POSTing the gRPC-framed request in `data` from `clients` connections for `seconds`, each
+    at `rps` requests/s (0 = as fast as it goes); returns the requests it completed."""
+    cmd = ["h2load", "-c", str(clients), "-m", "1", "-t", "1", "-D", str(max(1, round(seconds)))]
+    if rps:
+        cmd += [f"--rps={rps:g}"]
+    cmd += ["-d", str(data), "-H", "content-type: application/grpc", "-H", "te: trailers"]
+    cmd += ["-H", f"authorization: Bearer {token}", url]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
+    done = re.search(r"requests: \d+ total, \d+ started, (\d+) done", proc.stdout + proc.stderr)
+    if done is None:
+        raise RuntimeError(f"unexpected h2load output:\n{proc.stdout}{proc.stderr}")
+    return int(done.group(1))
+
+
+async def last_order_id(c: Cluster) -> int:
+    async with AccountsClient.at(c.addresses["accounts-0"]) as accounts:
+        st = await accounts.get_accounts_status(apb.GetAccountsStatusRequest())
+        return int(st.last_order_id)
+
+
+async def drive_unary_h2load(
+    c: Cluster, directory: Path, until: float, concurrency: int, counter: list[int], rate: int = 0
+) -> None:
+    """The unary load from h2load (see the module docstring): 1 in 8 connections send a crossing IOC
+    buy (user 2, against the ask wall user 1 keeps at 30150), the others a passive limit buy (user 1)."""
+    passive = apb.PlaceOrderRequest(
+        user_id=1, market="BTC_USDT", side=BUY, type=types_pb2.ORDER_TYPE_LIMIT, price="29700", amount="0.001"
+    )
+    crossing = apb.PlaceOrderRequest(
+        user_id=2,
+        market="BTC_USDT",
+        side=BUY,
+        type=types_pb2.ORDER_TYPE_LIMIT,
+        price="30200",
+        amount="0.001",
+        time_in_force=types_pb2.TIME_IN_FORCE_IOC,
+    )
+    (directory / "passive.bin").write_bytes(_frame(passive))
+    (directory / "crossing.bin").write_bytes(_frame(crossing))
+    url = f"http://{c.addresses['accounts-0']}/exchange.v1.AccountsService/PlaceOrder"
+    token = c.token("trader")
+    crossers = max(1, concurrency // 8)
+    per_client = rate / concurrency if rate else 0.0
+    seconds = until - time.monotonic()
+    before = await last_order_id(c)
+    done = await asyncio.gather(
+        asyncio.to_thread(
+            _h2load_paced, url, directory / "passive.bin", concurrency - crossers, seconds, per_client, token
+        ),
+        asyncio.to_thread(
+            _h2load_paced, url, directory / "crossing.bin", crossers, seconds, per_client, token
+        ),
+    )
+    # Orders the probe placed meanwhile are counted by the caller from its own report.
+    accepted = await last_order_id(c) - before
+    counter[0] += accepted
+    counter[1] += max(0, sum(done) - accepted)
+
+
 def history_lag(samples: list[dict[str, Any]]) -> dict[str, Any]:
     """How far history's checkpoints trail the sources, in events and in seconds of the source's rate."""
     if not samples or "history_lag_matching_events" not in samples[0]:
@@ -427,7 +516,15 @@ def history_lag(samples: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 async def run_mode(
-    c: Cluster, mode: str, seconds: float, users: int, batch: int, streams: int, window: int, rate: int = 0
+    c: Cluster,
+    mode: str,
+    seconds: float,
+    users: int,
+    batch: int,
+    streams: int,
+    window: int,
+    rate: int = 0,
+    unary_load: str = "h2load",
 ) -> dict[str, Any]:
     rng = random.Random(42)
     counter = [0, 0]
@@ -465,6 +562,8 @@ async def run_mode(
         load = [
             drive_stream(c, batches[k::streams], until, window, counter, interval) for k in range(streams)
         ]
+    elif mode == "unary" and unary_load == "h2load":
+        load = [drive_unary_h2load(c, c.dir, until, 64, counter, rate=rate)]
     elif mode == "unary":
         load = [drive_unary(c, requests, until, 64, counter, rate=rate)]
     else:  # idle: the probes alone
@@ -473,6 +572,8 @@ async def run_mode(
     elapsed = time.monotonic() - start
     report = queue.get(timeout=60)
     probe.join(10)
+    if mode == "unary" and unary_load == "h2load":  # the exchange counted the probe's orders too
+        counter[0] = max(0, counter[0] - len(report["latencies_ms"]) - report["unmatched"])
     # Wait for matching and settlement to finish what was accepted.
     t_drain = time.monotonic()
     c.wait_quiet(timeout=300)
@@ -530,6 +631,7 @@ async def run_mode(
         "batch_size": batch if mode == "stream" else 1,
         "streams": streams if mode == "stream" else 0,
         "unary_concurrency": 64 if mode == "unary" else 0,
+        "unary_load_generator": unary_load if mode == "unary" else "",
     }
 
 
@@ -540,10 +642,19 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "users": args.users,
         "markets": list(MARKETS),
+        "root": str(ROOT),
         "durable": "every command fsynced (group commit) before it is answered",
         "runs": [],
     }
     modes = ["stream", "unary"] if args.mode == "both" else [args.mode]
+    unary_load = args.unary_load
+    if unary_load == "h2load" and shutil.which("h2load") is None:
+        print(
+            "h2load not found (apt-get install -y nghttp2-client): unary load from Python clients",
+            file=sys.stderr,
+        )
+        unary_load = "python"
+    results["unary_load_generator"] = unary_load
     for mode in modes:
         with tempfile.TemporaryDirectory(prefix="e2e-bench-") as tmp:
             c = Cluster(
@@ -578,6 +689,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                         args.streams,
                         args.window,
                         args.unary_rate if mode == "unary" else args.rate,
+                        unary_load,
                     )
                 )
             finally:
@@ -599,6 +711,8 @@ def main() -> int:
     ap.add_argument("--window", type=int, default=4)
     ap.add_argument("--rate", type=int, default=0, help="target orders/s (0 = as fast as it goes)")
     ap.add_argument("--unary-rate", type=int, default=0, help="unary: target orders/s (0 = closed loop)")
+    ap.add_argument("--unary-load", choices=["h2load", "python"], default="h2load")
+    ap.add_argument("--root", type=Path, default=ROOT, help="run another checkout (see the docstring)")
     ap.add_argument("--with-history", action="store_true")
     ap.add_argument("--with-market", action="store_true")
     ap.add_argument("--out", type=Path)
