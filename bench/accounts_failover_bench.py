@@ -33,10 +33,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import shutil
 import signal
 import sys
-import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
@@ -49,14 +47,19 @@ import grpc  # noqa: E402
 from exchange.v1 import accounts_service_pb2 as apb  # noqa: E402
 from exchange.v1 import types_pb2  # noqa: E402
 
-from bench.matching_failover_bench import DEFAULT_MARKETS, Replica, free_port, rate, wait  # noqa: E402
-from bench.output import emit  # noqa: E402
+from bench.matching_failover_bench import (  # noqa: E402
+    DEFAULT_MARKETS,
+    Replica,
+    free_port,
+    rate,
+    run_failover_bench,
+    wait,
+)
 from services.clients.accounts import AccountsClient  # noqa: E402
 from services.clients.errors import ClientError  # noqa: E402
 from services.clients.matching import MatchingClient  # noqa: E402
 from services.clients.resolver import StaticResolver  # noqa: E402
 from services.clients.zk_resolver import ZooKeeperResolver  # noqa: E402
-from services.cluster.servers import NatsCluster, ZooKeeper, port_open  # noqa: E402
 from services.common.config import load_config  # noqa: E402
 from services.common.journal.jetstream import JetStreamJournals  # noqa: E402
 from services.common.security import process_security  # noqa: E402
@@ -307,57 +310,9 @@ async def settled_checks(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    run_failover_bench(
+        "accounts_failover", __doc__, one_failover, batched="orders", zk_port=25281, nats_port=25401
     )
-    parser.add_argument("--out", type=Path)
-    parser.add_argument("--signals", default="kill,stop")
-    parser.add_argument("--batch", type=int, default=200, help="orders per acknowledged batch")
-    parser.add_argument("--before", type=float, default=3.0, help="seconds of load before the signal")
-    parser.add_argument("--after", type=float, default=4.0, help="seconds of load after the recovery")
-    parser.add_argument("--stream-replicas", type=int, default=3, choices=(1, 3))
-    parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
-    parser.add_argument(
-        "--zk-tick-ms", type=int, default=200, help="ZooKeeper tickTime (sessions expire per tick)"
-    )
-    args = parser.parse_args()
-    base = Path(tempfile.mkdtemp(prefix="accounts-failover-bench-"))
-    cluster: NatsCluster | None = None
-    zk = ZooKeeper(
-        base / "zk", nodes=1, port=25281, peer_port=25988, election_port=26988, tick_ms=args.zk_tick_ms
-    )
-    result: dict[str, Any] = {
-        "bench": "accounts_failover",
-        "session_timeout_s": SESSION_S,
-        "zk_tick_ms": args.zk_tick_ms,
-        "stream_replicas": args.stream_replicas,
-    }
-    try:
-        zk.start()
-        if args.stream_replicas == 3:
-            cluster = NatsCluster(base / "nats", nodes=3, port=25401, cluster_port=27401)
-            cluster.start()
-            nats = cluster.urls
-        else:
-            if not port_open(4222):
-                raise SystemExit(
-                    "--stream-replicas 1 uses the local NATS on 127.0.0.1:4222, which is not running"
-                )
-            nats = ["nats://127.0.0.1:4222"]
-        sigs = {"kill": signal.SIGKILL, "stop": signal.SIGSTOP}
-        result["runs"] = [
-            one_failover(base, sigs[s], zk.hosts, nats, args.stream_replicas, args)
-            for s in args.signals.split(",")
-        ]
-    finally:
-        if cluster is not None:
-            cluster.stop()
-        zk.stop()
-        if args.keep:
-            print(f"work directory: {base}", file=sys.stderr)
-        else:
-            shutil.rmtree(base, ignore_errors=True)
-    emit(result, args.out)
 
 
 if __name__ == "__main__":

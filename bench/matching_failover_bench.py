@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -246,13 +247,19 @@ def one_failover(
         cleanup.close()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+OneFailover = Callable[[Path, int, str, list[str], int, argparse.Namespace], dict[str, Any]]
+
+
+def run_failover_bench(
+    name: str, doc: str | None, one_failover: OneFailover, *, batched: str, zk_port: int, nats_port: int
+) -> None:
+    """The command line and the servers of a failover bench (this one and
+    bench/accounts_failover_bench.py): a ZooKeeper server on zk_port, an R3 NATS cluster from nats_port
+    (or the local node), then `one_failover` per signal; one JSON object."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path)
     parser.add_argument("--signals", default="kill,stop")
-    parser.add_argument("--batch", type=int, default=200, help="commands per acknowledged batch")
+    parser.add_argument("--batch", type=int, default=200, help=f"{batched} per acknowledged batch")
     parser.add_argument("--before", type=float, default=3.0, help="seconds of load before the signal")
     parser.add_argument("--after", type=float, default=4.0, help="seconds of load after the recovery")
     parser.add_argument("--stream-replicas", type=int, default=3, choices=(1, 3))
@@ -261,13 +268,18 @@ def main() -> None:
         "--zk-tick-ms", type=int, default=200, help="ZooKeeper tickTime (sessions expire per tick)"
     )
     args = parser.parse_args()
-    base = Path(tempfile.mkdtemp(prefix="matching-failover-bench-"))
+    base = Path(tempfile.mkdtemp(prefix=f"{name.replace('_', '-')}-bench-"))
     cluster: NatsCluster | None = None
     zk = ZooKeeper(
-        base / "zk", nodes=1, port=25181, peer_port=25888, election_port=26888, tick_ms=args.zk_tick_ms
+        base / "zk",
+        nodes=1,
+        port=zk_port,
+        peer_port=zk_port + 707,
+        election_port=zk_port + 1707,
+        tick_ms=args.zk_tick_ms,
     )
     result: dict[str, Any] = {
-        "bench": "matching_failover",
+        "bench": name,
         "session_timeout_s": SESSION_S,
         "zk_tick_ms": args.zk_tick_ms,
         "stream_replicas": args.stream_replicas,
@@ -275,7 +287,7 @@ def main() -> None:
     try:
         zk.start()
         if args.stream_replicas == 3:
-            cluster = NatsCluster(base / "nats", nodes=3, port=25301, cluster_port=27301)
+            cluster = NatsCluster(base / "nats", nodes=3, port=nats_port, cluster_port=nats_port + 2000)
             cluster.start()
             nats = cluster.urls
         else:
@@ -298,6 +310,12 @@ def main() -> None:
         else:
             shutil.rmtree(base, ignore_errors=True)
     emit(result, args.out)
+
+
+def main() -> None:
+    run_failover_bench(
+        "matching_failover", __doc__, one_failover, batched="commands", zk_port=25181, nats_port=25301
+    )
 
 
 if __name__ == "__main__":

@@ -932,23 +932,13 @@ class Ledger:
         if self.shards > 1:
             self._settle_own(shard, events, sink, touched, quarantined)
             events = ()
-        for e in events:  # (most frequent first)
-            if isinstance(e, Accepted):
-                why = self.accepted_problem(e)
-                if not why:
-                    self.on_accepted(e, touched)
-            elif isinstance(e, Done):
-                why = self.done_problem(e)
-                if not why:
-                    self.on_done(e, sink, touched)
+        for e in events:
+            if isinstance(e, Accepted | Done | Amended):
+                why = self._settle_order_event(e, sink, touched)
             elif isinstance(e, Trade):
                 why = self.trade_problem(e)
                 if not why:
                     self.on_trade(e, sink, touched)
-            elif isinstance(e, Amended):
-                why = self.amended_problem(e)
-                if not why:
-                    self.on_amended(e, sink, touched)
             elif isinstance(e, Rejected):
                 why = ""
                 if e.command_seq:
@@ -1023,22 +1013,29 @@ class Ledger:
             elif isinstance(e, Accepted | Done | Amended):
                 if e.user_id % n != me:
                     continue
-                if isinstance(e, Accepted):
-                    why = self.accepted_problem(e)
-                    if not why:
-                        self.on_accepted(e, touched)
-                elif isinstance(e, Done):
-                    why = self.done_problem(e)
-                    if not why:
-                        self.on_done(e, sink, touched)
-                else:
-                    why = self.amended_problem(e)
-                    if not why:
-                        self.on_amended(e, sink, touched)
+                why = self._settle_order_event(e, sink, touched)
             else:
                 why = "event without a body"
             if why:
                 quarantined.append(self.quarantine_event(shard, e.sequence, e.kind, why))
+
+    def _settle_order_event(
+        self, e: Accepted | Done | Amended, sink: Sink, touched: dict[int, AccountOrder]
+    ) -> str:
+        """Settle an order's acceptance, end or amendment; what is wrong with it ("": settled)."""
+        if isinstance(e, Accepted):
+            why = self.accepted_problem(e)
+            if not why:
+                self.on_accepted(e, touched)
+        elif isinstance(e, Done):
+            why = self.done_problem(e)
+            if not why:
+                self.on_done(e, sink, touched)
+        else:
+            why = self.amended_problem(e)
+            if not why:
+                self.on_amended(e, sink, touched)
+        return why
 
     def quarantine_event(self, shard: str, sequence: int, kind: str, why: str) -> tuple[str, int, str, str]:
         """Record a matching event that is not settled (see the module docstring)."""
