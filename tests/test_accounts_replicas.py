@@ -11,7 +11,9 @@ client library through the ZooKeeperResolver.
   with a client_order_id, sent again until acknowledged): the follower leads within the session
   timeout + replay, every acknowledged order is there with its number, the balances and orders equal
   those of a run without faults (the same load on a plain exchange, testkit.cluster), every matching
-  event is settled once (settled = the shard's last event, nothing quarantined) and the balance
+  event is settled once (settled = the shard's last event, nothing quarantined), history (finding the
+  leaders through ZooKeeper: [cluster] zookeeper) stored the same trades and balance changes as the
+  run without faults, and the balance
   invariant holds (GetAccountsStatus audit); the woken frozen leader cannot write and stops (exit code
   70). The handover times are printed (`-s`).
 """
@@ -32,10 +34,13 @@ from typing import Any
 import grpc
 import pytest
 from exchange.v1 import accounts_service_pb2 as apb
+from exchange.v1 import history_service_pb2 as hpb
+from exchange.v1 import matching_service_pb2 as mpb
 from exchange.v1 import types_pb2
 
 from services.clients.accounts import AccountsClient
 from services.clients.errors import ClientError
+from services.clients.history import HistoryClient
 from services.clients.matching import MatchingClient
 from services.clients.resolver import StaticResolver
 from services.clients.zk_resolver import ZooKeeperResolver
@@ -159,6 +164,55 @@ async def quiet(
         await asyncio.sleep(0.05)
 
 
+async def history_of(
+    address: str, security: Security, accounts_events: int, matching_events: int, timeout: float = 30
+) -> dict[str, Any]:
+    """What history stored of the load once it holds every accounts and matching event: every user's
+    trades and balance changes, without their times and the balance each left."""
+    async with HistoryClient.at(address, security=security) as h:
+        want = {SOURCE: accounts_events, "matching-0": matching_events}
+        deadline = time.monotonic() + timeout
+        while True:
+            st = await h.get_history_status()
+            assert not st.failed_sequences, st
+            if {k: st.checkpoints.get(k, 0) for k in want} == want:
+                break
+            assert time.monotonic() < deadline, f"history did not catch up: {st.checkpoints} / {want}"
+            await asyncio.sleep(0.1)
+        trades: dict[int, list[tuple[Any, ...]]] = {}
+        changes: dict[int, list[tuple[Any, ...]]] = {}
+        for user in USERS:  # (history answers for users, not for the fee account)
+            trades[user], token = [], ""
+            while True:
+                t = await h.list_user_trades(
+                    hpb.ListUserTradesRequest(user_id=user, page_size=1000, page_token=token)
+                )
+                trades[user] += [
+                    (x.trade_id, x.market, x.order_id, x.side, x.role, x.price, x.amount, x.fee)
+                    for x in t.trades
+                ]
+                if not (token := t.next_page_token):
+                    break
+            changes[user], token = [], ""
+            while True:
+                b = await h.list_balance_history(
+                    hpb.ListBalanceHistoryRequest(user_id=user, page_size=1000, page_token=token)
+                )
+                changes[user] += [
+                    (x.asset, x.business, x.business_id, x.available_change, x.frozen_change)
+                    for x in b.entries
+                ]
+                if not (token := b.next_page_token):
+                    break
+        # Compared as multisets: history lists newest first by time, and the two runs interleave the
+        # settlements with the next orders differently (so do the balances between two changes; the
+        # final balances are compared from accounts). A change stored twice or lost still shows.
+        return {
+            "trades": {u: sorted(t) for u, t in trades.items()},
+            "balance_changes": {u: sorted(c) for u, c in changes.items()},
+        }
+
+
 def assert_balanced(st: apb.GetAccountsStatusResponse) -> None:
     assert st.audit and st.quarantined_events == 0
     for a in st.audit:
@@ -169,7 +223,7 @@ def assert_balanced(st: apb.GetAccountsStatusResponse) -> None:
 @pytest.fixture(scope="module")
 def fault_free(tmp_path_factory: pytest.TempPathFactory) -> Outcome:
     """The load on a plain exchange (accounts and matching with file journals, no faults)."""
-    cluster = Cluster(tmp_path_factory.mktemp("fault-free"))
+    cluster = Cluster(tmp_path_factory.mktemp("fault-free"), with_history=True)
     try:
         cluster.start()
 
@@ -178,8 +232,13 @@ def fault_free(tmp_path_factory: pytest.TempPathFactory) -> Outcome:
                 await deposits(c)
                 load = Load(c)
                 await load.run()
-                cluster.wait_quiet()
-                return await outcome(c, load.acked)
+                st = cluster.wait_quiet()
+                done = await outcome(c, load.acked)
+                m = cluster.matching().GetMatchingStatus(mpb.GetMatchingStatusRequest(), timeout=5)
+                history = cluster.addresses["history"]
+                sec = cluster.security()
+                done["history"] = await history_of(history, sec, st.event_sequence, m.event_sequence)
+                return done
 
         return asyncio.run(run())
     finally:
@@ -195,6 +254,7 @@ class Exchange:
     zk_hosts: str
     zk_root: str
     matching: Member
+    history: Member  # with the config's [cluster] zookeeper: it follows the leaders ZooKeeper names
     members: dict[str, Member] = field(default_factory=dict)
 
     def resolver(self) -> ZooKeeperResolver:
@@ -208,7 +268,7 @@ class Exchange:
 @pytest.fixture
 def exchange(tmp_path: Path, zookeeper: ZooKeeper, nats_local: list[str]) -> Iterator[Exchange]:  # noqa: F811
     tag = f"t{os.getpid()}x{next(_ids)}"
-    addresses = {m: f"127.0.0.1:{free_port()}" for m in ("a", "b", "matching", "unused")}
+    addresses = {m: f"127.0.0.1:{free_port()}" for m in ("a", "b", "matching", "unused", "history")}
     config_path = tmp_path / "exchange.toml"
     config_path.write_text(
         "\n".join(
@@ -220,6 +280,11 @@ def exchange(tmp_path: Path, zookeeper: ZooKeeper, nats_local: list[str]) -> Ite
                 f'listen = "{addresses["a"]}"',
                 '[shards."matching-0"]',  # where it is not: accounts finds its leader in ZooKeeper
                 f'listen = "{addresses["unused"]}"',
+                "[history]",
+                f'listen = "{addresses["history"]}"',
+                "[cluster]",  # history finds the leaders of accounts and matching in ZooKeeper
+                f'zookeeper = "{zookeeper.hosts}"',
+                f'zk_root = "/{tag}"',
                 "",
                 "[assets]" + DEFAULT_MARKETS,
             ]
@@ -232,7 +297,9 @@ def exchange(tmp_path: Path, zookeeper: ZooKeeper, nats_local: list[str]) -> Ite
     argv += [*cluster, "--member", "m", "--listen", addresses["matching"]]
     argv += ["--data-dir", str(tmp_path / "matching")]
     matching = Member("matching", addresses["matching"], tmp_path / "matching", argv)
-    ex = Exchange(config_path, security, zookeeper.hosts, f"/{tag}", matching)
+    argv = [sys.executable, "-m", "services.history", "--config", str(config_path)]
+    history = Member("history", addresses["history"], tmp_path / "history", argv)
+    ex = Exchange(config_path, security, zookeeper.hosts, f"/{tag}", matching, history)
     for m in ("a", "b"):
         argv = [sys.executable, "-m", "services.accounts", "--config", str(config_path)]
         argv += [*cluster, "--member", m, "--listen", addresses[m], "--data-dir", str(tmp_path / m)]
@@ -244,9 +311,11 @@ def exchange(tmp_path: Path, zookeeper: ZooKeeper, nats_local: list[str]) -> Ite
         wait_for(lambda: '"msg":"leading"' in matching.log, 30, "matching to lead")
         for member in ex.members.values():
             wait_for(lambda m=member: READY in m.log, 30, f"replica {member.name} to serve")
+        history.start()
+        wait_for(lambda: '"msg":"history ready"' in history.log, 30, "history to serve")
         yield ex
     finally:
-        for member in (*ex.members.values(), matching):
+        for member in (history, *ex.members.values(), matching):
             member.stop()
         for service in (SOURCE, "matching-0"):
             cleanup = JetStreamJournals(nats_local, service=service, prefix=tag)
@@ -458,6 +527,10 @@ async def check_against_fault_free(
         ms = await m.get_matching_status()
         assert st.settled_sequences["matching-0"] == ms.event_sequence
         assert ms.source_sequences[SOURCE] == st.forwarded_sequences["matching-0"]
+    # History (which found the new leader through ZooKeeper) holds what the run without faults holds.
+    stored = await history_of(ex.history.address, ex.security, st.event_sequence, ms.event_sequence)
+    assert stored["trades"] == fault_free["history"]["trades"]
+    assert stored["balance_changes"] == fault_free["history"]["balance_changes"]
     return st
 
 

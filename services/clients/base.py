@@ -54,6 +54,12 @@ def _serialize(message: Message) -> bytes:
     return message.SerializeToString()
 
 
+def _cancelled_by_caller() -> bool:
+    """Whether the running task is being cancelled (asyncio.Task.cancelling)."""
+    task = asyncio.current_task()
+    return task is None or task.cancelling() > 0
+
+
 class ServiceClient:
     SERVICE: ClassVar[str] = ""  # the full gRPC service name, e.g. "exchange.v1.AccountsService"
     NAME: ClassVar[str] = ""  # the resolver name used when none is given ("accounts", "history", ...)
@@ -257,8 +263,25 @@ class ServiceClient:
                 yield response
         except grpc.RpcError as err:
             raise self.error(err, method) from None
+        except asyncio.CancelledError:
+            if _cancelled_by_caller():
+                raise
+            raise self._channel_closed(method) from None
         finally:
             call.cancel()
+
+    def _channel_closed(self, method: str) -> ClientError:
+        """A stream read raised asyncio.CancelledError while the caller's task was not cancelled:
+        grpc aio cancelled the call because its channel was closed (the Connection retired it: the
+        service moved to another address, services.clients.channels). A retryable UNAVAILABLE, so
+        that followers reconnect, to the new address, instead of ending as if cancelled."""
+        return ClientError(
+            grpc.StatusCode.UNAVAILABLE,
+            "the stream's channel was closed (the service moved to another address)",
+            service=self.name,
+            address=self._address_or_none(),
+            method=method,
+        )
 
     async def _bidi(
         self,
@@ -281,6 +304,10 @@ class ServiceClient:
                 yield response
         except grpc.RpcError as err:
             raise self.error(err, method) from None
+        except asyncio.CancelledError:
+            if _cancelled_by_caller():
+                raise
+            raise self._channel_closed(method) from None
         finally:
             call.cancel()
 

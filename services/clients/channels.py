@@ -4,7 +4,9 @@ Connection: the aio channel to ONE service, found by name through a Resolver (or
 It is created on first use, inside the running event loop, with the credentials of `security` (default:
 the process's, services.common.rpc.configure) presenting its token (or `token`); when the resolver says
 the address changed, the next call dials the new address and the old channel is closed after a grace
-period (the calls still on it finish). One Connection belongs to one event loop.
+period (the calls still on it finish): MOVED_GRACE_S at once when the resolver tells of the change (a
+new leader: the streams on the old channel end and reconnect there), else RETIRE_GRACE_S at the next
+call. One Connection belongs to one event loop.
 
 sync_channel: a blocking channel with the same credentials (tools, the launcher's health probe); unlike
 rpc.sync_channel it takes extra channel options (the probe's short reconnect backoff).
@@ -13,18 +15,23 @@ rpc.sync_channel it takes extra channel options (the probe's short reconnect bac
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Sequence
 from typing import Any
 
 import grpc
 
-from services.clients.resolver import Resolver
+from services.clients.resolver import Resolver, UnknownService
 from services.common import rpc
 from services.common.security import Security
 
 Options = Sequence[tuple[str, Any]]
 
 RETIRE_GRACE_S = 30.0
+# When the resolver names another address (a new leader), the old channel is closed after this grace
+# at once, not at the next call: a long-lived stream on it (an event follower, an order stream) would
+# otherwise stay with a frozen or deposed leader until keepalive gives up (30 s).
+MOVED_GRACE_S = 2.0
 
 
 def _options(extra: Options) -> list[tuple[str, Any]]:
@@ -78,12 +85,18 @@ class Connection:
         self._stale = False
         self._retiring: dict[asyncio.Task[None], grpc.aio.Channel] = {}
         self._unwatch = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop the channel belongs to
         if resolver is not None:
             canonical = resolver.canonical(name)
 
             def changed(service: str, address: str) -> None:
-                if service == canonical:
-                    self._stale = True  # the next channel() dials the new address
+                if service != canonical:
+                    return
+                self._stale = True  # the next channel() dials the new address
+                loop = self._loop
+                if address and loop is not None:  # (any thread: ZooKeeper's watches run on kazoo's)
+                    with contextlib.suppress(RuntimeError):  # the loop is closed
+                        loop.call_soon_threadsafe(self._moved)
 
             self._unwatch = resolver.watch(changed)
 
@@ -117,10 +130,25 @@ class Connection:
             self._retire(ch)
         self._channel = aio_channel(address, security=self.security, token=self.token, options=self.options)
         self._address = address
+        self._loop = asyncio.get_running_loop()
         return self._channel
 
-    def _retire(self, ch: grpc.aio.Channel) -> None:
-        task = asyncio.get_running_loop().create_task(ch.close(grace=RETIRE_GRACE_S))
+    def _moved(self) -> None:
+        """The resolver named another address: retire the open channel now (MOVED_GRACE_S), so that
+        the streams on it end and their callers reconnect to the new address."""
+        ch = self._channel
+        if ch is None:
+            return
+        try:
+            address = self._resolve()
+        except UnknownService:
+            return
+        if address and address != self._address:
+            self._channel = None
+            self._retire(ch, MOVED_GRACE_S)
+
+    def _retire(self, ch: grpc.aio.Channel, grace: float = RETIRE_GRACE_S) -> None:
+        task = asyncio.get_running_loop().create_task(ch.close(grace=grace))
         self._retiring[task] = ch
         task.add_done_callback(lambda t: self._retiring.pop(t, None))
 

@@ -21,8 +21,10 @@ from services.clients import (
     EventGap,
     EventsOutOfRange,
     MatchingClient,
+    StaticResolver,
     follow_events,
 )
+from services.clients.channels import Connection
 from tests.clients.fakes import AccountEventServer, EventServer, matching_events, serve
 
 N = 300
@@ -249,3 +251,36 @@ def test_user_events_resume_after_the_last_one_seen() -> None:
             await server.stop(0)
 
     run(body)
+
+
+def test_a_follower_moves_with_its_connection_when_the_resolver_names_another_address() -> None:
+    """The resolver names a new leader while a stream is open on the old one, which stays silent (a
+    frozen or deposed leader): the old channel is closed after MOVED_GRACE_S, and the follower reads
+    on from the new address (not ended as if cancelled, not stuck until keepalive gives up)."""
+
+    async def body() -> None:
+        events = matching_events(60)
+        old, new = EventServer(events[:20], per_response=5), EventServer(events, per_response=5)
+        await old.start()
+        await new.start()
+        resolver = StaticResolver({"matching-0": old.address})
+        client = MatchingClient(Connection("matching-0", resolver), owns_connection=True)
+        try:
+            follower = EventFollower(client.events(max_batch=5), backoff_max_s=0.2)
+            batches = follower.batches(1)
+            seen: list[int] = []
+            async for batch in batches:
+                seen += [int(e.sequence) for e in batch.events]
+                if seen[-1] == 20:  # all the old one has; its stream stays open and silent
+                    resolver.set("matching-0", new.address)
+                if seen[-1] == 60:
+                    break
+            await batches.aclose()
+            assert seen == list(range(1, 61))
+            assert new.requests == [21]  # the follower went on where it was, at the new address
+        finally:
+            await client.close()
+            await old.stop()
+            await new.stop()
+
+    run(body, timeout=20)
