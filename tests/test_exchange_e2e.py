@@ -250,8 +250,11 @@ def test_user_event_stream_sees_order_lifecycle(cluster: Cluster) -> None:
         if "order:5" in seen or time.monotonic() > deadline:
             break
     stream.cancel()
-    assert seen[:3] == ["balance:1", "balance:3", "order:2"]  # deposit, freeze, open
+    assert seen[:2] == ["balance:1", "balance:3"]  # deposit, freeze
     assert "balance:4" in seen and seen[-1] == "order:5"  # unfreeze, canceled
+    # Open (order:2) is there unless matching's acceptance and cancel were settled in one batch: an
+    # order update carries the order's state after each settlement batch (StreamUserEvents).
+    assert [k for k in seen if k.startswith("order:")] in (["order:2", "order:5"], ["order:5"]), seen
 
 
 def test_two_shards_split_the_markets(tmp_path: Path) -> None:
