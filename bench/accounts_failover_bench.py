@@ -51,6 +51,7 @@ from bench.matching_failover_bench import (  # noqa: E402
     DEFAULT_MARKETS,
     Replica,
     free_port,
+    leader_and_follower,
     rate,
     run_failover_bench,
     wait,
@@ -151,15 +152,7 @@ def one_failover(
         for r in replicas.values():
             wait(lambda r=r: READY in r.log, 60, f"replica {r.name}")
 
-        def leader() -> Replica | None:
-            info = resolver.leader(NAME)
-            found = [r for r in replicas.values() if info is not None and r.address == info.address]
-            return found[0] if found and '"msg":"leading"' in found[0].log else None
-
-        wait(lambda: leader() is not None, 30, "a leader")
-        old = leader()
-        assert old is not None and old.proc is not None
-        new = next(r for r in replicas.values() if r is not old)
+        old, new = leader_and_follower(resolver, NAME, replicas)
 
         async def scenario() -> dict[str, Any]:
             acks: list[tuple[int, float, int]] = []  # (batches acknowledged, ack time, orders)

@@ -47,10 +47,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from exchange.v1 import accounts_service_pb2 as apb  # noqa: E402
-from exchange.v1 import types_pb2  # noqa: E402
 
-from bench.e2e_bench import MARKETS, SELL, cpu_seconds, fund, run_mode, use_credentials  # noqa: E402
+from bench.e2e_bench import MARKETS, cpu_seconds, fund_with_ask_wall, run_mode, use_credentials  # noqa: E402
 from bench.output import emit  # noqa: E402
 from services.clients import AccountsClient  # noqa: E402
 from services.cluster.servers import NatsCluster, ZooKeeper, port_open  # noqa: E402
@@ -110,18 +108,7 @@ async def one_run(c: Cluster, args: argparse.Namespace, nats: NatsCluster) -> di
     """Saturation (as fast as the streams go) for orders/s, then a paced run at --paced-rate for the
     place->fill latency with the pipeline not queued up, on the same exchange."""
     async with AccountsClient.at(c.addresses["accounts-0"]) as accounts:
-        await fund(accounts, args.users)
-        # Liquidity for the probes: a deep ask wall far from the flow's crossing prices.
-        await accounts.place_order(
-            apb.PlaceOrderRequest(
-                user_id=1,
-                market="BTC_USDT",
-                side=SELL,
-                type=types_pb2.ORDER_TYPE_LIMIT,
-                price="30150",
-                amount="1000",
-            )
-        )
+        await fund_with_ask_wall(accounts, args.users)
     out: dict[str, Any] = {}
     for phase, rate in (("saturated", 0), ("paced", args.paced_rate)):
         pids = [n.pid for n in nats.members]

@@ -159,6 +159,21 @@ async def fund(accounts: AccountsClient, users: int) -> None:
     )
 
 
+async def fund_with_ask_wall(accounts: AccountsClient, users: int) -> None:
+    """fund, then liquidity for the probes: a deep ask wall far from the flow's crossing prices."""
+    await fund(accounts, users)
+    await accounts.place_order(
+        apb.PlaceOrderRequest(
+            user_id=1,
+            market="BTC_USDT",
+            side=SELL,
+            type=types_pb2.ORDER_TYPE_LIMIT,
+            price="30150",
+            amount="1000",
+        )
+    )
+
+
 async def shard_counters(c: Cluster) -> tuple[int, int]:
     async with MatchingClient.at(c.addresses["matching-0"]) as matching:
         st = await matching.get_matching_status(mpb.GetMatchingStatusRequest())
@@ -667,18 +682,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             use_credentials(str(c.config_path))
             try:
                 async with AccountsClient.at(c.addresses["accounts-0"]) as accounts:
-                    await fund(accounts, args.users)
-                    # Liquidity for the probes: a deep ask wall far from the flow's crossing prices.
-                    await accounts.place_order(
-                        apb.PlaceOrderRequest(
-                            user_id=1,
-                            market="BTC_USDT",
-                            side=SELL,
-                            type=types_pb2.ORDER_TYPE_LIMIT,
-                            price="30150",
-                            amount="1000",
-                        )
-                    )
+                    await fund_with_ask_wall(accounts, args.users)
                 results["runs"].append(
                     await run_mode(
                         c,

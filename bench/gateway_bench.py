@@ -41,6 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -199,6 +200,44 @@ def _own_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
+@dataclass
+class _Tally:
+    """What one receiver process measures: delay histograms in ms (trade: by T and by E; depth: by
+    E), trades per connection, gaps, drops, failed connects, close reasons; cpu_ready is its own CPU
+    time once every connection is up."""
+
+    trade_t: dict[int, int] = field(default_factory=dict)
+    trade_e: dict[int, int] = field(default_factory=dict)
+    depth_e: dict[int, int] = field(default_factory=dict)
+    counts: list[int] = field(default_factory=list)
+    state: dict[str, Any] = field(default_factory=lambda: {"gaps": 0, "dropped": 0, "connect_failed": 0})
+    reasons: dict[str, int] = field(default_factory=dict)
+
+    def result(self) -> dict[str, Any]:
+        return {
+            "trade_t": self.trade_t,
+            "trade_e": self.trade_e,
+            "depth_e": self.depth_e,
+            "counts": self.counts,
+            "reasons": self.reasons,
+            **self.state,
+            "cpu_s": _own_cpu() - self.state.get("cpu_ready", 0),
+        }
+
+
+def _start_receiver() -> _Tally:
+    """A receiver process's setup (uvloop when installed, a lower priority than the exchange's) and
+    its empty tally."""
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    os.nice(RECEIVER_NICE)
+    return _Tally()
+
+
 def _receiver(base: str, clients: int, stop_at: Any, ready: Any, results: Any) -> None:
     """One receiver process: `clients` connections on btcusdt@trade + btcusdt@depth@100ms until the wall
     time in `stop_at` (a shared double, set by the parent once the load is over). Delays are the
@@ -209,20 +248,9 @@ def _receiver(base: str, clients: int, stop_at: Any, ready: Any, results: Any) -
 
     import aiohttp
 
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:
-        pass
-    os.nice(RECEIVER_NICE)
-
-    trade_t: dict[int, int] = {}
-    trade_e: dict[int, int] = {}
-    depth_e: dict[int, int] = {}
-    counts: list[int] = []
-    state = {"gaps": 0, "dropped": 0, "connect_failed": 0}
-    reasons: dict[str, int] = {}
+    tally = _start_receiver()
+    trade_t, trade_e, depth_e, counts = tally.trade_t, tally.trade_e, tally.depth_e, tally.counts
+    state, reasons = tally.state, tally.reasons
 
     async def client(session: aiohttp.ClientSession, connected: asyncio.Event, n: list[int]) -> None:
         try:
@@ -291,17 +319,7 @@ def _receiver(base: str, clients: int, stop_at: Any, ready: Any, results: Any) -
             await asyncio.gather(*tasks, return_exceptions=True)
 
     asyncio.run(run())
-    results.put(
-        {
-            "trade_t": trade_t,
-            "trade_e": trade_e,
-            "depth_e": depth_e,
-            "counts": counts,
-            "reasons": reasons,
-            **state,
-            "cpu_s": _own_cpu() - state.get("cpu_ready", 0),
-        }
-    )
+    results.put(tally.result())
 
 
 def _raw_receiver(base: str, clients: int, stop_at: Any, ready: Any, results: Any) -> None:
@@ -311,20 +329,9 @@ def _raw_receiver(base: str, clients: int, stop_at: Any, ready: Any, results: An
     import asyncio
     import base64
 
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:
-        pass
-    os.nice(RECEIVER_NICE)
-
-    trade_t: dict[int, int] = {}
-    trade_e: dict[int, int] = {}
-    depth_e: dict[int, int] = {}
-    counts: list[int] = []
-    state = {"gaps": 0, "dropped": 0, "connect_failed": 0}
-    reasons: dict[str, int] = {}
+    tally = _start_receiver()
+    trade_t, trade_e, depth_e, counts = tally.trade_t, tally.trade_e, tally.depth_e, tally.counts
+    state, reasons = tally.state, tally.reasons
     host, _, port = base.removeprefix("http://").rpartition(":")
     request = (
         f"GET /stream?streams={STREAMS} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
@@ -453,17 +460,7 @@ def _raw_receiver(base: str, clients: int, stop_at: Any, ready: Any, results: An
                     c.finish()
 
     asyncio.run(run())
-    results.put(
-        {
-            "trade_t": trade_t,
-            "trade_e": trade_e,
-            "depth_e": depth_e,
-            "counts": counts,
-            "reasons": reasons,
-            **state,
-            "cpu_s": _own_cpu() - state.get("cpu_ready", 0),
-        }
-    )
+    results.put(tally.result())
 
 
 def _int_at(payload: bytes, tag: bytes) -> int:

@@ -124,6 +124,23 @@ async def status(address: str, security: Security) -> mpb.GetMatchingStatusRespo
         return await c.get_matching_status(mpb.GetMatchingStatusRequest(with_state_hash=True))
 
 
+def leader_and_follower(
+    resolver: ZooKeeperResolver, name: str, replicas: dict[str, Replica]
+) -> tuple[Replica, Replica]:
+    """Once ZooKeeper names a leader of `name` among the two `replicas` and it says it leads: (the
+    leader, the other one)."""
+
+    def leader() -> Replica | None:
+        info = resolver.leader(name)
+        found = [r for r in replicas.values() if info is not None and r.address == info.address]
+        return found[0] if found and '"msg":"leading"' in found[0].log else None
+
+    wait(lambda: leader() is not None, 30, "a leader")
+    old = leader()
+    assert old is not None and old.proc is not None
+    return old, next(r for r in replicas.values() if r is not old)
+
+
 def rate(acks: list[tuple[int, float, int]], t0: float, t1: float) -> float:
     n = sum(size for _, at, size in acks if t0 < at <= t1)
     return round(n / (t1 - t0), 1) if t1 > t0 else 0.0
@@ -167,15 +184,7 @@ def one_failover(
         for r in replicas.values():
             wait(lambda r=r: READY in r.log, 60, f"replica {r.name}")
 
-        def leader() -> Replica | None:
-            info = resolver.leader(shard)
-            found = [r for r in replicas.values() if info is not None and r.address == info.address]
-            return found[0] if found and '"msg":"leading"' in found[0].log else None
-
-        wait(lambda: leader() is not None, 30, "a leader")
-        old = leader()
-        assert old is not None and old.proc is not None
-        new = next(r for r in replicas.values() if r is not old)
+        old, new = leader_and_follower(resolver, shard, replicas)
 
         async def scenario() -> dict[str, Any]:
             acks: list[tuple[int, float, int]] = []  # (last sequence of the batch, ack time, size)
