@@ -28,6 +28,7 @@ from services.clients.resolver import Resolver, accounts_name
 from services.common.config import ExchangeConfig
 from services.common.config_watch import ConfigWatch
 from services.common.consumers import SourceFailure, set_health
+from services.common.markets import MarketCatalog
 from services.common.rpc import ServerHandle, start_metrics, start_server
 from services.history.consumer import DbWorker, StreamConsumer
 from services.history.queries import HistoryQueries
@@ -95,7 +96,9 @@ class HistoryApp:
         """A reloaded configuration (services.common.config_watch): follow the shards it adds, answer
         queries on the markets and assets it adds."""
         learn_addresses(self.resolver, config)
-        self.queries.catalog = self.servicer.catalog = config.catalog
+        known, new = self.queries.catalog, config.catalog  # additions only (config_watch)
+        catalog = MarketCatalog({**known.assets, **new.assets}, {**known.markets, **new.markets}, new.shards)
+        self.queries.catalog = self.servicer.catalog = catalog
         followed = {c.source for c in self.consumers}
         for name in sorted(set(config.shards) - followed):
             consumer = self._shard_consumer(name)
