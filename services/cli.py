@@ -1531,7 +1531,10 @@ async def _until_stdout_closes(follow: Awaitable[None]) -> None:
             while not done.is_set():
                 if poller.poll(200):
                     broken.set()
-                    loop.call_soon_threadsafe(task.cancel)
+                    # The follower may have ended (and the loop closed) meanwhile: its own write to
+                    # the closed pipe failed first. Nothing left to cancel then.
+                    with contextlib.suppress(RuntimeError):
+                        loop.call_soon_threadsafe(task.cancel)
                     return
         except (OSError, ValueError):
             return
