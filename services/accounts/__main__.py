@@ -35,6 +35,7 @@ from services.cluster.replica import (
     follow_stream,
     metrics_address,
     replica_journals,
+    replica_snapshots,
 )
 from services.common.config import load_config
 from services.common.errors import NotFound, Reason
@@ -94,12 +95,13 @@ def main() -> None:
                 max_batch=acfg.max_batch,
                 accept_snapshot_beyond_journal=args.accept_snapshot_beyond_journal,
             ),
-            # Cluster mode: the command journal is the shard's stream (shared, never pruned: a new
-            # leader's forwarders resend from it); the event log is this replica's.
+            # Cluster mode: the command journal is the shard's stream (shared: a new leader's
+            # forwarders resend from it, so it is pruned only below what every matching shard
+            # acknowledged, as the file journal); the event log is this replica's; snapshots are this
+            # replica's files and the shard's bucket (services.cluster.snapshots).
             journals=journals,
-            retention_floor=(
-                (lambda: 0) if cluster else lambda: min((f.acked for f in forwarders.values()), default=0)
-            ),
+            snapshots=replica_snapshots(stream, directory) if stream is not None else None,
+            retention_floor=lambda: min((f.acked for f in forwarders.values()), default=0),
         )
         if stream is not None:
             await follow_stream(host, stream)

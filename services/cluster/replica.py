@@ -5,10 +5,12 @@ Every replica of a shard runs the same process:
 
 - the command journal is the shard's JetStream stream (services.common.journal.jetstream, one per
   shard, `--stream-replicas` copies); the event log is a local file journal that each replica
-  regenerates from the commands (services.cluster.journals.RoutedJournals); snapshots are local files
-  of each replica (its own data directory) and the stream is not pruned in this mode (a replica
-  restarting from an older snapshot, or from none, replays the stream from there): `replica_journals`
-  and `follow_stream` set the host up so;
+  regenerates from the commands (services.cluster.journals.RoutedJournals); snapshots are each
+  replica's files, and the leader also puts them into the shard's JetStream object store bucket where
+  every replica can load them (services.cluster.snapshots.ReplicaSnapshots, which says where and why);
+  the leader prunes the stream only below the second-newest shared snapshot, so a replica that starts
+  with an empty data directory loads the newest shared snapshot and replays the stream after it:
+  `replica_journals`, `replica_snapshots` and `follow_stream` set the host up so;
 - it starts as a follower (StateMachineHost.start_following over JetStreamJournals.open_reader): its
   machine and event log stay current, it serves the reads and refuses writes with FAILED_PRECONDITION,
   reason NOT_LEADER, ErrorInfo metadata "leader" = the leader's advertise address (read from ZooKeeper
@@ -50,6 +52,7 @@ from kazoo.recipe.watchers import DataWatch
 from services.clients.resolver import advertise_address
 from services.cluster.election import DEFAULT_ROOT, LeaderInfo, ShardElection, leader_path
 from services.cluster.journals import RoutedJournals
+from services.cluster.snapshots import ReplicaSnapshots
 from services.common.host import StateMachineHost
 from services.common.journal import FileJournals
 from services.common.journal.jetstream import JetStreamJournals
@@ -138,6 +141,12 @@ def replica_journals(
         replicas=options.stream_replicas,
     )
     return stream, RoutedJournals({"commands": stream}, FileJournals(directory))
+
+
+def replica_snapshots(stream: JetStreamJournals, directory: Path) -> Callable[[], ReplicaSnapshots]:
+    """The host's snapshot store factory: files in `directory`/snapshots, shared through the bucket
+    next to the shard's stream (opened when the host recovers, off its loop)."""
+    return lambda: ReplicaSnapshots.open(directory / "snapshots", stream)
 
 
 async def follow_stream(host: StateMachineHost[Any, Any], stream: JetStreamJournals) -> None:

@@ -67,7 +67,10 @@ leader's numbers and bytes (apply is deterministic and each record carries its t
 event log and published to the event streams, so a follower serves reads and StreamEvents. Its
 writes (submit*, enqueue_internal) are refused with FailedPrecondition(NOT_LEADER), metadata
 "leader" = `leader_address()`; a follower snapshots every `snapshot_every` commands into its own
-store like a leader, but never prunes the command journal (the leader's) and runs no effects.
+store like a leader, but never prunes the command journal (the leader's: it releases its in-memory copy
+below the snapshot instead, `release_before`) and runs no effects. A store that shares snapshots with
+the other replicas (`share`, `prune_floor`: services.cluster.snapshots) gets a leader's snapshots
+before the journal is pruned, and only below what it allows.
 `promote()` makes it the leader: it stops following, opens the command journal as its writer
 through the factory (loaded to the stream's end; it must hold everything applied), fences it
 (`fence()`, when the journal has one: an old leader's next append is refused), applies what the
@@ -395,6 +398,7 @@ class StateMachineHost(Generic[C, M]):
         self._task: asyncio.Task[None] | None = None
         self._snapshot_waiters: list[asyncio.Future[int]] = []
         self._snapshot_task: asyncio.Task[None] | None = None
+        self._after_snapshot_lock = asyncio.Lock()  # a forked and an inline snapshot may end together
         self._stopping = False
         self._labels = {"service": name}
         self._commands_total = COMMANDS.labels(service=name)
@@ -1135,7 +1139,7 @@ class StateMachineHost(Generic[C, M]):
         try:
             data = self.machine.snapshot()
             await asyncio.to_thread(self.snapshots.save, seq, data)
-            self._after_snapshot(seq, len(data))
+            await self._after_snapshot(seq, len(data))
         except Exception as exc:
             self._fail(exc, "snapshot")
             raise
@@ -1148,17 +1152,37 @@ class StateMachineHost(Generic[C, M]):
                 log.error("snapshot child failed", extra={"service": self.name, "seq": seq, "status": status})
                 return
             if self._failure is None:
-                self._after_snapshot(seq, 0, time.perf_counter() - started)
+                await self._after_snapshot(seq, 0, time.perf_counter() - started)
         except Exception as exc:
             self._fail(exc, "snapshot bookkeeping")
 
-    def _after_snapshot(self, seq: int, size: int, seconds: float = 0.0) -> None:
+    async def _after_snapshot(self, seq: int, size: int, seconds: float = 0.0) -> None:
+        """A snapshot at seq is stored: a leader whose store shares snapshots with the other replicas
+        (services.cluster.snapshots.ReplicaSnapshots) puts it there first; then the command journal is
+        pruned below min(seq, the retention floor, what the shared store allows) - a leader only: a
+        follower's command journal is the leader's, it releases its in-memory copy instead - and the
+        event log to its retention."""
+        async with self._after_snapshot_lock:
+            await self._share_and_prune(seq, size, seconds)
+
+    async def _share_and_prune(self, seq: int, size: int, seconds: float) -> None:
         self.snapshot_seq = max(self.snapshot_seq, seq)
+        store: Any = self.snapshots
+        shared = None
+        if not self._following and hasattr(store, "share"):
+            shared = await asyncio.to_thread(store.share, seq)
         floor = seq + 1
         if self.retention_floor is not None:
             floor = min(floor, self.retention_floor() + 1)
-        # A follower's command journal is the leader's: only the leader prunes it.
-        pruned = 0 if self._following else self.commands.prune_before(floor)
+        if hasattr(store, "prune_floor"):
+            floor = min(floor, store.prune_floor())
+        pruned = 0
+        if not self._following:
+            pruned = await asyncio.to_thread(self.commands.prune_before, floor)
+        else:
+            release = getattr(self.commands, "release_before", None)
+            if release is not None:
+                pruned = release(min(seq, self.machine.applied_seq) + 1)
         if self.options.event_retention:
             self.events.prune_before(self.events.last_seq - self.options.event_retention + 1)
         log.info(
@@ -1169,6 +1193,7 @@ class StateMachineHost(Generic[C, M]):
                 "bytes": size,
                 "pruned": pruned,
                 "seconds": round(seconds, 3),
+                **({} if shared is None else {"shared": shared}),
             },
         )
 

@@ -136,12 +136,13 @@ class FileSnapshotStore:
     def latest(self) -> tuple[int, bytes] | None:
         """The newest valid snapshot as (seq, data); None when there is none."""
         for seq in reversed(self.list()):
-            data = self._load(seq)
+            data = self.load(seq)
             if data is not None:
                 return seq, data
         return None
 
-    def _load(self, seq: int) -> bytes | None:
+    def load(self, seq: int) -> bytes | None:
+        """The data of the snapshot at seq; None (with a warning) when it is missing or corrupt."""
         path = self._path(seq)
         try:
             raw = path.read_bytes()

@@ -21,6 +21,7 @@ from services.cluster.replica import (
     follow_stream,
     metrics_address,
     replica_journals,
+    replica_snapshots,
 )
 from services.common.config import DEFAULT_SHARD, load_config
 from services.common.failstop import FailStop
@@ -111,7 +112,7 @@ def main() -> None:
             ),
             # The command journal is the shard's stream (shared); the event log is this replica's.
             journals=journals,
-            retention_floor=lambda: 0,  # the shared stream is not pruned in cluster mode
+            snapshots=replica_snapshots(stream, directory),  # this replica's files + the shard's bucket
         )
         await follow_stream(host, stream)
         failstop.arm(host, stop)

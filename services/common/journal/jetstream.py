@@ -41,8 +41,8 @@ Layout (one stream per journal):
   host fail-stops).
 - reads: read() runs on callers' event loops and must not wait on the network, so it is served from
   a local copy in memory (the writer's own records; a reader's copy is filled by its consumer). The
-  copy holds every record from first_seq: the host's event-log retention bounds it (pruning drops it
-  in memory too).
+  copy holds every record from first_seq: pruning bounds it (prune_before drops the records in memory
+  too; a reader drops what its follower no longer needs with JetStreamReader.release_before).
 - follow: on a writer handle, follow_durable over the local copy (acknowledged records only). A
   follower process opens `JetStreamJournals.open_reader(name)`: an ordered push consumer (deliver
   all, flow control) that keeps the local copy hot; every delivered message was stored by the
@@ -828,6 +828,22 @@ class JetStreamReader:
     ) -> AsyncIterator[list[Record]]:
         return follow_durable(self, self._signal, from_seq, max_records, max_bytes)
 
+    def release_before(self, seq: int) -> int:
+        """Drop the local copy of the records below `seq` (the follower applied them and holds a
+        snapshot past them; the stream keeps them until the leader prunes it), always keeping the
+        last record received (the consumer's redeliveries are recognised by it). Returns how many
+        were dropped. Without it a hot follower's copy would grow with the stream."""
+        store = self._store
+        with store.lock:
+            drop = min(seq, store.last) - store.first
+            if drop <= 0:
+                return 0
+            del store.records[:drop]
+            store.first += drop
+            while store.segments and store.segments[0].last < store.first:
+                store.segments.popleft()
+        return drop
+
     async def _start(self, until_msg: int) -> None:
         store = self._store
         caught_up = asyncio.Event()
@@ -1139,13 +1155,14 @@ class JetStreamJournals:
         return f"{self.location(name)} moved to nats:{dst}"
 
     def delete_streams(self) -> None:
-        """Delete every stream of this service, quarantined ones included (tests, tools)."""
+        """Delete every stream of this service, quarantined ones and its snapshot buckets included
+        (tests, tools)."""
 
         async def go() -> None:
             js = self.client.js
             head = stream_name(self.prefix, self.service, "")
-            for s in await js.streams_info():
-                if s.config.name and s.config.name.startswith(head):
+            for s in await js.streams_info():  # an object store bucket's stream is OBJ_<bucket>
+                if s.config.name and s.config.name.removeprefix("OBJ_").startswith(head):
                     with contextlib.suppress(Exception):
                         await js.delete_stream(s.config.name)
 
