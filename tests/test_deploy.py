@@ -6,6 +6,8 @@ tests/test_deploy_cluster.py."""
 from __future__ import annotations
 
 import contextlib
+import io
+import json
 import os
 import random
 import socket
@@ -70,10 +72,13 @@ def local_description(
     zk_nodes: int = 3,
     nats_nodes: int = 3,
     accounts: tuple[str, ...] = ("a",),
+    accounts_shards: int = 1,
     database_url: str = "sqlite:///{data_dir}/history.sqlite",
 ) -> dict[str, Any]:
     """A description on free loopback ports: shards = {name: (pairs, members)}, accounts replicas
-    `accounts` (none: accounts as one plain process); every service moved off its default port."""
+    `accounts` (none: accounts as one plain process) on each of `accounts_shards` accounts shards (the
+    ports of the shards after the first are left free for them); every service moved off its default
+    port."""
     zk, zk_peer, zk_election = (consecutive_free_ports(zk_nodes) for _ in range(3))
     nats, routes = consecutive_free_ports(nats_nodes), consecutive_free_ports(nats_nodes)
     ports = iter(range(consecutive_free_ports(40), 1 << 16))
@@ -81,6 +86,14 @@ def local_description(
     def at() -> str:
         return f"127.0.0.1:{next(ports)}"
 
+    if accounts:
+        acc: dict[str, Any] = {"replicas": [{"member": m, "listen": at()} for m in accounts]}
+    else:
+        acc = {"listen": at()}
+    for _ in range((accounts_shards - 1) * max(1, len(accounts))):  # shard i: each port + i x replicas
+        at()
+    if accounts_shards != 1:
+        acc["shards"] = accounts_shards
     return {
         "exchange": str(BASE),
         "data_dir": "data",
@@ -96,9 +109,7 @@ def local_description(
             "stream_replicas": min(3, nats_nodes),
         },
         "history": {"database_url": database_url, "listen": at()},
-        "accounts": {"replicas": [{"member": m, "listen": at()} for m in accounts]}
-        if accounts
-        else {"listen": at()},
+        "accounts": acc,
         "market": {"listen": at()},
         "quantizer": {"listen": at()},
         "gateway": {"listen": at(), "admin_listen": at()},
@@ -288,9 +299,36 @@ CASES: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
     ("two replicas one address", _first_two_listen, "m1/a and m0/a are both at 127.0.0.1:"),
     ("replica at accounts' address", _shard_at_accounts, "accounts-0/a and m0/b are both at 127.0.0.1:"),
     (
-        "accounts replicas and shards",
+        "accounts shard replica at another's address",  # accounts-1/a: accounts-0/a's port + 1
         _set("accounts.shards", 2),
-        "[accounts]: replicas: replicas of accounts sharded by user (shards > 1) are not supported",
+        "history and accounts-1/a are both at 127.0.0.1:",
+    ),
+    ("accounts shards", _set("accounts.shards", 0), "[accounts]: shards must be a whole number from 1 to 64"),
+    (
+        "accounts replicas and shard_listen",
+        _set("accounts.shard_listen", ["127.0.0.1:1", "127.0.0.1:2"]),
+        "[accounts]: shard_listen: with replicas the addresses are the replicas' (their listen, advertise, "
+        "metrics_listen): leave shard_listen out",
+    ),
+    (
+        "accounts replicas and listen",
+        _set("accounts.listen", "127.0.0.1:1"),
+        "[accounts]: listen: with replicas the addresses are the replicas'",
+    ),
+    (
+        "accounts shard port beyond 65535",
+        lambda d: d["accounts"].update(shards=2, replicas=[{"member": "a", "listen": "127.0.0.1:65535"}]),
+        "[accounts] replicas[0]: listen '127.0.0.1:65535' moved by 1 for accounts-1 is beyond port 65535",
+    ),
+    (
+        "replica metrics_listen",
+        _set("accounts.replicas.0.metrics_listen", "9100"),
+        "[accounts] replicas[0]: metrics_listen '9100' is not host:port",
+    ),
+    (
+        "matching shard named as accounts shard",
+        lambda d: d["shards"].update({"accounts-1": d["shards"].pop("m1")}),
+        "[shards.accounts-1]: accounts, accounts-<i>, history and market name other services",
     ),
     (
         "accounts replica",
@@ -421,6 +459,120 @@ def test_without_accounts_replicas_accounts_runs_as_the_launcher_runs_it(tmp_pat
     assert children[2].address == data["accounts"]["listen"]
 
 
+def test_accounts_sharded_by_user_with_replicas(tmp_path: Path) -> None:
+    """[accounts] shards = 2 with replicas a, b: accounts-0 and accounts-1 each run a and b (ports of
+    accounts-1 after accounts-0's), each its own election (the resolver's name) and stream (its
+    source); the generated config has both shards, their first replicas as the static fallback, and
+    the ZooKeeper every client reads the leaders from."""
+    from services.clients.resolver import StaticResolver, accounts_name, config_addresses
+    from services.common.journal.jetstream import stream_name
+
+    data = local_description(
+        {"m0": (MARKETS[:2], ["a", "b"]), "m1": (MARKETS[2:], ["x"])}, accounts=("a", "b"), accounts_shards=2
+    )
+    desc = load_description(write_description(tmp_path, data))
+    p0 = int(data["accounts"]["replicas"][0]["listen"].rpartition(":")[2])
+    at = [f"127.0.0.1:{p0 + i}" for i in range(4)]
+    assert [(r.service, r.member, r.listen, r.kind) for r in desc.accounts] == [
+        ("accounts-0", "a", at[0], "accounts"),
+        ("accounts-0", "b", at[1], "accounts"),
+        ("accounts-1", "a", at[2], "accounts"),
+        ("accounts-1", "b", at[3], "accounts"),
+    ]
+    assert desc.accounts_shards == 2
+    assert [(s, [r.member for r in rs]) for s, rs in desc.accounts_groups()] == [
+        ("accounts-0", ["a", "b"]),
+        ("accounts-1", ["a", "b"]),
+    ]
+
+    config = load_config(write_exchange_config(desc))
+    assert config.accounts.shards == 2 and config.accounts_sources() == ["accounts-0", "accounts-1"]
+    assert [config.accounts_shard(i).listen for i in range(2)] == [at[0], at[2]]
+    assert config_addresses(config)["accounts"] == at[0] and config_addresses(config)["accounts-1"] == at[2]
+    assert StaticResolver.from_config(config).accounts_shards() == 2  # what AccountsClient routes over
+    assert config.cluster.zookeeper == ",".join(data["zookeeper"]["hosts"])
+    assert config.cluster.zk_root == data["zookeeper"]["root"]
+
+    children = [c for c, _ in deploy.processes(desc)]
+    assert [c.name for c in children] == [
+        "m0/a",
+        "m0/b",
+        "m1/x",
+        "accounts-0/a",
+        "accounts-0/b",
+        "accounts-1/a",
+        "accounts-1/b",
+        "history",
+        "market",
+        "quantizer-0",
+        "gateway",
+    ]
+    config_path = str(tmp_path / "data" / "exchange.toml")
+    for child, shard, listen in zip(children[3:7], [0, 0, 1, 1], at, strict=True):
+        args = dict(zip(child.args[::2], child.args[1::2], strict=True))
+        source, member = child.name.split("/")
+        assert child.module == "services.accounts" and child.address == listen
+        assert args["--config"] == config_path and args["--shard"] == source == f"accounts-{shard}"
+        assert args["--member"] == member and args["--listen"] == listen
+        assert (
+            args["--zk"] == ",".join(data["zookeeper"]["hosts"])
+            and args["--zk-root"] == config.cluster.zk_root
+        )
+        assert args["--data-dir"] == str(tmp_path / "data" / source / member)
+        assert child.log_path == tmp_path / "data" / "logs" / f"{source}.{member}.log"
+        # the process elects as accounts_name(its index) and journals to its source's stream: what
+        # status reads, and (the election) what the clients resolve
+        assert config.accounts_shard(args["--shard"]).index == shard
+    assert [(k, n, e, [r.name for r in rs]) for k, n, e, rs in deploy.groups(desc)][2:] == [
+        ("accounts", "accounts-0", accounts_name(0), ["accounts-0/a", "accounts-0/b"]),
+        ("accounts", "accounts-1", accounts_name(1), ["accounts-1/a", "accounts-1/b"]),
+    ]
+    assert accounts_name(1) == "accounts-1"
+    assert stream_name("ostrakon", "accounts-1", "commands") == "OSTRAKON_accounts-1_commands"
+    assert children[7].args == ["--config", config_path]  # history as the launcher runs it
+    assert {"accounts", "accounts-0", "accounts-1", "accounts-1/b", "accounts-0/a"} <= deploy.part_names(desc)
+    assert not {"accounts-0", "accounts-1"} & {c.name for c in children}  # no plain accounts process
+
+
+def test_accounts_shards_with_replicas_on_several_machines(tmp_path: Path) -> None:
+    """Replicas that advertise their machine's address: each accounts shard moves the port of listen,
+    advertise and metrics_listen alike."""
+    data = local_description({"m0": (MARKETS, ["a"])})
+    data["zookeeper"] = {"hosts": ["10.0.0.1:2181"], "start": False}
+    data["nats"] = {"urls": ["nats://10.0.0.1:4222"], "start": False, "stream_replicas": 1}
+    data["accounts"] = {
+        "shards": 3,
+        "replicas": [
+            {
+                "member": m,
+                "listen": "0.0.0.0:50051",
+                "advertise": f"10.0.0.{i}:50051",
+                "metrics_listen": f"0.0.0.0:{9100 + i}",
+            }
+            for i, m in ((1, "a"), (2, "b"))
+        ],
+    }
+    desc = description_from_dict(data, path=tmp_path / "cluster.toml")
+    assert [(r.name, r.listen, r.address, r.metrics_listen) for r in desc.accounts] == [
+        ("accounts-0/a", "0.0.0.0:50051", "10.0.0.1:50051", "0.0.0.0:9101"),
+        ("accounts-0/b", "0.0.0.0:50051", "10.0.0.2:50051", "0.0.0.0:9102"),
+        ("accounts-1/a", "0.0.0.0:50053", "10.0.0.1:50053", "0.0.0.0:9103"),
+        ("accounts-1/b", "0.0.0.0:50053", "10.0.0.2:50053", "0.0.0.0:9104"),
+        ("accounts-2/a", "0.0.0.0:50055", "10.0.0.1:50055", "0.0.0.0:9105"),
+        ("accounts-2/b", "0.0.0.0:50055", "10.0.0.2:50055", "0.0.0.0:9106"),
+    ]
+    config = exchange_config(desc)
+    assert [(config.accounts_shard(i).listen, config.accounts_shard(i).advertise) for i in range(3)] == [
+        ("0.0.0.0:50051", "10.0.0.1:50051"),
+        ("0.0.0.0:50053", "10.0.0.1:50053"),
+        ("0.0.0.0:50055", "10.0.0.1:50055"),
+    ]
+    argv = deploy.replica_argv(desc, desc.exchange_config_path, desc.accounts[3])
+    args = dict(zip(argv[::2], argv[1::2], strict=True))
+    assert args["--shard"] == "accounts-1" and args["--advertise"] == "10.0.0.2:50053"
+    assert args["--metrics-listen"] == "0.0.0.0:9104"
+
+
 def test_start_with_an_unknown_part_is_a_usage_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -514,7 +666,6 @@ def test_stop_after_a_killed_start_stops_what_it_left(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The supervising start died (SIGKILL): stop ends its children and the servers by their pid files."""
-    import json
     import signal
     import subprocess
     import time
@@ -553,8 +704,35 @@ def test_status_of_a_cluster_that_is_not_running(tmp_path: Path, capsys: pytest.
     assert "zookeeper  " in text and " down" in text and "ERROR ZooKeeper " in text
     assert "nats       0/3 up" in text
     assert "shard m0  leader NONE" in text
+    assert "accounts accounts-0  leader NONE" in text
     assert "credentials: no credentials at " in text
     assert text.rstrip().endswith("NOT healthy")
+
+
+def test_status_of_accounts_shards_that_are_not_running(tmp_path: Path) -> None:
+    """Every accounts shard with replicas is a group of its own in status: its election, its stream,
+    its replicas (here none answers)."""
+    data = local_description({"m0": (MARKETS, ["a"])}, accounts=("a", "b"), accounts_shards=2)
+    desc = load_description(write_description(tmp_path, data))
+    out = io.StringIO()
+    assert deploy.status(desc, as_json=True, timeout=0.5, out=out) == 1
+    st = json.loads(out.getvalue())
+    assert [(g["name"], g["leader"], [r["member"] for r in g["replicas"]]) for g in st["accounts"]] == [
+        ("accounts-0", None, ["a", "b"]),
+        ("accounts-1", None, ["a", "b"]),
+    ]
+    assert all(
+        r["health"].startswith("down") and r["lag"] is None for g in st["accounts"] for r in g["replicas"]
+    )
+    assert not st["healthy"] and {s["name"] for s in st["services"]} == {
+        "history",
+        "market",
+        "quantizer-0",
+        "gateway",
+    }
+    text = deploy.format_status(st)
+    assert "accounts accounts-0  leader NONE  followers -" in text
+    assert "accounts accounts-1  leader NONE  followers -" in text
 
 
 def test_status_reads_leaders_contenders_and_the_pair_map_from_zookeeper(

@@ -1,12 +1,15 @@
 """`deploy/cluster start|status|stop` for real (services.cluster.deploy): a small description on free
 ports (a 3-node ZooKeeper ensemble and a 3-node NATS JetStream cluster started by the command, one
-matching shard x 2 replicas, accounts x 2 replicas, PostgreSQL history, market, quantizer, gateway).
+matching shard x 2 replicas, accounts sharded by user: 2 accounts shards x 2 replicas, PostgreSQL
+history, market, quantizer, gateway).
 
 It waits for "cluster ready", reads `status --json` (leaders, followers, zero lag, the pair map, the
-servers' members), trades through the client library (the fill settled and in the PostgreSQL history),
-SIGKILLs the matching leader and sees status name the other replica as leader (and the killed one back
-as a follower, caught up), trades again through the new leader, then `stop`s it and checks that no
-process of it is left. With CI=true a missing server is a failure.
+servers' members, every accounts shard's leader and follower), trades through the client library as
+the generated config's clients do (their leaders from ZooKeeper): a maker of accounts-0 (user 2) and
+a taker of accounts-1 (user 1), the fill settled on both shards and in the PostgreSQL history.
+It SIGKILLs the matching leader and sees status name the other replica as leader (and the killed one
+back as a follower, caught up), trades again through the new leader, then `stop`s it and checks that
+no process of it is left. With CI=true a missing server is a failure.
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ from exchange.v1 import history_service_pb2 as hpb
 from exchange.v1 import types_pb2
 
 from services.clients import AccountsClient, HistoryClient
-from services.clients.resolver import StaticResolver
+from services.clients.discovery import resolver_for
+from services.clients.zk_resolver import ZooKeeperResolver
 from services.cluster.servers import ServerMissing, nats_server_binary, zookeeper_classpath
 from services.common.config import load_config
 from services.common.security import process_security
@@ -89,13 +93,41 @@ def processes_under(directory: Path) -> list[int]:
     return pids
 
 
-async def buy(config_path: Path, *, first: bool) -> int:
-    """A crossing buy of 0.25 BTC against user 2's resting sell of 1 BTC at 30000 (placed, with both
-    deposits, the first time); the buy's order id."""
+@contextlib.asynccontextmanager
+async def clients(config_path: Path) -> Any:
+    """An accounts and a history client as the config's clients are: the leaders from ZooKeeper."""
     config = load_config(config_path)
     security = process_security(config, "admin", create=False)
+    resolver = await asyncio.to_thread(resolver_for, config)
+    assert isinstance(resolver, ZooKeeperResolver)  # [cluster] zookeeper in the generated config
+    try:
+        async with (
+            AccountsClient.resolve(resolver, security=security) as accounts,
+            HistoryClient.resolve(resolver, security=security) as history,
+        ):
+            assert accounts.shard_count == 2
+            yield accounts, history
+    finally:
+        await asyncio.to_thread(resolver.close)
+
+
+def resolved(config_path: Path, *names: str) -> dict[str, str]:
+    """Where the generated config's clients dial `names` (the resolver for it: ZooKeeper's leaders)."""
+    resolver = resolver_for(load_config(config_path))
+    try:
+        return {name: resolver.address(name) for name in names}
+    finally:
+        if isinstance(resolver, ZooKeeperResolver):
+            resolver.close()
+
+
+async def buy(config_path: Path, *, first: bool) -> tuple[int, int]:
+    """A crossing buy of 0.25 BTC by user 1 (accounts-1) against user 2's (accounts-0) resting sell of
+    1 BTC at 30000 (placed, with both deposits, the first time); the buy's and the sell's order ids
+    (0 for the sell when not first)."""
     limit = types_pb2.ORDER_TYPE_LIMIT
-    async with AccountsClient.resolve(StaticResolver.from_config(config), security=security) as accounts:
+    sell_id = 0
+    async with clients(config_path) as (accounts, _):
         if first:
             for user, asset, amount in ((1, "USDT", "100000"), (2, "BTC", "2")):
                 await accounts.deposit(
@@ -103,7 +135,7 @@ async def buy(config_path: Path, *, first: bool) -> int:
                         user_id=user, asset=asset, amount=amount, business="t", business_id=asset
                     )
                 )
-            await accounts.place_order(
+            sell = await accounts.place_order(
                 apb.PlaceOrderRequest(
                     user_id=2,
                     market="BTC_USDT",
@@ -113,6 +145,7 @@ async def buy(config_path: Path, *, first: bool) -> int:
                     amount="1",
                 )
             )
+            sell_id = sell.order.order_id
         placed = await accounts.place_order(
             apb.PlaceOrderRequest(
                 user_id=1,
@@ -123,22 +156,21 @@ async def buy(config_path: Path, *, first: bool) -> int:
                 amount="0.25",
             )
         )
-        return placed.order.order_id
+        return placed.order.order_id, sell_id
 
 
-async def settled(config_path: Path, buy_id: int, trades: int) -> bool:
-    """The buy filled (accounts settled matching's trade) and user 1 has `trades` trades in the
-    PostgreSQL history."""
-    config = load_config(config_path)
-    security = process_security(config, "admin", create=False)
-    resolver = StaticResolver.from_config(config)
-    async with AccountsClient.resolve(resolver, security=security) as accounts:
+async def settled(config_path: Path, buy_id: int, sell_id: int, trades: int) -> bool:
+    """The buy filled (accounts-1 settled matching's trade), the sell filled by 0.25 per trade
+    (accounts-0 settled it), and user 1 has `trades` trades in the PostgreSQL history."""
+    async with clients(config_path) as (accounts, history):
         order = (await accounts.get_order(apb.GetOrderRequest(user_id=1, order_id=buy_id))).order
-    if order.status != types_pb2.ORDER_STATUS_FILLED or order.filled_quote != "7500":
-        return False
-    async with HistoryClient.resolve(resolver, security=security) as history:
+        sell = (await accounts.get_order(apb.GetOrderRequest(user_id=2, order_id=sell_id))).order
+        if order.status != types_pb2.ORDER_STATUS_FILLED or order.filled_quote != "7500":
+            return False
+        if sell.status != types_pb2.ORDER_STATUS_PARTIALLY_FILLED or sell.filled_quote != str(7500 * trades):
+            return False
         found = await history.list_user_trades(hpb.ListUserTradesRequest(user_id=1))
-    return len(found.trades) == trades
+        return len(found.trades) == trades
 
 
 def replicas_of(group: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -157,7 +189,9 @@ def test_start_status_failover_stop(tmp_path: Path) -> None:
 
     database = f"deploy_e2e_{os.getpid()}_{uuid.uuid4().hex[:6]}"
     url = make_url(POSTGRES).set(database=database).render_as_string(hide_password=False)
-    data = local_description({"matching-0": (MARKETS, ["a", "b"])}, accounts=("a", "b"), database_url=url)
+    data = local_description(
+        {"matching-0": (MARKETS, ["a", "b"])}, accounts=("a", "b"), accounts_shards=2, database_url=url
+    )
     path = write_description(tmp_path, data)
     config_path = tmp_path / "data" / "exchange.toml"
     out = tmp_path / "start.out"
@@ -194,21 +228,40 @@ def test_start_status_failover_stop(tmp_path: Path) -> None:
         assert shard["followers"] == [other]
         assert shard["stream"]["replicas"] == 3 and len(shard["stream"]["peers"]) == 2
         assert {m: r["role"] for m, r in replicas_of(shard).items()} == {leader: "leader", other: "follower"}
-        accounts = st["accounts"]
-        assert accounts["name"] == "accounts-0" and accounts["leader"] is not None
-        assert len(accounts["followers"]) == 1
+        # Each accounts shard: its own election (leader + follower) and its own command stream.
+        assert [g["name"] for g in st["accounts"]] == ["accounts-0", "accounts-1"]
+        for g in st["accounts"]:
+            assert g["leader"] is not None and len(g["followers"]) == 1, g
+            assert {r["member"] for r in g["replicas"]} == {"a", "b"}
+            assert g["stream"]["stream"] == f"OSTRAKON_{g['name']}_commands" and g["stream"]["replicas"] == 3
+        p0 = int(data["accounts"]["replicas"][0]["listen"].rpartition(":")[2])  # accounts-1: p0 + 2, + 3
+        at = {"accounts-0": (p0, p0 + 1), "accounts-1": (p0 + 2, p0 + 3)}
+        for g in st["accounts"]:
+            assert g["leader"]["address"] in [f"127.0.0.1:{p}" for p in at[g["name"]]]
+        # the clients of the generated config dial each accounts shard's leader (ZooKeeper)
+        assert resolved(config_path, "accounts", "accounts-1") == {
+            "accounts": st["accounts"][0]["leader"]["address"],
+            "accounts-1": st["accounts"][1]["leader"]["address"],
+        }
         assert {s["name"] for s in st["services"]} == {"history", "market", "quantizer-0", "gateway"}
+        text = deploy("status", str(path)).stdout
+        for g in st["accounts"]:
+            member = g["leader"]["member"]
+            assert f"accounts {g['name']}  leader {member} at {g['leader']['address']}  followers " in text
 
-        buy_id = asyncio.run(buy(config_path, first=True))
+        buy_id, sell_id = asyncio.run(buy(config_path, first=True))
         wait_for(
-            "the buy filled, in history", lambda: asyncio.run(settled(config_path, buy_id, 1)), timeout=20
+            "the buy filled, in history",
+            lambda: asyncio.run(settled(config_path, buy_id, sell_id, 1)),
+            timeout=20,
         )
 
         def caught_up(st: dict[str, Any], group: str = "shard") -> bool:
-            g = st["shards"][0] if group == "shard" else st["accounts"]
-            last = g["stream"].get("last_sequence", 0)
-            return last > 0 and all(
-                r.get("applied_sequence") == last and r["lag"] == 0 for r in g["replicas"]
+            gs = [st["shards"][0]] if group == "shard" else st["accounts"]
+            lasts = [g["stream"].get("last_sequence", 0) for g in gs]
+            return all(
+                last > 0 and all(r.get("applied_sequence") == last and r["lag"] == 0 for r in g["replicas"])
+                for g, last in zip(gs, lasts, strict=True)
             )
 
         st = wait_for(
@@ -245,8 +298,12 @@ def test_start_status_failover_stop(tmp_path: Path) -> None:
         assert f"matching-0/{leader} exited with -9 (SIGKILL)" in out.read_text()
 
         # Orders flow on to the new leader: accounts' links follow it.
-        buy_id = asyncio.run(buy(config_path, first=False))
-        wait_for("a buy after the failover filled", lambda: asyncio.run(settled(config_path, buy_id, 2)), 20)
+        buy_id, _ = asyncio.run(buy(config_path, first=False))
+        wait_for(
+            "a buy after the failover filled",
+            lambda: asyncio.run(settled(config_path, buy_id, sell_id, 2)),
+            20,
+        )
         st = wait_for("both replicas applied it", lambda: (s := status(path)) and caught_up(s) and s, 15)
         assert st["shards"][0]["stream"]["last_sequence"] == before + 1
 

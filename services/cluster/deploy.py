@@ -14,19 +14,24 @@ PostgreSQL history database when missing, writes <data_dir>/exchange.toml, then 
 under the launcher's Supervisor (services.launcher: in order, each once the one before is healthy;
 restarts with backoff; a crash loop gives up): each matching replica in cluster mode
 (`python -m services.matching --shard S --zk .. --nats .. --member M --listen .. --data-dir
-<data_dir>/S/M`), then accounts, history, market, quantizer and gateway as the launcher runs them. It
-prints "cluster ready" and supervises until Ctrl-C / SIGTERM / `stop`, then stops the services in
-reverse order, then NATS and ZooKeeper. `--only` runs a part of the description (one machine's):
-zookeeper, nats, matching (every replica), a shard name (its replicas), SHARD/MEMBER, or a service
-name or kind of the launcher (accounts, history, market, quantizer, gateway, exporter).
+<data_dir>/S/M`), then each accounts replica the same way (`python -m services.accounts [--shard
+accounts-<i>] --member M ...`: every accounts shard's replicas, shard by shard; without [accounts]
+replicas accounts as the launcher runs it), then history, market, quantizer and gateway as the
+launcher runs them. It prints "cluster ready" and supervises until Ctrl-C / SIGTERM / `stop`, then
+stops the services in reverse order, then NATS and ZooKeeper. `--only` runs a part of the
+description (one machine's): zookeeper, nats, matching (every replica), a shard name (its replicas),
+SHARD/MEMBER, accounts (every accounts replica), accounts-<i> (that accounts shard's replicas),
+accounts-<i>/MEMBER, or a service name or kind of the launcher (history, market, quantizer, gateway,
+exporter).
 A running start keeps <data_dir>/deploy.json (its pid, its children's); `stop` signals it and
 waits, or, when it is gone, stops what it left.
 
-status: per shard the leader and the followers (its ZooKeeper election), each replica's health,
-applied sequence and lag behind the last record of the shard's JetStream command stream, the pair
-map (the description's, checked against what each leader serves), the ZooKeeper and NATS members
-and the health of the other services. Exit status 0 when every shard has a leader and everything
-answers SERVING, 1 otherwise; 2 for a bad command line or description.
+status: per shard, and per accounts shard with replicas, the leader and the followers (its ZooKeeper
+election), each replica's health, applied sequence and lag behind the last record of the shard's
+JetStream command stream, the pair map (the description's, checked against what each leader serves),
+the ZooKeeper and NATS members and the health of the other services. Exit status 0 when every shard
+(and accounts shard) has a leader and everything answers SERVING, 1 otherwise; 2 for a bad command
+line or description.
 """
 
 from __future__ import annotations
@@ -47,7 +52,6 @@ from typing import Any, TextIO
 
 from services.clients.resolver import accounts_name
 from services.cluster.description import (
-    ACCOUNTS_SOURCE,
     ClusterDescription,
     DescriptionError,
     ReplicaSpec,
@@ -72,7 +76,7 @@ def replica_argv(desc: ClusterDescription, config_path: Path, r: ReplicaSpec) ->
     """The arguments of `python -m services.matching` / `services.accounts` for a replica in cluster mode."""
     z, n = desc.zookeeper, desc.nats
     args = ["--config", str(config_path)]
-    if r.service != ACCOUNTS_SOURCE:
+    if r.kind == "matching" or desc.accounts_shards > 1:  # one accounts shard: the config's
         args += ["--shard", r.service]
     args += ["--member", r.member, "--listen", r.listen]
     args += ["--zk", z.connect_string, "--zk-root", z.root, "--session-timeout", f"{z.session_timeout:g}"]
@@ -87,14 +91,14 @@ def replica_argv(desc: ClusterDescription, config_path: Path, r: ReplicaSpec) ->
 
 def processes(desc: ClusterDescription) -> list[tuple[Child, set[str]]]:
     """Every supervised process in start order, with the --only names that select it: the matching
-    replicas, the accounts replicas (or accounts as the launcher runs it), the launcher's others."""
+    replicas, the accounts replicas shard by shard (or accounts as the launcher runs it), the
+    launcher's others."""
     out: list[tuple[Child, set[str]]] = []
     for r in (*desc.replicas, *desc.accounts):
-        kind = "accounts" if r.service == ACCOUNTS_SOURCE else "matching"
         args = replica_argv(desc, desc.exchange_config_path, r)
-        child = Child(r.name, f"services.{kind}", args, r.address)
+        child = Child(r.name, f"services.{r.kind}", args, r.address)
         child.log_path = desc.data_dir / "logs" / f"{r.service}.{r.member}.log"
-        out.append((child, {kind, r.service, r.name}))
+        out.append((child, {r.kind, r.service, r.name}))
     replaced = {"services.matching", "services.accounts"} if desc.accounts else {"services.matching"}
     for child in plan(exchange_config(desc)):
         if child.module not in replaced:
@@ -304,11 +308,12 @@ def _tcp_up(url: str, timeout: float = 1.0) -> bool:
     return False
 
 
-def groups(desc: ClusterDescription) -> list[tuple[str, str, tuple[ReplicaSpec, ...]]]:
-    """The replicated services: (name = its stream's service, ZooKeeper election name, replicas)."""
-    out = [(s.name, s.name, s.replicas) for s in desc.shards]
-    if desc.accounts:
-        out.append((ACCOUNTS_SOURCE, accounts_name(0), desc.accounts))
+def groups(desc: ClusterDescription) -> list[tuple[str, str, str, tuple[ReplicaSpec, ...]]]:
+    """The replicated services: (kind, name = its stream's service, ZooKeeper election name,
+    replicas): every matching shard, then every accounts shard with replicas (by index)."""
+    out = [("matching", s.name, s.name, s.replicas) for s in desc.shards]
+    for i, (source, replicas) in enumerate(desc.accounts_groups()):
+        out.append(("accounts", source, accounts_name(i), replicas))
     return out
 
 
@@ -417,7 +422,7 @@ async def _health(name: str, address: str, timeout: float) -> str:
         return f"down ({type(exc).__name__})"
 
 
-async def _status_of(name: str, address: str, security: Any, timeout: float) -> dict[str, Any]:
+async def _status_of(kind: str, name: str, address: str, security: Any, timeout: float) -> dict[str, Any]:
     """Health, and GetMatchingStatus / GetAccountsStatus of a matching or accounts process."""
     from services.clients import NO_RETRY, AccountsClient, MatchingClient
     from services.clients.errors import ClientError
@@ -427,7 +432,7 @@ async def _status_of(name: str, address: str, security: Any, timeout: float) -> 
         out["error"] = "no credentials (has the cluster been started?)"
         return out
     try:
-        if name.startswith("accounts"):
+        if kind == "accounts":
             async with AccountsClient.at(address, security=security, timeout=timeout, retry=NO_RETRY) as a:
                 ast = await a.get_accounts_status()
             out.update(applied_sequence=ast.applied_sequence, event_sequence=ast.event_sequence)
@@ -484,17 +489,19 @@ async def gather_status(desc: ClusterDescription, *, timeout: float = 2.0) -> di
     except (OSError, ValueError, KeyError) as exc:
         credentials_error = f"no credentials at {config.credentials_path()}: {exc}"
     replicated = groups(desc)
-    elections = [e for _, e, _ in replicated]
+    elections = [e for _, _, e, _ in replicated]
     zk_task = asyncio.create_task(asyncio.to_thread(zookeeper_view, desc, elections, max(timeout, 3.0)))
-    streams = await stream_view(desc, [g for g, _, _ in replicated], timeout)
-    everyone = [r for _, _, rs in replicated for r in rs]
-    per_replica = await asyncio.gather(*(_status_of(r.name, r.address, security, timeout) for r in everyone))
+    streams = await stream_view(desc, [g for _, g, _, _ in replicated], timeout)
+    everyone = [r for _, _, _, rs in replicated for r in rs]
+    per_replica = await asyncio.gather(
+        *(_status_of(r.kind, r.name, r.address, security, timeout) for r in everyone)
+    )
     by_replica = dict(zip([r.name for r in everyone], per_replica, strict=True))
     replaced = {"services.matching", "services.accounts"} if desc.accounts else {"services.matching"}
     others = [c for c in plan(config) if c.module not in replaced]
     healths = await asyncio.gather(
         *(
-            _status_of(c.name, c.address, security, timeout)
+            _status_of("accounts", c.name, c.address, security, timeout)
             if c.module == "services.accounts"
             else _health(c.name, c.address, timeout)
             for c in others
@@ -510,19 +517,20 @@ async def gather_status(desc: ClusterDescription, *, timeout: float = 2.0) -> di
             streams["streams"].get(name, {}),
             [(r, by_replica[r.name]) for r in replicas],
         )
-        for name, election, replicas in replicated
+        for _, name, election, replicas in replicated
     }
     services = [
         {"name": c.name, "address": c.address, **(h if isinstance(h, dict) else {"health": h})}
         for c, h in zip(others, healths, strict=True)
     ]
     # The pair map: the description's, with the entries of the pair map in ZooKeeper over it (pairs
-    # moved or added by services.cluster.operator); the pairs moving, and those accounts halted.
-    accounts = views.get(ACCOUNTS_SOURCE)
-    plain = next((x for x in services if x["name"] == ACCOUNTS_SOURCE), {})
-    routing: dict[str, Any] = (
-        next((r for r in accounts["replicas"] if r["role"] == "leader"), {}) if accounts else plain
-    )
+    # moved or added by services.cluster.operator); the pairs moving, and those accounts halted (by
+    # any accounts shard: each accounts shard's leader, or each accounts process).
+    accounts = [views[name] for kind, name, _, _ in replicated if kind == "accounts"]
+    leaders = [r for g in accounts for r in g["replicas"] if r["role"] == "leader"]
+    plain = [x for x, c in zip(services, others, strict=True) if c.module == "services.accounts"]
+    routing: list[dict[str, Any]] = leaders if accounts else plain
+    halted = sorted({m for r in routing for m in r.get("halted_markets", [])})
     pair_map = {**desc.pair_map(), **{p: e["shard"] for p, e in zk["pairs"].items()}}
     moving = {p: e["moving_to"] for p, e in zk["pairs"].items() if e["moving_to"]}
     shards = []
@@ -533,7 +541,7 @@ async def gather_status(desc: ClusterDescription, *, timeout: float = 2.0) -> di
         shards.append({**view, "pairs": pairs, "served_pairs": served, "pairs_match": served == pairs})
     groups_healthy = all(
         g["leader"] is not None and all(r["health"] == "SERVING" and "error" not in r for r in g["replicas"])
-        for g in [*shards, *([accounts] if accounts else [])]
+        for g in [*shards, *accounts]
     )
     healthy = (
         not zk["error"]
@@ -563,7 +571,7 @@ async def gather_status(desc: ClusterDescription, *, timeout: float = 2.0) -> di
         "accounts": accounts,
         "pair_map": pair_map,
         "moving_pairs": moving,
-        "halted_pairs": routing.get("halted_markets", []),
+        "halted_pairs": halted,
         "services": services,
         "healthy": healthy,
     }
@@ -609,8 +617,8 @@ def format_status(st: dict[str, Any]) -> str:
         lines.append(f"credentials: {st['credentials_error']}")
     for sh in st["shards"]:
         lines += _format_group("shard", sh)
-    if st["accounts"]:
-        lines += _format_group("accounts", st["accounts"])
+    for g in st["accounts"]:
+        lines += _format_group("accounts", g)
     lines += ["", "pair map"]
     for pair, shard in st["pair_map"].items():
         to = st["moving_pairs"].get(pair)

@@ -14,8 +14,10 @@ configuration generated from it.
     pairs = ["BTC_USDT", "ETH_USDT"]
     replicas = [{ member = "a", listen = "127.0.0.1:50061" }, { member = "b", listen = ... }]
 
-    [accounts]                          # replicas (optional: accounts-0 as leader + followers),
-                                        # the rest as in the exchange config
+    [accounts]                          # replicas (optional: each accounts shard as leader +
+    shards = 2                          # followers), shards (accounts sharded by user, default
+    replicas = [{ member = "a", listen = "127.0.0.1:50051" }, ...]    # the base's or 1), the rest
+                                        # as in the exchange config
     [history]                           # database_url (required), create_database, the rest as in
                                         # the exchange config
     [market] [gateway] [quantizer] [exporter] [security]    # as in the exchange config
@@ -25,6 +27,17 @@ the table and the key. `exchange_config_dict` builds the exchange config the ser
 base file's markets and settings, the cluster's `data_dir`, one [shards.<name>] per shard with its
 pairs as `markets` and its first replica's address (what a static resolver dials first; a follower
 redirects writes to the leader it names), and the service tables merged over the base's.
+
+Accounts replicas: `[accounts] replicas` describes the replicas of every accounts shard. With one
+shard (the default) they are accounts-0's (or the configured `source`'s). With `shards = N` (accounts
+sharded by user, in the description's [accounts] or the base's) shard accounts-<i> runs the same
+members, each port of `listen`, `advertise` and `metrics_listen` moved by i x len(replicas): replicas
+a, b at 50051, 50052 make accounts-0 a, b at 50051, 50052 and accounts-1 a, b at 50053, 50054. Each
+shard is its own election (`accounts_name(i)`: "accounts", "accounts-1", ...; what the clients
+resolve in ZooKeeper) and its own JetStream command stream (its source, "accounts-<i>"); the
+generated config gives each shard its first replica's address (`[accounts] shard_listen`,
+`shard_advertise`) as the static fallback. With replicas the addresses are the replicas': `listen`,
+`advertise`, `metrics_listen`, `shard_listen` and `shard_advertise` in [accounts] are refused.
 """
 
 from __future__ import annotations
@@ -47,7 +60,12 @@ SERVICE_TABLES = ("accounts", "history", "market", "gateway", "quantizer", "expo
 SHARD_OPTIONS = ("snapshot_every", "expiry_interval_ms", "max_queue")
 REPLICA_KEYS = ("member", "listen", "advertise", "metrics_listen")
 GENERATED_CONFIG = "exchange.toml"  # in the cluster's data_dir
-ACCOUNTS_SOURCE = "accounts-0"  # the accounts shard whose replicas [accounts] replicas describes
+ACCOUNTS_SOURCE = "accounts-0"  # the first accounts shard's source (with the default `source`)
+# [accounts] keys that replicas replace (each replica has its own listen, advertise, metrics_listen).
+ACCOUNTS_ADDRESS_KEYS = ("listen", "advertise", "metrics_listen", "shard_listen", "shard_advertise")
+MAX_ACCOUNTS_SHARDS = 64
+# Matching shard names that are other services' names in ZooKeeper, the resolver and the streams.
+RESERVED_SHARD = re.compile(r"^(accounts(-\d+)?|history|market)$")
 
 
 class DescriptionError(ConfigError):
@@ -56,11 +74,12 @@ class DescriptionError(ConfigError):
 
 @dataclass(frozen=True)
 class ReplicaSpec:
-    service: str  # the matching shard ("matching-0") or the accounts shard ("accounts-0")
+    service: str  # the matching shard ("matching-0") or the accounts shard's source ("accounts-1")
     member: str
     listen: str
     advertise: str = ""
     metrics_listen: str = ""
+    kind: str = "matching"  # or "accounts"
 
     @property
     def name(self) -> str:
@@ -111,14 +130,24 @@ class ClusterDescription:
     zookeeper: ZooKeeperSpec
     nats: NatsSpec
     shards: tuple[ShardSpec, ...]
-    accounts: tuple[ReplicaSpec, ...] = ()  # [accounts] replicas (none: accounts runs as one process)
+    # Every accounts replica, shard by shard (none: accounts runs as the launcher runs it).
+    accounts: tuple[ReplicaSpec, ...] = ()
     create_database: bool = True
     services: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # tables for the config
+    accounts_shards: int = 1  # with accounts replicas: how many accounts shards run them
 
     @property
     def replicas(self) -> list[ReplicaSpec]:
         """Every matching replica, shard by shard."""
         return [r for s in self.shards for r in s.replicas]
+
+    def accounts_groups(self) -> list[tuple[str, tuple[ReplicaSpec, ...]]]:
+        """Per accounts shard, by index (its election is accounts_name(index)): its source (the name
+        of its command stream) and its replicas. Empty without accounts replicas."""
+        out: dict[str, list[ReplicaSpec]] = {}
+        for r in self.accounts:
+            out.setdefault(r.service, []).append(r)
+        return [(source, tuple(rs)) for source, rs in out.items()]
 
     @property
     def database_url(self) -> str:
@@ -201,7 +230,7 @@ class _Checker:
                 where, f"start = true numbers the nodes' ports: {key} must be consecutive, {ports}"
             )
 
-    def replicas(self, raw: Any, where: str, service: str) -> tuple[ReplicaSpec, ...]:
+    def replicas(self, raw: Any, where: str, service: str, kind: str = "matching") -> tuple[ReplicaSpec, ...]:
         if not isinstance(raw, list) or not raw:
             raise self.fail(where, "replicas must be a non-empty list of { member, listen } tables")
         out: list[ReplicaSpec] = []
@@ -219,11 +248,71 @@ class _Checker:
                 self.address(self.string(r, "listen", rw), rw, "listen"),
                 self.string(r, "advertise", rw, ""),
                 self.string(r, "metrics_listen", rw, ""),
+                kind,
             )
             if spec.advertise:
                 self.address(spec.advertise, rw, "advertise")
+            metrics = spec.metrics_listen  # "host:port" or ":port" (on 127.0.0.1, services.common.rpc)
+            _, sep, port = metrics.rpartition(":")
+            if metrics and not (sep and port.isdigit() and 0 < int(port) < 65536):
+                raise self.fail(rw, f"metrics_listen {metrics!r} is not host:port")
             out.append(spec)
         return tuple(out)
+
+    def shifted(self, address: str, by: int, where: str, key: str, source: str) -> str:
+        """`address` with its port moved by `by` (an accounts shard's replica; see the docstring)."""
+        if not address or not by:
+            return address
+        head, _, port = address.rpartition(":")
+        moved = int(port) + by
+        if moved > 65535:
+            raise self.fail(where, f"{key} {address!r} moved by {by} for {source} is beyond port 65535")
+        return f"{head}:{moved}"
+
+    def accounts_replicas(
+        self, acc: dict[str, Any], base: Mapping[str, Any], where: str
+    ) -> tuple[tuple[ReplicaSpec, ...], int]:
+        """[accounts] replicas for every accounts shard (popping `replicas` from `acc`), and how
+        many shards; `acc` gets the generated addresses (see the module docstring)."""
+        for key in ACCOUNTS_ADDRESS_KEYS:
+            if key in acc:
+                raise self.fail(
+                    where,
+                    f"{key}: with replicas the addresses are the replicas' (their listen, advertise, "
+                    f"metrics_listen): leave {key} out",
+                )
+        merged = {**base, **acc}
+        shards = self.integer(merged, "shards", where, 1, 1, MAX_ACCOUNTS_SHARDS)
+        source = merged.get("source", ACCOUNTS_SOURCE) if shards == 1 else ACCOUNTS_SOURCE
+        first = self.replicas(acc.pop("replicas"), where, str(source), "accounts")
+        out: list[ReplicaSpec] = []
+        for i in range(shards):
+            src = str(source) if shards == 1 else f"accounts-{i}"
+            by = i * len(first)
+            for j, r in enumerate(first):
+                rw = f"{where} replicas[{j}]"
+                out.append(
+                    ReplicaSpec(
+                        src,
+                        r.member,
+                        self.shifted(r.listen, by, rw, "listen", src),
+                        self.shifted(r.advertise, by, rw, "advertise", src),
+                        self.shifted(r.metrics_listen, by, rw, "metrics_listen", src),
+                        "accounts",
+                    )
+                )
+        heads = out[:: len(first)]  # each shard's first replica: what a static resolver dials first
+        if shards == 1:
+            acc.update(listen=heads[0].listen, advertise=heads[0].advertise)
+        else:
+            acc.update(
+                shards=shards,
+                listen=heads[0].listen,
+                advertise=heads[0].advertise,
+                shard_listen=[r.listen for r in heads],
+                shard_advertise=[r.advertise for r in heads],
+            )
+        return tuple(out), shards
 
 
 def load_description(path: str | Path) -> ClusterDescription:
@@ -296,11 +385,12 @@ def description_from_dict(data: Mapping[str, Any], *, path: Path) -> ClusterDesc
     create_database = c.boolean(history, "create_database", "[history]", True)
     history.pop("create_database", None)
     accounts: tuple[ReplicaSpec, ...] = ()
+    accounts_shards = 1
     if "replicas" in services.get("accounts", {}):  # accounts in cluster mode, like a matching shard
-        acc = services["accounts"]
-        accounts = c.replicas(acc.pop("replicas"), "[accounts]", ACCOUNTS_SOURCE)
-        first = accounts[0]  # what a static resolver dials first (a follower redirects writes)
-        acc.update({k: v for k, v in (("listen", first.listen), ("advertise", first.advertise)) if v})
+        base = _read_base(path, exchange).get("accounts", {})
+        accounts, accounts_shards = c.accounts_replicas(
+            services["accounts"], base if isinstance(base, Mapping) else {}, "[accounts]"
+        )
 
     shards_raw = c.table(data["shards"], "[shards]", None)
     if not shards_raw:
@@ -311,6 +401,10 @@ def description_from_dict(data: Mapping[str, Any], *, path: Path) -> ClusterDesc
         w = f"[shards.{name}]"
         if not NAME.match(name):
             raise c.fail(w, "a shard name is letters, digits, - and _")
+        if RESERVED_SHARD.match(name):
+            raise c.fail(
+                w, "accounts, accounts-<i>, history and market name other services: not a matching shard"
+            )
         s = c.table(raw, w, ("pairs", "replicas", *SHARD_OPTIONS), "pairs", "replicas")
         pairs = c.strings(s, "pairs", w)
         for pair in pairs:
@@ -321,7 +415,16 @@ def description_from_dict(data: Mapping[str, Any], *, path: Path) -> ClusterDesc
         shards.append(ShardSpec(name, pairs, c.replicas(s["replicas"], w, name), options))
 
     desc = ClusterDescription(
-        path, exchange, data_dir, zk, nats, tuple(shards), accounts, create_database, services
+        path,
+        exchange,
+        data_dir,
+        zk,
+        nats,
+        tuple(shards),
+        accounts,
+        create_database,
+        services,
+        accounts_shards,
     )
     _check_against_config(c, desc, owner)
     return desc
@@ -339,9 +442,10 @@ def _check_against_config(c: _Checker, desc: ClusterDescription, owner: Mapping[
             "[shards]", f"market {', '.join(unplaced)} of {desc.exchange.name} is on no shard's pairs"
         )
     config = exchange_config(desc)
-    if desc.accounts and config.accounts.shards != 1:
+    sources = [source for source, _ in desc.accounts_groups()]
+    if desc.accounts and sources != config.accounts_sources():  # by construction: a bug otherwise
         raise c.fail(
-            "[accounts]", "replicas: replicas of accounts sharded by user (shards > 1) are not supported"
+            "[accounts]", f"replicas of {sources}, but the config's shards are {config.accounts_sources()}"
         )
     from services.launcher import plan  # the other services' addresses
 
@@ -357,12 +461,16 @@ def _check_against_config(c: _Checker, desc: ClusterDescription, owner: Mapping[
 # --- the generated exchange config -----------------------------------------------------------------
 
 
-def _base(desc: ClusterDescription) -> dict[str, Any]:
+def _read_base(path: Path, exchange: Path) -> dict[str, Any]:
     try:
-        with open(desc.exchange, "rb") as f:
+        with open(exchange, "rb") as f:
             return tomllib.load(f)
     except tomllib.TOMLDecodeError as exc:
-        raise DescriptionError(f"{desc.path}: exchange: {desc.exchange} is not TOML: {exc}") from None
+        raise DescriptionError(f"{path}: exchange: {exchange} is not TOML: {exc}") from None
+
+
+def _base(desc: ClusterDescription) -> dict[str, Any]:
+    return _read_base(desc.path, desc.exchange)
 
 
 def exchange_config_dict(desc: ClusterDescription) -> dict[str, Any]:
