@@ -37,6 +37,7 @@ from typing import Any
 
 import grpc
 from exchange.v1 import accounts_service_pb2 as pb
+from exchange.v1 import replica_pb2
 
 from services.accounts.service import AccountsServicer
 from services.clients.channels import Connection
@@ -48,7 +49,12 @@ from services.cluster.replica import ClusterOptions, refused_write_stream
 class AccountsReplicaServicer(AccountsServicer):
     """AccountsServicer whose batched order entry is refused at once while the host follows (NOT_LEADER)
     or after its writer failed (WRITER_FAILED). The unary writes are refused by the host itself; the
-    reads are the servicer's own, served from the machine a follower keeps current."""
+    reads are the servicer's own, served from the machine a follower keeps current. GetAccountsStatus
+    says which it is (role FOLLOWER while the host follows, LEADER once promoted)."""
+
+    def role(self) -> replica_pb2.ReplicaRole:
+        """FOLLOWER while the host follows the command journal, LEADER once promoted."""
+        return replica_pb2.REPLICA_ROLE_FOLLOWER if self.host.following else replica_pb2.REPLICA_ROLE_LEADER
 
     async def SubmitOrders(
         self,

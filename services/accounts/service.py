@@ -10,7 +10,7 @@ from typing import Any
 import grpc
 from exchange.v1 import accounts_service_pb2 as pb
 from exchange.v1 import events_pb2 as ev
-from exchange.v1 import types_pb2
+from exchange.v1 import replica_pb2, types_pb2
 
 from services.accounts.links import Forwarder
 from services.accounts.machine import (
@@ -89,6 +89,11 @@ class AccountsServicer:
     @property
     def ledger(self) -> Any:
         return self.host.machine.ledger
+
+    def role(self) -> replica_pb2.ReplicaRole:
+        """What this process is to its shard (GetAccountsStatus role): the shard's only process here;
+        a replica in cluster mode is its leader or a follower (AccountsReplicaServicer)."""
+        return replica_pb2.REPLICA_ROLE_STANDALONE
 
     def _owned(self, user: int) -> None:
         """Accounts sharded by user: a read of a user of another shard is refused (USER_NOT_ON_SHARD,
@@ -445,6 +450,7 @@ class AccountsServicer:
             quarantined_events=self.ledger.quarantined_total,
             market_routes=dict(machine.routes),
             halted_markets=sorted(machine.halted),
+            role=self.role(),
         )
         if request.with_audit:
             for asset, a in sorted(self.ledger.audit().items()):

@@ -7,6 +7,10 @@ Where (prefix = [exporter] subject_prefix, default "exchange.events"):
   `exchange.events.*.trade_executed` (public trades) or `exchange.events.accounts-0.user_fill`.
 - Kafka: topic `<prefix>.<source>` (e.g. exchange.events.accounts-0), one partition (order = sequence).
 
+Sources: every accounts shard and every matching shard of the configuration, and those added to the
+file while the exporter runs (a shard's table before `exchange cluster add-shard`: see
+services.exporter.app), each from the broker's checkpoint of it like any other.
+
 Every message of a source, in sequence order and contiguous (1, 2, 3, ...), so a consumer that keeps the
 last (source, sequence) it took consumes exactly once:
 - payload: the event's protobuf bytes (exchange.v1.AccountEvent or exchange.v1.MatchingEvent), or its
