@@ -228,11 +228,17 @@ def test_start_status_failover_stop(tmp_path: Path) -> None:
         assert shard["followers"] == [other]
         assert shard["stream"]["replicas"] == 3 and len(shard["stream"]["peers"]) == 2
         assert {m: r["role"] for m, r in replicas_of(shard).items()} == {leader: "leader", other: "follower"}
+        # (what each process reports of itself agrees with the election)
+        assert {m: r["reported_role"] for m, r in replicas_of(shard).items()} == {
+            leader: "leader",
+            other: "follower",
+        }
         # Each accounts shard: its own election (leader + follower) and its own command stream.
         assert [g["name"] for g in st["accounts"]] == ["accounts-0", "accounts-1"]
         for g in st["accounts"]:
             assert g["leader"] is not None and len(g["followers"]) == 1, g
             assert {r["member"] for r in g["replicas"]} == {"a", "b"}
+            assert sorted(r["reported_role"] for r in g["replicas"]) == ["follower", "leader"], g
             assert g["stream"]["stream"] == f"OSTRAKON_{g['name']}_commands" and g["stream"]["replicas"] == 3
         p0 = int(data["accounts"]["replicas"][0]["listen"].rpartition(":")[2])  # accounts-1: p0 + 2, + 3
         at = {"accounts-0": (p0, p0 + 1), "accounts-1": (p0 + 2, p0 + 3)}

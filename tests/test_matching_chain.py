@@ -13,6 +13,7 @@ import pytest
 from exchange.v1 import events_pb2 as ev
 from exchange.v1 import matching_service_pb2 as mpb
 from exchange.v1 import matching_service_pb2_grpc as mgrpc
+from exchange.v1 import replica_pb2
 
 from services.common.config import load_config
 from services.common.errors import FailedPrecondition, Reason
@@ -86,5 +87,6 @@ def test_gap_in_a_stream_is_refused(shard: Cluster) -> None:
     assert error_reason(info.value) == "SEQUENCE_GAP"
     status = shard.matching().GetMatchingStatus(mpb.GetMatchingStatusRequest(), timeout=5)
     assert status.source_sequences["accounts-0"] == 8
+    assert status.role == replica_pb2.REPLICA_ROLE_STANDALONE  # not in cluster mode
     # The real next command is still taken, and a resend of an applied one is ignored.
     assert submit(shard, [place(8, 3, 2), place(12, 8, 3)])[-1] == 12

@@ -30,7 +30,7 @@ import grpc
 import pytest
 from exchange.v1 import events_pb2 as ev
 from exchange.v1 import matching_service_pb2 as mpb
-from exchange.v1 import types_pb2
+from exchange.v1 import replica_pb2, types_pb2
 
 from services.clients.errors import ClientError
 from services.clients.matching import MatchingClient
@@ -220,6 +220,10 @@ def test_follower_reads_equal_the_leaders_and_a_write_to_it_is_redirected(shard:
             await caught_up(follower.address, shard.security, lead.event_sequence)
             follow = await status(follower.address, shard.security)
             assert follow.state_hash == lead.state_hash and follow.applied_sequence == 40
+            assert (lead.role, follow.role) == (
+                replica_pb2.REPLICA_ROLE_LEADER,
+                replica_pb2.REPLICA_ROLE_FOLLOWER,
+            )
             assert dict(follow.source_sequences) == dict(lead.source_sequences) == {SOURCE: 40}
             seen = []
             for address in (leader.address, follower.address):

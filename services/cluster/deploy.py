@@ -436,15 +436,24 @@ async def _status_of(kind: str, name: str, address: str, security: Any, timeout:
             async with AccountsClient.at(address, security=security, timeout=timeout, retry=NO_RETRY) as a:
                 ast = await a.get_accounts_status()
             out.update(applied_sequence=ast.applied_sequence, event_sequence=ast.event_sequence)
+            out["reported_role"] = _role_name(ast.role)
             out.update(market_routes=dict(ast.market_routes), halted_markets=sorted(ast.halted_markets))
         else:
             async with MatchingClient.at(address, security=security, timeout=timeout, retry=NO_RETRY) as m:
                 mst = await m.get_matching_status()
             out.update(applied_sequence=mst.applied_sequence, event_sequence=mst.event_sequence)
+            out["reported_role"] = _role_name(mst.role)
             out["markets"] = sorted({x.market for x in mst.markets} - set(mst.moved_out))
     except ClientError as exc:
         out["error"] = str(exc)
     return out
+
+
+def _role_name(role: int) -> str:
+    """A status answer's ReplicaRole as status prints it: leader, follower, standalone."""
+    from exchange.v1 import replica_pb2
+
+    return replica_pb2.ReplicaRole.Name(role).removeprefix("REPLICA_ROLE_").lower()
 
 
 def _group_status(
@@ -596,6 +605,9 @@ def _format_group(kind: str, g: dict[str, Any]) -> list[str]:
             seq = f"applied {r['applied_sequence']:<8} lag {'?' if r['lag'] is None else r['lag']}"
         else:
             seq = f"({r.get('error', 'no status')})"
+        says = r.get("reported_role")
+        if says and says != r["role"]:  # ZooKeeper names one role, the process reports another
+            seq += f"  ! the process says {says}"
         lines.append(f"  {r['role']:<14} {r['member']:<6} {r['address']:<22} {r['health']:<12} {seq}")
     if g.get("pairs_match") is False:
         served = ", ".join(g["served_pairs"] or ["?"])

@@ -19,6 +19,7 @@ from typing import Any
 
 import grpc
 from exchange.v1 import matching_service_pb2 as pb
+from exchange.v1 import replica_pb2
 
 from services.cluster.replica import ClusterOptions, Deposed, Replica, refused_write_stream
 from services.matching.service import MatchingServicer
@@ -29,7 +30,11 @@ __all__ = ["ClusterOptions", "Deposed", "Replica", "ReplicaServicer"]
 class ReplicaServicer(MatchingServicer):
     """MatchingServicer whose write RPC is refused while the host follows (NOT_LEADER) or after its
     writer failed (WRITER_FAILED). Reads are the servicer's own: they read the host's machine,
-    which a follower keeps current."""
+    which a follower keeps current; GetMatchingStatus says which it is (role)."""
+
+    def role(self) -> replica_pb2.ReplicaRole:
+        """FOLLOWER while the host follows the command journal, LEADER once promoted."""
+        return replica_pb2.REPLICA_ROLE_FOLLOWER if self.host.following else replica_pb2.REPLICA_ROLE_LEADER
 
     async def SubmitCommands(
         self,

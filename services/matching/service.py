@@ -11,6 +11,7 @@ from typing import Any
 import grpc
 from exchange.v1 import events_pb2 as ev
 from exchange.v1 import matching_service_pb2 as pb
+from exchange.v1 import replica_pb2
 
 from services.common import limits
 from services.common.depth import depth_levels, parse_merge
@@ -68,6 +69,11 @@ class MatchingServicer:
     @property
     def engine(self) -> Any:
         return self.host.machine.engine
+
+    def role(self) -> replica_pb2.ReplicaRole:
+        """What this process is to its shard (GetMatchingStatus role): the only process here; a
+        replica in cluster mode is its leader or a follower (ReplicaServicer)."""
+        return replica_pb2.REPLICA_ROLE_STANDALONE
 
     def _spec(self, market: str) -> MarketSpec:
         check_str(market, "market", MAX_SYMBOL)
@@ -350,4 +356,5 @@ class MatchingServicer:
             markets=markets,
             snapshot_sequence=self.host.snapshot_seq,
             moved_out={m: ev.MarketBook.FromString(b).to_shard for m, b in machine.moved_out.items()},
+            role=self.role(),
         )
