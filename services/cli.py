@@ -74,6 +74,7 @@ from services.clients import (
 )
 from services.clients.discovery import resolver_for
 from services.clients.resolver import accounts_name
+from services.clients.roles import in_cluster, role_name
 from services.common import limits
 from services.common.config import ExchangeConfig, load_config
 from services.common.markets import Asset, ConfigError, MarketSpec
@@ -1103,6 +1104,11 @@ def _counts(m: Any) -> str:
     return ", ".join(f"{k} {v}" for k, v in sorted(m.items())) or "-"
 
 
+def _role(role: int) -> str:
+    """ " (leader)" or " (follower)" for a replica in cluster mode; nothing for a standalone process."""
+    return f" ({role_name(role)})" if in_cluster(role) else ""
+
+
 def _status_accounts(c: Client, args: argparse.Namespace) -> None:
     """Every accounts shard's status (accounts sharded by user: one line block per shard) and, with
     --audit over several shards, the balance invariant summed over them (services.accounts.audit)."""
@@ -1114,7 +1120,7 @@ def _status_accounts(c: Client, args: argparse.Namespace) -> None:
             out(_json(st))
             continue
         out(
-            f"{st.source} at {c.address(accounts_name(i))}: applied {st.applied_sequence}, "
+            f"{st.source} at {c.address(accounts_name(i))}{_role(st.role)}: applied {st.applied_sequence}, "
             f"events {st.event_sequence}, snapshot {st.snapshot_sequence}, queue {st.queue_depth}, "
             f"last order id {st.last_order_id}"
         )
@@ -1156,7 +1162,8 @@ def _status_shard(c: Client, args: argparse.Namespace, shard: str) -> None:
         out(_json(st))
         return
     out(
-        f"{st.shard} at {c.address(shard)}: applied {st.applied_sequence}, events {st.event_sequence}, "
+        f"{st.shard} at {c.address(shard)}{_role(st.role)}: applied {st.applied_sequence}, "
+        f"events {st.event_sequence}, "
         f"snapshot {st.snapshot_sequence}, sources {_counts(st.source_sequences)}"
     )
     if st.state_hash:

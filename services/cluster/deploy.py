@@ -426,6 +426,7 @@ async def _status_of(kind: str, name: str, address: str, security: Any, timeout:
     """Health, and GetMatchingStatus / GetAccountsStatus of a matching or accounts process."""
     from services.clients import NO_RETRY, AccountsClient, MatchingClient
     from services.clients.errors import ClientError
+    from services.clients.roles import role_name
 
     out: dict[str, Any] = {"health": await _health(name, address, timeout)}
     if security is None:
@@ -436,24 +437,17 @@ async def _status_of(kind: str, name: str, address: str, security: Any, timeout:
             async with AccountsClient.at(address, security=security, timeout=timeout, retry=NO_RETRY) as a:
                 ast = await a.get_accounts_status()
             out.update(applied_sequence=ast.applied_sequence, event_sequence=ast.event_sequence)
-            out["reported_role"] = _role_name(ast.role)
+            out["reported_role"] = role_name(ast.role)
             out.update(market_routes=dict(ast.market_routes), halted_markets=sorted(ast.halted_markets))
         else:
             async with MatchingClient.at(address, security=security, timeout=timeout, retry=NO_RETRY) as m:
                 mst = await m.get_matching_status()
             out.update(applied_sequence=mst.applied_sequence, event_sequence=mst.event_sequence)
-            out["reported_role"] = _role_name(mst.role)
+            out["reported_role"] = role_name(mst.role)
             out["markets"] = sorted({x.market for x in mst.markets} - set(mst.moved_out))
     except ClientError as exc:
         out["error"] = str(exc)
     return out
-
-
-def _role_name(role: int) -> str:
-    """A status answer's ReplicaRole as status prints it: leader, follower, standalone."""
-    from exchange.v1 import replica_pb2
-
-    return replica_pb2.ReplicaRole.Name(role).removeprefix("REPLICA_ROLE_").lower()
 
 
 def _group_status(
