@@ -20,7 +20,6 @@ from services.cluster.servers import NatsCluster, ServerMissing, ZooKeeper, port
 
 LOCAL_NATS = "nats://127.0.0.1:4222"
 R3_PORT = 14301  # client ports 14301-14303, routes 16301-16303
-ZK_PORT = 22181
 
 
 def free_port() -> int:
@@ -72,11 +71,12 @@ def nats_r3() -> Iterator[NatsCluster]:
 @pytest.fixture(scope="session")
 def zookeeper() -> Iterator[ZooKeeper]:
     base = Path(tempfile.mkdtemp(prefix="zk-"))
-    # Another test session's server on the usual port would pass for ours (start() waits until the
-    # port serves) and stop under us when that session ends: then take a free port.
-    port = ZK_PORT if not port_open(ZK_PORT) else free_port()
+    # Always free ports: a fixed one that looked free could be taken by another test session's
+    # server between the check and the start (our server then fails to bind, start() sees the other
+    # one serve, and it stops under us when that session ends: seen as every ZooKeeper session of a
+    # failover test lost at once).
     try:
-        zk = ZooKeeper(base, nodes=1, port=port, peer_port=22888, election_port=23888)
+        zk = ZooKeeper(base, nodes=1, port=free_port(), peer_port=free_port(), election_port=free_port())
         zk.start()
     except (ServerMissing, TimeoutError, OSError) as exc:
         unavailable(f"ZooKeeper could not be started: {exc}")

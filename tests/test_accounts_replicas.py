@@ -21,11 +21,12 @@ client library through the ZooKeeperResolver.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from itertools import count
 from pathlib import Path
@@ -36,7 +37,7 @@ import pytest
 from exchange.v1 import accounts_service_pb2 as apb
 from exchange.v1 import history_service_pb2 as hpb
 from exchange.v1 import matching_service_pb2 as mpb
-from exchange.v1 import types_pb2
+from exchange.v1 import replica_pb2, types_pb2
 
 from services.clients.accounts import AccountsClient
 from services.clients.errors import ClientError
@@ -51,6 +52,7 @@ from services.common.journal.jetstream import JetStreamJournals
 from services.common.security import Security, process_security
 from testkit.cluster import DEFAULT_MARKETS, Cluster, free_port
 from tests.cluster_fixtures import nats_local, zookeeper  # noqa: F401
+from tests.test_matching_replicas import READY as MATCHING_READY
 from tests.test_matching_replicas import Member, until, wait_for
 
 SESSION_S = 2.0
@@ -247,15 +249,17 @@ def fault_free(tmp_path_factory: pytest.TempPathFactory) -> Outcome:
 
 @dataclass
 class Exchange:
-    """matching-0 (one process) and accounts-0 as two replicas, "a" and "b"."""
+    """accounts-0 as two replicas, "a" and "b", and the matching shards as cluster-mode replicas (by
+    default matching-0 as one process, `matching`)."""
 
     config_path: Path
     security: Security
     zk_hosts: str
     zk_root: str
-    matching: Member
+    matching: Member  # the first replica of matching-0
     history: Member  # with the config's [cluster] zookeeper: it follows the leaders ZooKeeper names
-    members: dict[str, Member] = field(default_factory=dict)
+    members: dict[str, Member] = field(default_factory=dict)  # accounts-0's replicas
+    shards: dict[str, dict[str, Member]] = field(default_factory=dict)  # each matching shard's replicas
 
     def resolver(self) -> ZooKeeperResolver:
         fallback = StaticResolver.from_config(load_config(self.config_path))
@@ -265,11 +269,28 @@ class Exchange:
         return next(m for m in self.members.values() if m.name != name)
 
 
-@pytest.fixture
-def exchange(tmp_path: Path, zookeeper: ZooKeeper, nats_local: list[str]) -> Iterator[Exchange]:  # noqa: F811
+ONE_MATCHING_REPLICA: Mapping[str, tuple[str, ...]] = {"matching-0": ("m",)}
+
+
+@contextlib.contextmanager
+def running_exchange(
+    tmp_path: Path,
+    zookeeper: ZooKeeper,  # noqa: F811
+    nats_local: list[str],  # noqa: F811
+    shards: Mapping[str, tuple[str, ...]] = ONE_MATCHING_REPLICA,
+) -> Iterator[Exchange]:
+    """accounts-0 as replicas "a" and "b", history, and each matching shard of `shards` (shard -> its
+    replicas' member names, unique over all shards; the first shard owns every market) as cluster-mode
+    replicas, none at its configured address (accounts and history find the leaders in ZooKeeper).
+    Yields once every shard has a leader and every replica serves."""
     tag = f"t{os.getpid()}x{next(_ids)}"
-    addresses = {m: f"127.0.0.1:{free_port()}" for m in ("a", "b", "matching", "unused", "history")}
+    replicas = [m for names in shards.values() for m in names]
+    addresses = {m: f"127.0.0.1:{free_port()}" for m in ("a", "b", "history", *replicas)}
+    unused = {shard: f"127.0.0.1:{free_port()}" for shard in shards}
     config_path = tmp_path / "exchange.toml"
+    shard_tables = []
+    for shard in shards:  # where they are not: accounts finds their leaders in ZooKeeper
+        shard_tables += [f'[shards."{shard}"]', f'listen = "{unused[shard]}"']
     config_path.write_text(
         "\n".join(
             [
@@ -278,8 +299,7 @@ def exchange(tmp_path: Path, zookeeper: ZooKeeper, nats_local: list[str]) -> Ite
                 'transport = "local"',
                 "[accounts]",
                 f'listen = "{addresses["a"]}"',
-                '[shards."matching-0"]',  # where it is not: accounts finds its leader in ZooKeeper
-                f'listen = "{addresses["unused"]}"',
+                *shard_tables,
                 "[history]",
                 f'listen = "{addresses["history"]}"',
                 "[cluster]",  # history finds the leaders of accounts and matching in ZooKeeper
@@ -293,34 +313,54 @@ def exchange(tmp_path: Path, zookeeper: ZooKeeper, nats_local: list[str]) -> Ite
     security = process_security(load_config(config_path), "admin")  # the credentials, made here first
     cluster = ["--zk", zookeeper.hosts, "--nats", ",".join(nats_local), "--zk-root", f"/{tag}"]
     cluster += ["--stream-prefix", tag, "--session-timeout", str(SESSION_S)]
-    argv = [sys.executable, "-m", "services.matching", "--config", str(config_path), "--shard", "matching-0"]
-    argv += [*cluster, "--member", "m", "--listen", addresses["matching"]]
-    argv += ["--data-dir", str(tmp_path / "matching")]
-    matching = Member("matching", addresses["matching"], tmp_path / "matching", argv)
+    matching: dict[str, dict[str, Member]] = {}
+    for shard, names in shards.items():
+        matching[shard] = {}
+        for m in names:
+            argv = [sys.executable, "-m", "services.matching", "--config", str(config_path), "--shard", shard]
+            argv += [*cluster, "--member", m, "--listen", addresses[m]]
+            argv += ["--data-dir", str(tmp_path / m)]
+            matching[shard][m] = Member(m, addresses[m], tmp_path / m, argv)
     argv = [sys.executable, "-m", "services.history", "--config", str(config_path)]
     history = Member("history", addresses["history"], tmp_path / "history", argv)
-    ex = Exchange(config_path, security, zookeeper.hosts, f"/{tag}", matching, history)
+    first = next(iter(matching[next(iter(shards))].values()))
+    ex = Exchange(config_path, security, zookeeper.hosts, f"/{tag}", first, history, shards=matching)
     for m in ("a", "b"):
         argv = [sys.executable, "-m", "services.accounts", "--config", str(config_path)]
         argv += [*cluster, "--member", m, "--listen", addresses[m], "--data-dir", str(tmp_path / m)]
         ex.members[m] = Member(m, addresses[m], tmp_path / m, argv)
+    every_matching = [m for replicas_of in matching.values() for m in replicas_of.values()]
     try:
-        matching.start()
+        for member in every_matching:
+            member.start()
         for member in ex.members.values():
             member.start()
-        wait_for(lambda: '"msg":"leading"' in matching.log, 30, "matching to lead")
+        for shard, replicas_of in matching.items():
+            wait_for(
+                lambda r=replicas_of: any('"msg":"leading"' in m.log for m in r.values()),
+                30,
+                f"{shard} to lead",
+            )
+        for member in every_matching:
+            wait_for(lambda m=member: MATCHING_READY in m.log, 30, f"replica {member.name} to serve")
         for member in ex.members.values():
             wait_for(lambda m=member: READY in m.log, 30, f"replica {member.name} to serve")
         history.start()
         wait_for(lambda: '"msg":"history ready"' in history.log, 30, "history to serve")
         yield ex
     finally:
-        for member in (history, *ex.members.values(), matching):
+        for member in (history, *ex.members.values(), *every_matching):
             member.stop()
-        for service in (SOURCE, "matching-0"):
+        for service in (SOURCE, *shards):
             cleanup = JetStreamJournals(nats_local, service=service, prefix=tag)
             cleanup.delete_streams()
             cleanup.close()
+
+
+@pytest.fixture
+def exchange(tmp_path: Path, zookeeper: ZooKeeper, nats_local: list[str]) -> Iterator[Exchange]:  # noqa: F811
+    with running_exchange(tmp_path, zookeeper, nats_local) as ex:
+        yield ex
 
 
 def leader_of(ex: Exchange, resolver: ZooKeeperResolver, timeout: float = 20.0) -> Member:
@@ -404,6 +444,8 @@ def test_follower_reads_equal_the_leaders_and_a_write_to_it_is_redirected(exchan
                 mine = await outcome(c, load.acked)
             await caught_up(ex, follower.address, lead.applied_sequence)
             lead_st, follow_st = await status(ex, leader.address), await status(ex, follower.address)
+            assert lead_st.role == replica_pb2.REPLICA_ROLE_LEADER
+            assert follow_st.role == replica_pb2.REPLICA_ROLE_FOLLOWER
             assert follow_st.state_hash == lead_st.state_hash
             assert (follow_st.applied_sequence, follow_st.event_sequence) == (
                 lead_st.applied_sequence,
@@ -420,8 +462,8 @@ def test_follower_reads_equal_the_leaders_and_a_write_to_it_is_redirected(exchan
                 ex, leader.address, n
             )
             for user in (1, 2):
-                mine = await user_events(ex, leader.address, user)
-                assert mine and await user_events(ex, follower.address, user) == mine
+                theirs = await user_events(ex, leader.address, user)
+                assert theirs and await user_events(ex, follower.address, user) == theirs
 
             # Writes at the follower's fixed address: refused, naming the leader; nothing applied.
             async with at(ex, follower.address) as f:
@@ -462,8 +504,8 @@ def test_follower_reads_equal_the_leaders_and_a_write_to_it_is_redirected(exchan
                 assert all(r.results[0].code == 0 and not r.results[0].duplicate for r in got), got
                 assert static.address(NAME) == leader.address
                 for r, i in zip(got, (1001, 1003, 1005), strict=True):
-                    req = apb.GetOrderRequest(user_id=order(i).user_id, order_id=r.results[0].order.order_id)
-                    assert (await c.get_order(req)).order.client_order_id == f"o{i}"
+                    get = apb.GetOrderRequest(user_id=order(i).user_id, order_id=r.results[0].order.order_id)
+                    assert (await c.get_order(get)).order.client_order_id == f"o{i}"
                 bal = await c.get_balances(apb.GetBalancesRequest(user_id=1, assets=["BTC"]))
                 assert bal.balances[0].available == dep.balance.available  # deposited once
 
@@ -514,7 +556,7 @@ async def check_against_fault_free(
 ) -> apb.GetAccountsStatusResponse:
     async with (
         AccountsClient.resolve(resolver, NAME, security=ex.security) as c,
-        MatchingClient.at(ex.matching.address, security=ex.security) as m,
+        MatchingClient.resolve(resolver, "matching-0", security=ex.security) as m,  # its leader
     ):
         st = await quiet(c, m)
         assert_balanced(st)

@@ -49,6 +49,7 @@ ACKED = Gauge("exchange_accounts_forwarded_sequence", "Last command acknowledged
 SETTLED = Gauge("exchange_accounts_settle_enqueued", "Last matching event queued for settlement", ["shard"])
 
 SEND_BATCH = 2000
+ADDRESS_POLL_S = 0.05  # how often a link waiting to reconnect looks for a new address of its shard
 
 
 def _identity(data: bytes) -> bytes:
@@ -130,6 +131,7 @@ class Forwarder:
     async def run(self) -> None:
         backoff = 0.05
         while not self._stop:
+            dialed = self.address
             try:
                 await self._session()
                 backoff = 0.05
@@ -151,8 +153,22 @@ class Forwarder:
             self.connected = False
             if self._stop:
                 return
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 2.0)
+            if await self._address_changes(dialed, backoff):
+                backoff = 0.05  # a new leader (cluster mode): dial it now, not after the backoff
+            else:
+                backoff = min(backoff * 2, 2.0)
+
+    async def _address_changes(self, dialed: str, pause: float) -> bool:
+        """Wait `pause` seconds before the next session, or less: True as soon as the shard's address
+        is no longer `dialed` (in cluster mode the resolver's watch names a new leader; checked every
+        ADDRESS_POLL_S, a dictionary read)."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + pause
+        while (left := until - loop.time()) > 0 and not self._stop:
+            await asyncio.sleep(min(left, ADDRESS_POLL_S))
+            if self.address != dialed:
+                return True
+        return False
 
     async def _session(self) -> None:
         async with channel(self.address) as ch:
