@@ -48,9 +48,7 @@ from exchange.v1 import accounts_service_pb2 as apb  # noqa: E402
 from exchange.v1 import types_pb2  # noqa: E402
 
 from bench.matching_failover_bench import (  # noqa: E402
-    DEFAULT_MARKETS,
     Replica,
-    free_port,
     leader_and_follower,
     rate,
     run_failover_bench,
@@ -64,6 +62,7 @@ from services.clients.zk_resolver import ZooKeeperResolver  # noqa: E402
 from services.common.config import load_config  # noqa: E402
 from services.common.journal.jetstream import JetStreamJournals  # noqa: E402
 from services.common.security import process_security  # noqa: E402
+from testkit.cluster import DEFAULT_MARKETS, free_port  # noqa: E402
 
 SOURCE = "accounts-0"
 NAME = "accounts"

@@ -52,20 +52,12 @@ from services.cluster.servers import NatsCluster, ZooKeeper, port_open  # noqa: 
 from services.common.config import load_config  # noqa: E402
 from services.common.journal.jetstream import JetStreamJournals  # noqa: E402
 from services.common.security import Security, process_security  # noqa: E402
+from testkit.cluster import free_port  # noqa: E402
+from testkit.replicas import replica_argv, write_shard_config  # noqa: E402
 
 SOURCE = "accounts-0"
 SESSION_S = 2.0
 READY = '"msg":"matching replica ready"'
-DEFAULT_MARKETS = (ROOT / "deploy" / "exchange.toml").read_text().split("[assets]", 1)[1]
-MARKETS = sorted(load_config(ROOT / "deploy" / "exchange.toml").catalog.markets)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def place(seq: int) -> ev.MatchingCommand:
@@ -153,29 +145,22 @@ def one_failover(
     work = base / shard
     work.mkdir(parents=True)
     addresses = {m: f"127.0.0.1:{free_port()}" for m in ("a", "b")}
-    config_path = work / "exchange.toml"
-    config_path.write_text(
-        "\n".join(
-            [
-                'data_dir = "data"',
-                "[security]",
-                'transport = "local"',
-                f'[shards."{shard}"]',
-                f'listen = "{addresses["a"]}"',
-                "markets = [" + ", ".join(f'"{m}"' for m in MARKETS) + "]",
-                "",
-                "[assets]" + DEFAULT_MARKETS,
-            ]
-        )
-    )
+    config_path = write_shard_config(work / "exchange.toml", shard, addresses["a"])
     admin = process_security(load_config(config_path), "admin")
     writer = admin.as_principal(SOURCE)
     replicas: dict[str, Replica] = {}
     for m, address in addresses.items():
-        argv = [sys.executable, "-m", "services.matching", "--config", str(config_path), "--shard", shard]
-        argv += ["--zk", zk_hosts, "--nats", ",".join(nats), "--member", m, "--listen", address]
-        argv += ["--data-dir", str(work / m), "--session-timeout", str(SESSION_S)]
-        argv += ["--stream-replicas", str(stream_replicas)]
+        argv = replica_argv(
+            config_path,
+            shard,
+            m,
+            address,
+            work / m,
+            zk_hosts=zk_hosts,
+            nats=nats,
+            session_s=SESSION_S,
+            extra=["--stream-replicas", str(stream_replicas)],
+        )
         replicas[m] = Replica(m, work / m, argv)
     resolver = ZooKeeperResolver(zk_hosts, session_timeout_s=5)
     try:

@@ -18,7 +18,6 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -41,7 +40,8 @@ from services.common.config import load_config
 from services.common.failstop import EXIT_WRITER_FAILED
 from services.common.journal.jetstream import JetStreamJournals
 from services.common.security import Security, process_security
-from testkit.cluster import DEFAULT_MARKETS, ROOT, free_port
+from testkit.cluster import ROOT, free_port
+from testkit.replicas import replica_argv, write_shard_config
 from tests.cluster_fixtures import nats_local, zookeeper  # noqa: F401
 
 SESSION_S = 2.0
@@ -49,7 +49,6 @@ BOUND_S = 2 * (SESSION_S + 0.5)
 SOURCE = "accounts-0"
 _ids = count(1)
 READY = '"msg":"matching replica ready"'
-MARKETS = sorted(load_config(ROOT / "deploy" / "exchange.toml").catalog.markets)
 
 
 def place(seq: int) -> ev.MatchingCommand:
@@ -127,27 +126,20 @@ def wait_for(cond: Any, timeout: float, what: str) -> None:
 def shard(tmp_path: Path, zookeeper: ZooKeeper, nats_local: list[str]) -> Iterator[Shard]:  # noqa: F811
     name = f"matching-r{os.getpid()}x{next(_ids)}"
     addresses = {m: f"127.0.0.1:{free_port()}" for m in ("a", "b")}
-    config_path = tmp_path / "exchange.toml"
-    config_path.write_text(
-        "\n".join(
-            [
-                'data_dir = "data"',
-                "[security]",
-                'transport = "local"',
-                f'[shards."{name}"]',
-                f'listen = "{addresses["a"]}"',
-                "markets = [" + ", ".join(f'"{m}"' for m in MARKETS) + "]",
-                "",
-                "[assets]" + DEFAULT_MARKETS,
-            ]
-        )
-    )
+    config_path = write_shard_config(tmp_path / "exchange.toml", name, addresses["a"])
     security = process_security(load_config(config_path), "admin")  # the credentials, made here first
     s = Shard(name, security, zookeeper.hosts, nats_local)
     for m, address in addresses.items():
-        argv = [sys.executable, "-m", "services.matching", "--config", str(config_path), "--shard", name]
-        argv += ["--zk", zookeeper.hosts, "--nats", ",".join(nats_local), "--member", m]
-        argv += ["--listen", address, "--data-dir", str(tmp_path / m), "--session-timeout", str(SESSION_S)]
+        argv = replica_argv(
+            config_path,
+            name,
+            m,
+            address,
+            tmp_path / m,
+            zk_hosts=zookeeper.hosts,
+            nats=nats_local,
+            session_s=SESSION_S,
+        )
         s.members[m] = Member(m, address, tmp_path / m, argv)
     try:
         for member in s.members.values():

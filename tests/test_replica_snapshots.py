@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sys
 from collections.abc import Iterator
 from itertools import count
 from pathlib import Path
@@ -29,11 +28,11 @@ from services.common.journal import FileJournals
 from services.common.journal.jetstream import JetStreamJournals, decode_message
 from services.common.security import process_security
 from services.common.snapshots_jetstream import JetStreamSnapshotStore
-from testkit.cluster import DEFAULT_MARKETS, free_port
+from testkit.cluster import free_port
+from testkit.replicas import replica_argv, write_shard_config
 from tests.cluster_fixtures import nats_local, zookeeper  # noqa: F401
 from tests.test_jetstream_host import CODEC, Summer
 from tests.test_matching_replicas import (
-    MARKETS,
     READY,
     SOURCE,
     Member,
@@ -200,28 +199,15 @@ def test_a_replica_process_with_an_empty_data_directory_starts_from_the_shared_s
     (state hash) and, the leader killed, the two survivors elect one that goes on."""
     name = f"matching-s{os.getpid()}x{next(_ids)}"
     addresses = {m: f"127.0.0.1:{free_port()}" for m in ("a", "b", "c")}
-    config_path = tmp_path / "exchange.toml"
-    config_path.write_text(
-        "\n".join(
-            [
-                'data_dir = "data"',
-                "[security]",
-                'transport = "local"',
-                f'[shards."{name}"]',
-                f'listen = "{addresses["a"]}"',
-                "markets = [" + ", ".join(f'"{m}"' for m in MARKETS) + "]",
-                "snapshot_every = 50",
-                "",
-                "[assets]" + DEFAULT_MARKETS,
-            ]
-        )
+    config_path = write_shard_config(
+        tmp_path / "exchange.toml", name, addresses["a"], settings=["snapshot_every = 50"]
     )
     security = process_security(load_config(config_path), "admin")
     shard = Shard(name, security, zookeeper.hosts, nats_local)
     for m, address in addresses.items():
-        argv = [sys.executable, "-m", "services.matching", "--config", str(config_path), "--shard", name]
-        argv += ["--zk", zookeeper.hosts, "--nats", ",".join(nats_local), "--member", m]
-        argv += ["--listen", address, "--data-dir", str(tmp_path / m), "--session-timeout", "2"]
+        argv = replica_argv(
+            config_path, name, m, address, tmp_path / m, zk_hosts=zookeeper.hosts, nats=nats_local
+        )
         shard.members[m] = Member(m, address, tmp_path / m, argv)
     fresh = shard.members["c"]
     resolver = shard.resolver()
