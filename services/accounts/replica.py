@@ -23,7 +23,8 @@ FAILED_PRECONDITION, reason NOT_LEADER, metadata "leader" and "shard"; the clien
 Only the leader runs accounts' outbound links (services.accounts.links), started once promoted
 (services.accounts.__main__), each to its matching shard's leader (MatchingLeaders): the Forwarders
 begin from what each matching shard says it applied of this source (resending from the stream, which
-holds every command: it is not pruned in cluster mode), and the SettlementFeeds follow each matching
+the leader prunes only below what every matching shard acknowledged and below the second-newest shared
+snapshot, services.cluster.snapshots), and the SettlementFeeds follow each matching
 shard from the machine's own settled checkpoint. A follower runs neither and applies no effects, so
 nothing is sent or settled on a follower's account; a command the old leader forwarded is one
 matching already applied (it drops the resend), and a settlement the old leader queued but never
