@@ -111,6 +111,26 @@ def open_orders(c: Cluster, user: int) -> set[int]:
     return {o.order_id for o in resp.orders}
 
 
+def trader_order(user: int, n: int, rng: random.Random) -> apb.PlaceOrderRequest:
+    """A trader's order n: three in four on the moving market (around 30,000), one on ETH_USDT, either
+    side, crossing often; client_order_id u<user>-<n>."""
+    market = MARKET if n % 4 else "ETH_USDT"
+    side = BUY if rng.random() < 0.5 else SELL
+    if market == MARKET:
+        price, amount = str(29_990 + rng.randrange(0, 21)), "0.001"
+    else:
+        price, amount = str(1_995 + rng.randrange(0, 11)), "0.01"
+    return apb.PlaceOrderRequest(
+        user_id=user,
+        market=market,
+        side=side,
+        type=LIMIT,
+        price=price,
+        amount=amount,
+        client_order_id=f"u{user}-{n}",
+    )
+
+
 class Load:
     """Traders placing BTC_USDT limit orders around 30000 (half of them crossing) and ETH_USDT orders,
     each resent with its client order id when refused as MARKET_MOVING."""
@@ -127,22 +147,8 @@ class Load:
         n = 0
         while not self.stop.is_set():
             n += 1
-            market = MARKET if n % 4 else "ETH_USDT"
-            side = BUY if rng.random() < 0.5 else SELL
-            if market == MARKET:
-                price, amount = str(29_990 + rng.randrange(0, 21)), "0.001"
-            else:
-                price, amount = str(1_995 + rng.randrange(0, 11)), "0.01"
-            cid = f"u{user}-{n}"
-            req = apb.PlaceOrderRequest(
-                user_id=user,
-                market=market,
-                side=side,
-                type=LIMIT,
-                price=price,
-                amount=amount,
-                client_order_id=cid,
-            )
+            req = trader_order(user, n, rng)
+            cid = req.client_order_id
             while True:
                 try:
                     resp = await clients.accounts.place_order(req, retry=NO_RETRY, timeout=10)
@@ -153,7 +159,7 @@ class Load:
                     self.refused_moving += 1
                     await asyncio.sleep(err.retry_after_ms / 1000)
             self.accepted[cid] = resp.order.order_id
-            if market != MARKET:
+            if req.market != MARKET:
                 self.other_market += 1
             await asyncio.sleep(0.005)
 

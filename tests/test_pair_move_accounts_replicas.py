@@ -57,6 +57,7 @@ from tests.test_accounts_replicas import (
     status,
 )
 from tests.test_matching_replicas import until
+from tests.test_pair_move import trader_order
 
 pytestmark = pytest.mark.slow
 __all__ = ["nats_local", "zookeeper"]
@@ -94,22 +95,8 @@ class Traders:
         n = 0
         while not self.stop.is_set():
             n += 1
-            market = MARKET if n % 4 else "ETH_USDT"
-            side = BUY if rng.random() < 0.5 else SELL
-            if market == MARKET:
-                price, amount = str(29_990 + rng.randrange(0, 21)), "0.001"
-            else:
-                price, amount = str(1_995 + rng.randrange(0, 11)), "0.01"
-            cid = f"u{user}-{n}"
-            req = apb.PlaceOrderRequest(
-                user_id=user,
-                market=market,
-                side=side,
-                type=LIMIT,
-                price=price,
-                amount=amount,
-                client_order_id=cid,
-            )
+            req = trader_order(user, n, rng)
+            cid = req.client_order_id
             while True:
                 try:
                     resp = await self.accounts.place_order(req, retry=NO_RETRY, timeout=10)
