@@ -165,10 +165,10 @@ def test_a_snapshot_that_could_not_be_shared_keeps_the_stream(
             floor = leader.commands.first_seq
             assert floor == EVERY + 1
 
-            def unreachable(seq: int, data: bytes) -> None:
+            def unreachable(seq: int, data: bytes) -> list[int]:
                 raise TimeoutError("nats: timeout")
 
-            monkeypatch.setattr(store.shared, "save", unreachable)
+            monkeypatch.setattr(store.shared, "put", unreachable)
             for _ in range(2 * EVERY):
                 await leader.submit(b"1")
             assert await leader.snapshot_now() == 4 * EVERY

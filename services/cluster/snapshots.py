@@ -34,7 +34,7 @@ from services.common.snapshots import FileSnapshotStore
 from services.common.snapshots_jetstream import JetStreamSnapshotStore
 
 if TYPE_CHECKING:
-    from services.common.snapshots import Snapshots
+    from services.common.snapshots import SharedSnapshots
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +76,7 @@ class ReplicaSnapshots:
 
     def _put(self, seq: int, data: bytes) -> bool:
         try:
-            self.shared.save(seq, data)
-            self.shared_seqs = self.shared.list()
+            self.shared_seqs = self.shared.put(seq, data)
         except Exception as exc:  # NATS unreachable, timeout: the stream is not pruned past the shared
             log.error(
                 "sharing snapshot %d in %s failed: %s", seq, self.shared.location, exc, extra={"seq": seq}
@@ -97,8 +96,8 @@ class ReplicaSnapshots:
         local = self.local.latest()
         try:
             self.shared_seqs = self.shared.list()
-            newer = bool(self.shared_seqs) and self.shared_seqs[-1] > (local[0] if local else -1)
-            shared = self.shared.latest() if newer else None
+            newer = [s for s in self.shared_seqs if s > (local[0] if local else -1)]
+            shared = self.shared.newest_of(newer) if newer else None
         except Exception as exc:
             log.warning("shared snapshots in %s unreadable: %s", self.shared.location, exc)
             shared = None
@@ -113,4 +112,4 @@ class ReplicaSnapshots:
 
 
 if TYPE_CHECKING:  # mypy checks that the store implements the interface
-    _store: Snapshots = ReplicaSnapshots("", JetStreamSnapshotStore(JetStreamJournals(service="")))
+    _store: SharedSnapshots = ReplicaSnapshots("", JetStreamSnapshotStore(JetStreamJournals(service="")))

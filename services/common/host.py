@@ -106,7 +106,7 @@ from services.common.journal import (
     JournalReader,
     Record,
 )
-from services.common.snapshots import FileSnapshotStore, Snapshots
+from services.common.snapshots import FileSnapshotStore, SharedSnapshots, Snapshots
 from services.common.statemachine import CodecSpec, Machine
 
 log = logging.getLogger(__name__)
@@ -1167,22 +1167,19 @@ class StateMachineHost(Generic[C, M]):
 
     async def _share_and_prune(self, seq: int, size: int, seconds: float) -> None:
         self.snapshot_seq = max(self.snapshot_seq, seq)
-        store: Any = self.snapshots
+        store = self.snapshots
         shared = None
-        if not self._following and hasattr(store, "share"):
-            shared = await asyncio.to_thread(store.share, seq)
-        floor = seq + 1
-        if self.retention_floor is not None:
-            floor = min(floor, self.retention_floor() + 1)
-        if hasattr(store, "prune_floor"):
-            floor = min(floor, store.prune_floor())
-        pruned = 0
-        if not self._following:
-            pruned = await asyncio.to_thread(self.commands.prune_before, floor)
-        else:
+        if self._following:
             release = getattr(self.commands, "release_before", None)
-            if release is not None:
-                pruned = release(min(seq, self.machine.applied_seq) + 1)
+            pruned = release(min(seq, self.machine.applied_seq) + 1) if release is not None else 0
+        else:
+            floor = seq + 1
+            if self.retention_floor is not None:
+                floor = min(floor, self.retention_floor() + 1)
+            if isinstance(store, SharedSnapshots):
+                shared = await asyncio.to_thread(store.share, seq)
+                floor = min(floor, store.prune_floor())
+            pruned = await asyncio.to_thread(self.commands.prune_before, floor)
         if self.options.event_retention:
             self.events.prune_before(self.events.last_seq - self.options.event_retention + 1)
         log.info(

@@ -26,7 +26,7 @@ import struct
 import threading
 import zlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from services.common.journal.file import fsync_dir
 
@@ -82,6 +82,21 @@ class Snapshots(Protocol):
 
     def list(self) -> builtins.list[int]:
         """Sequences of the stored snapshots (valid or not), ascending."""
+        ...
+
+
+@runtime_checkable
+class SharedSnapshots(Snapshots, Protocol):
+    """A store that also shares a leader's snapshots with the other replicas of a cluster shard
+    (services.cluster.snapshots.ReplicaSnapshots): the host shares each snapshot it took as leader
+    before it prunes the command journal, and prunes only below `prune_floor`."""
+
+    def share(self, seq: int) -> bool:
+        """Make the stored snapshot at seq loadable by every replica; False when it could not."""
+        ...
+
+    def prune_floor(self) -> int:
+        """The command journal may be pruned below this sequence (0: not at all yet)."""
         ...
 
 

@@ -92,22 +92,32 @@ class JetStreamSnapshotStore:
 
     def save(self, seq: int, data: bytes) -> None:
         """Store data as the snapshot at seq (acknowledged = durable), then keep the newest `keep`."""
+        self.put(seq, data)
+
+    def put(self, seq: int, data: bytes) -> builtins.list[int]:
+        """save(), returning the sequences the bucket keeps afterwards (ascending)."""
         if seq < 0:
             raise ValueError(f"a snapshot sequence cannot be negative: {seq}")
-        self._client.call(self._save(seq, data), timeout=self.timeout_s)
+        return self._client.call(self._save(seq, data), timeout=self.timeout_s)
 
-    async def _save(self, seq: int, data: bytes) -> None:
+    async def _save(self, seq: int, data: bytes) -> builtins.list[int]:
         await self._store.put(f"{seq:020d}", encode_snapshot(seq, data))
-        for old in (await self._list())[: -self.keep]:
+        seqs = await self._list()
+        for old in seqs[: -self.keep]:
             with contextlib.suppress(nats.js.errors.NotFoundError):
                 await self._store.delete(f"{old:020d}")
+        return seqs[-self.keep :]
 
     def latest(self) -> tuple[int, bytes] | None:
         """The newest valid snapshot as (seq, data); None when there is none."""
-        return self._client.call(self._latest(), timeout=self.timeout_s)
+        return self.newest_of(self.list())
 
-    async def _latest(self) -> tuple[int, bytes] | None:
-        for seq in reversed(await self._list()):
+    def newest_of(self, seqs: builtins.list[int]) -> tuple[int, bytes] | None:
+        """The newest valid snapshot among the stored sequences `seqs` (ascending, from list())."""
+        return self._client.call(self._newest(seqs), timeout=self.timeout_s)
+
+    async def _newest(self, seqs: builtins.list[int]) -> tuple[int, bytes] | None:
+        for seq in reversed(seqs):
             name = f"{seq:020d}"
             try:
                 result = await self._store.get(name)
