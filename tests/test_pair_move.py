@@ -35,7 +35,7 @@ from exchange.v1 import market_service_pb2_grpc as kgrpc
 from exchange.v1 import matching_service_pb2 as mpb
 from exchange.v1 import types_pb2
 
-from services.clients import NO_RETRY, ClientError
+from services.clients import NO_RETRY, AccountsClient, ClientError
 from services.cluster.operator import Operator
 from services.cluster.pairmap import PairEntry, ZooKeeperPairMap
 from services.cluster.servers import ZooKeeper
@@ -131,6 +131,24 @@ def trader_order(user: int, n: int, rng: random.Random) -> apb.PlaceOrderRequest
     )
 
 
+async def place_until_accepted(
+    accounts: AccountsClient, req: apb.PlaceOrderRequest, reasons: tuple[str, ...]
+) -> tuple[apb.PlaceOrderResponse, list[str]]:
+    """Place `req` (no client-side retry), sending it again after each refusal until it is accepted:
+    every refusal must be UNAVAILABLE with one of `reasons` and a RetryInfo delay, which is waited.
+    The answer, and the reasons of the refusals on the way."""
+    refusals: list[str] = []
+    while True:
+        try:
+            return await accounts.place_order(req, retry=NO_RETRY, timeout=10), refusals
+        except ClientError as err:
+            assert err.code == grpc.StatusCode.UNAVAILABLE and err.reason in reasons, err
+            wait_ms = err.retry_after_ms
+            assert wait_ms is not None and wait_ms > 0, err
+            refusals.append(err.reason)
+            await asyncio.sleep(wait_ms / 1000)
+
+
 class Load:
     """Traders placing BTC_USDT limit orders around 30000 (half of them crossing) and ETH_USDT orders,
     each resent with its client order id when refused as MARKET_MOVING."""
@@ -149,15 +167,8 @@ class Load:
             n += 1
             req = trader_order(user, n, rng)
             cid = req.client_order_id
-            while True:
-                try:
-                    resp = await clients.accounts.place_order(req, retry=NO_RETRY, timeout=10)
-                    break
-                except ClientError as err:
-                    assert err.reason == Reason.MARKET_MOVING, err
-                    assert err.code == grpc.StatusCode.UNAVAILABLE and err.retry_after_ms > 0
-                    self.refused_moving += 1
-                    await asyncio.sleep(err.retry_after_ms / 1000)
+            resp, refusals = await place_until_accepted(clients.accounts, req, (Reason.MARKET_MOVING,))
+            self.refused_moving += len(refusals)
             self.accepted[cid] = resp.order.order_id
             if req.market != MARKET:
                 self.other_market += 1

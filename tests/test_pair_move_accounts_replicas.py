@@ -30,14 +30,13 @@ from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 
-import grpc
 import pytest
 from exchange.v1 import accounts_service_pb2 as apb
 from exchange.v1 import events_pb2 as ev
 from exchange.v1 import matching_service_pb2 as mpb
 from exchange.v1 import types_pb2
 
-from services.clients import NO_RETRY, AccountsClient, ClientError, Clients, MatchingClient
+from services.clients import AccountsClient, Clients, MatchingClient
 from services.cluster.operator import Operator
 from services.cluster.pairmap import PairEntry, ZooKeeperPairMap
 from services.cluster.servers import ZooKeeper
@@ -57,7 +56,7 @@ from tests.test_accounts_replicas import (
     status,
 )
 from tests.test_matching_replicas import until
-from tests.test_pair_move import trader_order
+from tests.test_pair_move import place_until_accepted, trader_order
 
 pytestmark = pytest.mark.slow
 __all__ = ["nats_local", "zookeeper"]
@@ -97,16 +96,8 @@ class Traders:
             n += 1
             req = trader_order(user, n, rng)
             cid = req.client_order_id
-            while True:
-                try:
-                    resp = await self.accounts.place_order(req, retry=NO_RETRY, timeout=10)
-                    break
-                except ClientError as err:
-                    assert err.code == grpc.StatusCode.UNAVAILABLE and err.reason in RETRYABLE, err
-                    wait_ms = err.retry_after_ms
-                    assert wait_ms is not None and wait_ms > 0, err
-                    self.refused[err.reason] += 1
-                    await asyncio.sleep(wait_ms / 1000)
+            resp, refusals = await place_until_accepted(self.accounts, req, RETRYABLE)
+            self.refused.update(refusals)
             assert not resp.duplicate, (cid, resp)  # a refused order changed nothing
             self.accepted[cid] = (user, resp.order.order_id)
             await asyncio.sleep(0.005)
